@@ -1,0 +1,24 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need first.
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint bench clean
+
+install:
+	@./scripts/install.sh
+
+test: install
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/bpfshare demo
+
+lint:
+	$(VENV)/bin/ruff check operator tests bench
+
+bench: install
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	$(MAKE) -C bpf clean

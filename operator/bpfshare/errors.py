@@ -1,0 +1,44 @@
+"""The project's error types. Only these escape the library; the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class BpfshareError(Exception):
+    """Base of every error bpfshare reports to a user."""
+
+
+class ObjectError(BpfshareError):
+    """The ELF object is malformed or uses something bpfshare does not support."""
+
+
+class UnsupportedError(ObjectError):
+    """A valid object uses a feature the loader does not implement (CO-RE, kfuncs, ...)."""
+
+
+class KernelError(BpfshareError):
+    """A bpf() or netlink call failed; carries errno and, for program loads, the verifier log."""
+
+    def __init__(self, message: str, errno: int = 0, log: str = "") -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.log = log
+
+
+class VerifierError(KernelError):
+    """The verifier refused a program. ``str()`` ends with the tail of its log."""
+
+
+class IncompatibleMapError(BpfshareError):
+    """A map to be reused differs from what the object (or resource) declares.
+
+    ``differences`` lists every differing field, e.g. ``["Type: Hash changed to Array", ...]``.
+    """
+
+    def __init__(self, subject: str, differences: list[str]) -> None:
+        self.subject = subject
+        self.differences = differences
+        super().__init__(f"{subject}: " + ", ".join(differences))
+
+
+class TargetNotFoundError(BpfshareError):
+    """An interface, network namespace or cgroup named as an attach target does not exist."""
