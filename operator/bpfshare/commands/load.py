@@ -1,0 +1,72 @@
+"""``bpfshare load``: a node-level load like bpftool's, with a compatibility check on every reused map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from bpfshare.cli import pin_root_option
+from bpfshare.errors import BpfshareError
+
+
+def _parse_map_option(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name or not target:
+        raise click.BadParameter(f"{text!r}: expected OBJMAP=PIN (or OBJMAP=id:N)", param_hint="--map")
+    return name, target
+
+
+@click.command("load")
+@click.argument("obj", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--program", "program_name", required=True, help="function (or section) name in the object")
+@click.option("--map", "map_options", multiple=True, metavar="OBJMAP=PIN",
+              help="reuse the map pinned at PIN (or id:N) for the object's map OBJMAP; repeatable")
+@click.option("--pin-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where to pin the program, its links and its unbound maps (default PIN_ROOT/programs/NAME)")
+@click.option("--attach", "attach_specs", multiple=True, metavar="SPEC",
+              help="tc:IFACE:ingress|egress[@NETNS], tcx:IFACE:ingress|egress[@NETNS] or cgroup:DIR:TYPE")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@pin_root_option
+def load(obj: Path, program_name: str, map_options: tuple[str, ...], pin_dir: Path | None,
+         attach_specs: tuple[str, ...], as_json: bool, pin_root: str) -> None:
+    """Load PROGRAM from OBJ, reusing pinned maps, and attach it."""
+    from bpfshare.attach import attach_program, parse_attach
+    from bpfshare.loader import MapBinding, load_program
+    from bpfshare.object import read_collection
+
+    bindings: dict[str, MapBinding] = {}
+    for text in map_options:
+        name, target = _parse_map_option(text)
+        if name in bindings:
+            raise BpfshareError(f"--map {name} given twice")
+        bindings[name] = MapBinding.parse(target)
+    targets = [parse_attach(spec) for spec in attach_specs]  # all parsed before anything is loaded
+
+    collection = read_collection(obj)
+    loaded = load_program(collection, program_name, bindings=bindings,
+                          pin_root=Path(pin_root), pin_dir=pin_dir)
+    try:
+        attachments = [attach_program(loaded.program, loaded.spec, t, loaded.pin_path.parent) for t in targets]
+        info = loaded.program.info()
+        result = {
+            "program": loaded.spec.name,
+            "programId": info.id,
+            "tag": info.tag,
+            "pinPath": str(loaded.pin_path),
+            "maps": {name: m.describe() for name, m in loaded.maps.items()},
+            "attachments": [a.describe() for a in attachments],
+        }
+    finally:
+        loaded.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"program {result['program']}: id {result['programId']} tag {result['tag']} "
+               f"pinned at {result['pinPath']}")
+    for name, m in result["maps"].items():  # type: ignore[union-attr]
+        how = "reused" if m["reused"] else "created"
+        click.echo(f"  map {name}: id {m['id']} {how} at {m['pinPath']}")
+    for a in result["attachments"]:  # type: ignore[union-attr]
+        click.echo(f"  attached {a['target']}")

@@ -1,0 +1,205 @@
+"""Load one program of an object so that it shares maps with whatever already runs on the node.
+
+Data flow: ``CollectionSpec`` (pure) + bindings → live maps (reused after a compatibility check, or
+created and pinned) → relocated instructions → ``Program`` (verifier) → pinned program.
+
+Map resolution, for every map the program refers to:
+- bound to a pin path or a live map ID: reuse it; every differing field is reported at once and the
+  existing map is never touched. A bound pin that does not exist is an error: binding is how a user
+  says "share that map", and silently creating a fresh one would split the data in two.
+- unbound, ``pinning`` ByName (libbpf) or GlobalNS (iproute2): the loader's own convention under
+  the pin root, ``<root>/<name>`` and ``<root>/tc/globals/<name>``: reused if present, else created
+  and pinned; concurrent loaders converge on one map.
+- unbound, no pinning: created and pinned under the load's pin directory, so that a later load of
+  the same program (an upgrade) finds it again with its contents.
+- global data (.data/.rodata/.bss): created fresh on every load (its initial contents belong to this
+  version of the object) and pinned under the pin directory, replacing the previous version's pin.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bpfshare.errors import BpfshareError
+from bpfshare.kernel.compat import check_compatible
+from bpfshare.kernel.maps import Map
+from bpfshare.kernel.pins import ensure_pin_dir, get_or_create_pinned
+from bpfshare.kernel.programs import Program
+from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec
+
+PROGRAM_PIN = "program"
+
+
+@dataclass(frozen=True)
+class MapBinding:
+    """Where an object map's live map comes from: an existing pin or a live map ID."""
+
+    pin_path: Path | None = None
+    map_id: int | None = None
+
+    @classmethod
+    def parse(cls, target: str) -> MapBinding:
+        """``/sys/fs/bpf/x`` (a pin), ``id:42`` or ``42`` (a live map ID)."""
+        text = target.strip()
+        number = text.removeprefix("id:")
+        if number.isdigit():
+            return cls(map_id=int(number))
+        if not text:
+            raise BpfshareError("empty map binding")
+        return cls(pin_path=Path(text))
+
+    def describe(self) -> str:
+        return str(self.pin_path) if self.pin_path is not None else f"map id {self.map_id}"
+
+
+@dataclass
+class LoadedMap:
+    spec: MapSpec
+    map: Map
+    pin_path: Path | None
+    reused: bool
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "id": self.map.info().id,
+            "pinPath": str(self.pin_path) if self.pin_path else None,
+            "reused": self.reused,
+        }
+
+
+@dataclass
+class LoadedProgram:
+    spec: ProgramSpec
+    program: Program
+    pin_path: Path
+    maps: dict[str, LoadedMap] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for loaded in self.maps.values():
+            loaded.map.close()
+        self.program.close()
+
+
+def default_pin_dir(pin_root: Path, program: str) -> Path:
+    return pin_root / "programs" / program
+
+
+def convention_pin_path(spec: MapSpec, pin_root: Path) -> Path | None:
+    """Where a map that asks to be pinned by name goes when it is not bound explicitly."""
+    if spec.pinning is Pinning.ByName:
+        return pin_root / spec.name
+    if spec.pinning is Pinning.GlobalNS:
+        return pin_root / "tc" / "globals" / spec.name
+    return None
+
+
+def open_binding(spec: MapSpec, binding: MapBinding) -> Map:
+    """Open the map a binding names and check it against the object's declaration."""
+    subject = f"map {spec.name!r} bound to {binding.describe()}"
+    if binding.pin_path is not None:
+        if not binding.pin_path.exists():
+            raise BpfshareError(f"{subject}: no such pin (bind an existing map; nothing was created)")
+        live = Map.from_pin(binding.pin_path)
+    else:
+        assert binding.map_id is not None
+        live = Map.from_id(binding.map_id)
+    try:
+        check_compatible(spec, live.info(), subject)
+    except BaseException:
+        live.close()
+        raise
+    return live
+
+
+class Pinnable(Protocol):
+    def pin(self, path: Path) -> None: ...
+
+
+def replace_pin(live: Pinnable, path: Path) -> None:
+    """Pin ``live`` at ``path`` atomically: pin beside it, then rename over the old pin.
+
+    A reader of ``path`` sees the old object or the new one, never no object.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    live.pin(tmp)
+    os.rename(tmp, path)
+
+
+def resolve_maps(
+    collection: CollectionSpec,
+    program: ProgramSpec,
+    *,
+    bindings: dict[str, MapBinding],
+    pin_dir: Path,
+    pin_root: Path,
+) -> dict[str, LoadedMap]:
+    unknown = sorted(set(bindings) - set(collection.maps))
+    if unknown:
+        known = ", ".join(sorted(collection.maps)) or "none"
+        raise BpfshareError(f"no map named {', '.join(unknown)} in the object (maps: {known})")
+    resolved: dict[str, LoadedMap] = {}
+    try:
+        for name in program.map_names:
+            spec = collection.maps.get(name)
+            if spec is None:
+                raise BpfshareError(f"program {program.name!r} refers to map {name!r}, which the object lacks")
+            resolved[name] = _resolve_one(spec, bindings.get(name), pin_dir, pin_root)
+    except BaseException:
+        for loaded in resolved.values():
+            loaded.map.close()
+        raise
+    return resolved
+
+
+def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_root: Path) -> LoadedMap:
+    if binding is not None:
+        return LoadedMap(spec, open_binding(spec, binding), binding.pin_path, reused=True)
+    if spec.style is DefinitionStyle.GLOBAL_DATA:
+        ensure_pin_dir(pin_dir)
+        live = Map.create(spec)
+        path = pin_dir / _pin_name(spec.name)
+        replace_pin(live, path)
+        return LoadedMap(spec, live, path, reused=False)
+    path = convention_pin_path(spec, pin_root) or pin_dir / _pin_name(spec.name)
+    ensure_pin_dir(path.parent)
+    live, reused = get_or_create_pinned(spec, path, f"map {spec.name!r} pinned at {path}")
+    return LoadedMap(spec, live, path, reused=reused)
+
+
+def _pin_name(name: str) -> str:
+    # ".rodata" would be a hidden file name; keep pins visible and free of odd characters.
+    return name.lstrip(".").replace("/", "_") or "map"
+
+
+def load_program(
+    collection: CollectionSpec,
+    program_name: str,
+    *,
+    bindings: dict[str, MapBinding] | None = None,
+    pin_root: Path,
+    pin_dir: Path | None = None,
+    pin_program: bool = True,
+) -> LoadedProgram:
+    """Resolve the program's maps, load it through the verifier, and pin it as ``<pin_dir>/program``."""
+    try:
+        program = collection.program(program_name)
+    except KeyError as exc:
+        raise BpfshareError(exc.args[0]) from None
+    pin_dir = pin_dir or default_pin_dir(pin_root, program.name)
+    maps = resolve_maps(collection, program, bindings=bindings or {}, pin_dir=pin_dir, pin_root=pin_root)
+    try:
+        fds = {name: loaded.map.fd for name, loaded in maps.items()}
+        live = Program.load(program, program.instructions_with_fds(fds), name=program.name)
+        prog_pin = pin_dir / PROGRAM_PIN
+        if pin_program:
+            ensure_pin_dir(pin_dir)
+            replace_pin(live, prog_pin)
+    except BaseException:
+        for loaded in maps.values():
+            loaded.map.close()
+        raise
+    return LoadedProgram(program, live, prog_pin, maps)
