@@ -1,0 +1,58 @@
+"""Where things live under the agent's pin root. The layout is the node's only state store.
+
+    <root>/maps/<pinName>                 BpfMap pins
+    <root>/programs/<BpfProgram>/program  the loaded program
+    <root>/programs/<BpfProgram>/meta     what was loaded and attached (a one-entry array map)
+    <root>/programs/<BpfProgram>/links/*  pinned links (tcx, cgroup), one per target
+    <root>/programs/<BpfProgram>/<map>    the program's private maps (global data, unbound maps)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfshare.loader import PROGRAM_PIN
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def maps_dir(self) -> Path:
+        return self.root / "maps"
+
+    @property
+    def programs_dir(self) -> Path:
+        return self.root / "programs"
+
+    def map_pin(self, pin_name: str) -> Path:
+        return self.maps_dir / pin_name
+
+    def program_dir(self, name: str) -> Path:
+        return self.programs_dir / name
+
+    def program_pin(self, name: str) -> Path:
+        return self.program_dir(name) / PROGRAM_PIN
+
+    def meta_pin(self, name: str) -> Path:
+        return self.program_dir(name) / "meta"
+
+    def inside(self, path: Path) -> bool:
+        """Confinement: is ``path`` (resolved) under the pin root?"""
+        try:
+            path.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def program_names(self) -> list[str]:
+        if not self.programs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.programs_dir.iterdir() if p.is_dir())
+
+    def map_pin_names(self) -> list[str]:
+        if not self.maps_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.maps_dir.iterdir() if not p.name.startswith("."))
