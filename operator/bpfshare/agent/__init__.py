@@ -1,0 +1,1 @@
+"""The per-node kopf agent: watches resources, drives the node engine, writes this node's status."""

@@ -1,0 +1,156 @@
+"""The agent's reconcile loop: coalesce events, run the node engine, publish what changed.
+
+Bursts of events (a GitOps sync of hundreds of objects) wake the loop once: it waits a short
+debounce, takes one snapshot and runs one engine pass. A periodic resync re-checks everything and
+repairs drift (a pin removed by hand, a filter deleted, an interface re-created).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+from bpfshare.agent.state import ClusterState, Snapshot
+from bpfshare.agent.writer import Writer
+from bpfshare.engine import Engine, Report, StatusEntry
+from bpfshare.engine.status import Phase
+from bpfshare.errors import BpfshareError
+from bpfshare.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION
+
+log = logging.getLogger("bpfshare.agent")
+
+
+def node_entry(body: dict[str, Any], node: str) -> dict[str, Any] | None:
+    for entry in (body.get("status") or {}).get("nodes") or []:
+        if entry.get("node") == node:
+            return entry
+    return None
+
+
+class Agent:
+    def __init__(self, node: str, pin_root: Path, api_client: Any, *, resync_seconds: float = 60.0,
+                 debounce_seconds: float = 0.05) -> None:
+        self.node = node
+        self.state = ClusterState()
+        self.writer = Writer(api_client, node)
+        self.engine = Engine(pin_root, node, read_config_map=self.writer.read_config_map)
+        self.api_client = api_client
+        self.resync_seconds = resync_seconds
+        self.debounce_seconds = debounce_seconds
+        self.synced = False
+        self.passes = 0
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def initial_sync(self) -> None:
+        """List everything once before the first pass, so that 'not in the cluster' is known to be true
+        (the engine removes program directories whose resource is gone only from a complete view)."""
+        from kubernetes import client
+
+        custom = client.CustomObjectsApi(self.api_client)
+        for item in custom.list_cluster_custom_object(GROUP, VERSION, MAP_PLURAL)["items"]:
+            self.state.on_map(None, item)
+        for item in custom.list_cluster_custom_object(GROUP, VERSION, PROGRAM_PLURAL)["items"]:
+            self.state.on_program(None, item)
+        core = client.CoreV1Api(self.api_client)
+        try:
+            node = core.read_node(self.node)
+            self.state.on_node(None, self.api_client.sanitize_for_serialization(node))
+        except client.exceptions.ApiException as exc:
+            if exc.status != 404:
+                raise
+            log.warning("no Node object named %s: only resources without nodeSelector apply", self.node)
+        self.state.mark_all()
+        self.synced = True
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.resync_seconds)
+            if not self._wake.is_set():
+                self.state.mark_all()  # periodic resync
+            await asyncio.sleep(self.debounce_seconds)  # let a burst of events pile up
+            self._wake.clear()
+            if not self.state.dirty:
+                continue
+            snapshot = self.state.take()
+            try:
+                report = await asyncio.to_thread(
+                    self.engine.reconcile, snapshot.maps, snapshot.programs, snapshot.labels,
+                    only_programs=snapshot.only_programs, complete=self.synced,
+                )
+                await asyncio.to_thread(self.publish, snapshot, report)
+            except Exception:  # the loop must survive anything; the next pass retries
+                log.exception("reconcile pass failed; retrying")
+                self.state.mark_all()
+                await asyncio.sleep(1.0)
+                self._wake.set()
+            self.passes += 1
+
+    def publish(self, snapshot: Snapshot, report: Report) -> None:
+        """Write finalizers, this node's status entries and events; skip every no-op write."""
+        failed = False
+        for (kind, name), message in snapshot.invalid.items():
+            failed |= not self._publish_entry(snapshot, kind, name, StatusEntry(Phase.Error, message))
+        for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
+            for name, entry in entries.items():
+                failed |= not self._publish_entry(snapshot, kind, name, entry)
+        for kind, name in report.released:
+            failed |= not self._release(snapshot, kind, name)
+        for event in report.events:
+            body = snapshot.bodies.get((event.kind, event.name), {"metadata": {"name": event.name}})
+            self.writer.post_event(body, event.kind, event.type, event.reason, event.message)
+        if failed:
+            self.state.mark_all()  # retry the writes on the next pass
+
+    def _publish_entry(self, snapshot: Snapshot, kind: str, name: str, entry: StatusEntry) -> bool:
+        body = snapshot.bodies.get((kind, name))
+        if body is None:
+            return True
+        meta = body.get("metadata") or {}
+        try:
+            if not meta.get("deletionTimestamp") and self.writer.finalizer not in (meta.get("finalizers") or []):
+                self.writer.set_finalizer(kind, name, True)
+            wanted = entry.to_dict(self.node, int(meta.get("generation") or 0))
+            if node_entry(body, self.node) != wanted:
+                self.writer.set_status(kind, name, wanted)
+                self._remember_status(kind, name, wanted)
+        except BpfshareError as exc:
+            log.warning("%s", exc)
+            return False
+        return True
+
+    def _release(self, snapshot: Snapshot, kind: str, name: str) -> bool:
+        body = snapshot.bodies.get((kind, name))
+        if body is None:
+            return True
+        try:
+            if node_entry(body, self.node) is not None:
+                self.writer.set_status(kind, name, None)
+                self._remember_status(kind, name, None)
+            if self.writer.finalizer in ((body.get("metadata") or {}).get("finalizers") or []):
+                self.writer.set_finalizer(kind, name, False)
+        except BpfshareError as exc:
+            log.warning("%s", exc)
+            return False
+        return True
+
+    def _remember_status(self, kind: str, name: str, entry: dict[str, Any] | None) -> None:
+        """Record our write in the cached body, so the next pass does not write it again before the
+        watch event carrying it arrives."""
+        bodies = self.state.maps if kind == MAP_KIND else self.state.programs
+        body = bodies.get(name)
+        if body is None:
+            return
+        body = copy.deepcopy(body)
+        nodes = [e for e in (body.get("status") or {}).get("nodes") or [] if e.get("node") != self.node]
+        if entry is not None:
+            nodes.append(entry)
+        body.setdefault("status", {})["nodes"] = nodes
+        bodies[name] = body

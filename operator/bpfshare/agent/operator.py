@@ -1,0 +1,89 @@
+"""kopf wiring: thin handlers that feed watch events to the agent's state and wake its loop.
+
+Only event-watching handlers are registered, so kopf adds no finalizer of its own, stores no
+progress and no last-handled state in annotations: all of that would be per operator, and N node
+agents would fight over it. Finalizers and status are the agent's own, per node (see writer.py).
+Peering is off (standalone): every node must act, none may go idle because another is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from bpfshare.agent.loop import Agent
+from bpfshare.resources import GROUP, MAP_PLURAL, PROGRAM_PLURAL, VERSION
+
+log = logging.getLogger("bpfshare.agent")
+
+
+def make_api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def build_registry(agent: Agent) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # the agent posts its own, meaningful events
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.connect_timeout = 10
+        settings.networking.error_backoffs = [1, 2, 3, 5]
+        await asyncio.to_thread(agent.initial_sync)
+        tasks.append(asyncio.create_task(agent.run(), name="bpfshare-reconcile"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+
+    @kopf.on.event(GROUP, VERSION, MAP_PLURAL, registry=registry)
+    def on_map(event: dict[str, Any], **_: Any) -> None:
+        if agent.state.on_map(event.get("type"), event["object"]):
+            agent.notify()
+
+    @kopf.on.event(GROUP, VERSION, PROGRAM_PLURAL, registry=registry)
+    def on_program(event: dict[str, Any], **_: Any) -> None:
+        if agent.state.on_program(event.get("type"), event["object"]):
+            agent.notify()
+
+    @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == agent.node)
+    def on_node(event: dict[str, Any], **_: Any) -> None:
+        if agent.state.on_node(event.get("type"), event["object"]):
+            agent.notify()
+
+    @kopf.on.event("", "v1", "configmaps", registry=registry)
+    def on_config_map(event: dict[str, Any], **_: Any) -> None:
+        if agent.state.on_config_map(event.get("type"), event["object"]):
+            agent.notify()
+
+    @kopf.on.probe(id="reconcilePasses", registry=registry)
+    def passes(**_: Any) -> int:
+        return agent.passes
+
+    return registry
+
+
+def run_agent(node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None) -> None:
+    api_client = make_api_client()
+    agent = Agent(node, pin_root, api_client, resync_seconds=resync_seconds)
+    registry = build_registry(agent)
+    log.info("bpfshare agent for node %s, pin root %s", node, pin_root)
+    kopf.run(registry=registry, standalone=True, clusterwide=True, liveness_endpoint=liveness)

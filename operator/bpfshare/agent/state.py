@@ -1,0 +1,123 @@
+"""The agent's view of the cluster, fed by watch events; decides which programs need a look.
+
+Pure (no API, no kernel): the kopf handlers put bodies in, the reconcile loop takes snapshots out.
+A watch event only makes work when it changes what this node must do (spec generation, deletion,
+finalizers, node labels, a referenced ConfigMap); status updates, including the agent's own
+writes, make none, so an idle agent stays idle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpfshare.errors import BpfshareError
+from bpfshare.resources import MapResource, ProgramResource, parse_map, parse_program
+
+log = logging.getLogger("bpfshare.agent")
+
+
+def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
+    meta = body.get("metadata") or {}
+    return (meta.get("generation"), bool(meta.get("deletionTimestamp")), tuple(meta.get("finalizers") or ()))
+
+
+@dataclass
+class Snapshot:
+    maps: list[MapResource]
+    programs: list[ProgramResource]
+    labels: dict[str, str]
+    only_programs: set[str] | None  # None: every program (resync, node labels, map changes)
+    bodies: dict[tuple[str, str], dict[str, Any]]
+    invalid: dict[tuple[str, str], str]  # resources the agent cannot parse: reported as Error
+
+
+@dataclass
+class ClusterState:
+    maps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    programs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> resourceVersion
+    node_seen: bool = False
+    _dirty_all: bool = True
+    _dirty_programs: set[str] = field(default_factory=set)
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty_all or bool(self._dirty_programs)
+
+    def mark_all(self) -> None:
+        self._dirty_all = True
+
+    def on_map(self, event_type: str | None, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.maps.pop(name, None)
+            return False  # gone for good: our finalizer was already released
+        old = self.maps.get(name)
+        self.maps[name] = body
+        if old is None or _trigger(old) != _trigger(body):
+            self._dirty_all = True  # a map change can unblock or affect any program
+            return True
+        return False
+
+    def on_program(self, event_type: str | None, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.programs.pop(name, None)
+            return False
+        old = self.programs.get(name)
+        self.programs[name] = body
+        if old is None or _trigger(old) != _trigger(body):
+            self._dirty_programs.add(name)
+            return True
+        return False
+
+    def on_node(self, event_type: str | None, body: dict[str, Any]) -> bool:
+        labels = dict((body.get("metadata") or {}).get("labels") or {})
+        self.node_seen = event_type != "DELETED"
+        if labels != self.labels:
+            self.labels = labels
+            self._dirty_all = True
+            return True
+        return False
+
+    def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        version = "" if event_type == "DELETED" else str(meta.get("resourceVersion", ""))
+        if self.config_maps.get(key) == version:
+            return False
+        self.config_maps[key] = version
+        users = {name for name, prog in self.programs.items() if _config_map_of(prog) == key}
+        self._dirty_programs |= users
+        return bool(users)
+
+    def take(self) -> Snapshot:
+        """Parse what is known and clear the dirty marks (the caller reconciles the snapshot)."""
+        maps, programs, invalid = [], [], {}
+        bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        for name, body in self.maps.items():
+            bodies[("BpfMap", name)] = body
+            try:
+                maps.append(parse_map(body))
+            except BpfshareError as exc:
+                invalid[("BpfMap", name)] = str(exc)
+        for name, body in self.programs.items():
+            bodies[("BpfProgram", name)] = body
+            try:
+                programs.append(parse_program(body))
+            except BpfshareError as exc:
+                invalid[("BpfProgram", name)] = str(exc)
+        only = None if self._dirty_all else set(self._dirty_programs)
+        self._dirty_all = False
+        self._dirty_programs = set()
+        return Snapshot(maps, programs, dict(self.labels), only, bodies, invalid)
+
+
+def _config_map_of(body: dict[str, Any]) -> tuple[str, str] | None:
+    cm = (((body.get("spec") or {}).get("bytecode")) or {}).get("configMap")
+    if not cm:
+        return None
+    return (str(cm.get("namespace", "")), str(cm.get("name", "")))

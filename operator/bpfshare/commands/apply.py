@@ -1,0 +1,129 @@
+"""``bpfshare apply -f`` and ``bpfshare delete -f``: the node engine without a cluster."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bpfshare.cli import pin_root_option
+from bpfshare.errors import BpfshareError
+
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def iter_documents(sources: tuple[Path, ...]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    import yaml
+
+    for source in sources:
+        files = sorted(p for p in source.rglob("*") if p.suffix in YAML_SUFFIXES) if source.is_dir() else [source]
+        for path in files:
+            try:
+                docs = list(yaml.safe_load_all(path.read_text()))
+            except (OSError, yaml.YAMLError) as exc:
+                raise BpfshareError(f"{path}: {exc}") from None
+            for doc in docs:
+                if doc is None:
+                    continue
+                if not isinstance(doc, dict):
+                    raise BpfshareError(f"{path}: a document is not a mapping")
+                if doc.get("kind") == "List":
+                    for item in doc.get("items") or []:
+                        yield path, item
+                else:
+                    yield path, doc
+
+
+def read_resources(sources: tuple[Path, ...]):  # type: ignore[no-untyped-def]
+    from bpfshare.resources import API_VERSION, MAP_KIND, PROGRAM_KIND, parse_map, parse_program
+
+    maps, programs = [], []
+    for path, doc in iter_documents(sources):
+        kind = doc.get("kind")
+        if kind not in (MAP_KIND, PROGRAM_KIND):
+            click.echo(f"skipping {kind or 'a document without kind'} in {path}", err=True)
+            continue
+        if doc.get("apiVersion") != API_VERSION:
+            raise BpfshareError(f"{path}: {kind} apiVersion must be {API_VERSION}, not {doc.get('apiVersion')!r}")
+        (maps if kind == MAP_KIND else programs).append(parse_map(doc) if kind == MAP_KIND else parse_program(doc))
+    return maps, programs
+
+
+def _labels(options: tuple[str, ...]) -> dict[str, str]:
+    labels = {"kubernetes.io/hostname": socket.gethostname()}
+    for text in options:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    return labels
+
+
+def _print(report, node: str, generations: dict[tuple[str, str], int], output: str) -> None:  # type: ignore[no-untyped-def]
+    from bpfshare.resources import MAP_KIND, PROGRAM_KIND
+
+    out = []
+    for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
+        for name, entry in entries.items():
+            out.append({"kind": kind, "name": name,
+                        "status": {"nodes": [entry.to_dict(node, generations.get((kind, name), 0))]}})
+    for kind, name in sorted(report.released):
+        out.append({"kind": kind, "name": name, "removed": True})
+    if output == "json":
+        click.echo(json.dumps(out, indent=2))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(out, sort_keys=False).rstrip())
+
+
+def _run(files: tuple[Path, ...], pin_root: str, labels: tuple[str, ...], output: str, delete: bool) -> None:
+    from dataclasses import replace
+
+    from bpfshare.engine import Engine, Phase
+
+    maps, programs = read_resources(files)
+    if delete:
+        maps = [replace(m, meta=replace(m.meta, deleting=True)) for m in maps]
+        programs = [replace(p, meta=replace(p.meta, deleting=True)) for p in programs]
+    node = socket.gethostname()
+    engine = Engine(Path(pin_root), node)
+    report = engine.reconcile(maps, programs, _labels(labels))
+    for event in report.events:
+        click.echo(f"{event.type} {event.reason} {event.kind}/{event.name}: {event.message}", err=True)
+    generations = {(k, r.name): r.meta.generation for k, rs in (("BpfMap", maps), ("BpfProgram", programs)) for r in rs}
+    _print(report, node, generations, output)
+    if any(e.phase is Phase.Error for e in [*report.maps.values(), *report.programs.values()]):
+        sys.exit(1)
+
+
+_files = click.option("-f", "--filename", "files", multiple=True, required=True,
+                      type=click.Path(exists=True, path_type=Path), help="a YAML file or a directory of them")
+_labels_opt = click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+                           help="a node label for nodeSelector matching (repeatable)")
+_output = click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
+
+
+@click.command("apply")
+@_files
+@_labels_opt
+@_output
+@pin_root_option
+def apply(files: tuple[Path, ...], labels: tuple[str, ...], output: str, pin_root: str) -> None:
+    """Reconcile BpfMap/BpfProgram YAML on this node and print their status."""
+    _run(files, pin_root, labels, output, delete=False)
+
+
+@click.command("delete")
+@_files
+@_labels_opt
+@_output
+@pin_root_option
+def delete(files: tuple[Path, ...], labels: tuple[str, ...], output: str, pin_root: str) -> None:
+    """Remove the resources in the YAML from this node (programs detached; maps per reclaimPolicy)."""
+    _run(files, pin_root, labels, output, delete=True)

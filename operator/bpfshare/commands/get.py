@@ -1,0 +1,95 @@
+"""``bpfshare get [maps|programs]``: what this node holds, read from the pins and the kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bpfshare.cli import pin_root_option
+
+
+def node_maps(root: Path) -> list[dict[str, Any]]:
+    from bpfshare.engine.layout import Layout
+    from bpfshare.errors import BpfshareError
+    from bpfshare.kernel.maps import Map
+    from bpfshare.types import MapFlag
+
+    layout = Layout(root)
+    out = []
+    for name in layout.map_pin_names():
+        pin = layout.map_pin(name)
+        try:
+            with Map.from_pin(pin) as live:
+                info = live.info()
+        except BpfshareError as exc:
+            out.append({"pinName": name, "pinPath": str(pin), "error": str(exc)})
+            continue
+        out.append({"pinName": name, "pinPath": str(pin), "mapId": info.id, "type": info.type.name,
+                    "keySize": info.key_size, "valueSize": info.value_size, "maxEntries": info.max_entries,
+                    "flags": MapFlag.names(int(info.flags))})
+    return out
+
+
+def node_programs(root: Path) -> list[dict[str, Any]]:
+    from bpfshare.attach import LINKS_DIR
+    from bpfshare.engine.layout import Layout
+    from bpfshare.engine.meta import read_meta
+    from bpfshare.errors import BpfshareError
+    from bpfshare.kernel.links import Link
+    from bpfshare.kernel.programs import Program
+
+    layout = Layout(root)
+    out = []
+    for name in layout.program_names():
+        entry: dict[str, Any] = {"name": name}
+        try:
+            if layout.program_pin(name).exists():
+                with Program.from_pin(layout.program_pin(name)) as prog:
+                    info = prog.info()
+                entry.update(programId=info.id, tag=info.tag, type=info.type.name, mapIds=list(info.map_ids))
+            meta = read_meta(layout.meta_pin(name))
+            attachments: list[dict[str, Any]] = []
+            if meta is not None:
+                entry["program"] = meta.program
+                entry["maps"] = meta.bindings
+                attachments += [{"target": "tc:{interface}:{direction}".format(**t)
+                                 + (f"@{t['netns']}" if t.get("netns") else ""),
+                                 "handle": f"{t['priority']}:{t['handle']}"} for t in meta.tc]
+            links = layout.program_dir(name) / LINKS_DIR
+            for pin in sorted(links.iterdir()) if links.is_dir() else []:
+                with Link.from_pin(pin) as link:
+                    attachments.append({"pin": str(pin), "linkId": link.info().id})
+            entry["attachments"] = attachments
+        except BpfshareError as exc:
+            entry["error"] = str(exc)
+        out.append(entry)
+    return out
+
+
+@click.command("get")
+@click.argument("what", type=click.Choice(["all", "maps", "programs"]), default="all")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@pin_root_option
+def get(what: str, output: str, pin_root: str) -> None:
+    """Show the maps and programs bpfshare holds on this node, with their kernel IDs."""
+    root = Path(pin_root)
+    data: dict[str, Any] = {}
+    if what in ("all", "maps"):
+        data["maps"] = node_maps(root)
+    if what in ("all", "programs"):
+        data["programs"] = node_programs(root)
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif output == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    else:
+        for m in data.get("maps", []):
+            click.echo(f"map  {m['pinName']:<24} id {m.get('mapId', '-'):<6} {m.get('type', m.get('error', ''))}")
+        for p in data.get("programs", []):
+            targets = ", ".join(a.get("target", a.get("pin", "")) for a in p.get("attachments", []))
+            click.echo(f"prog {p['name']:<24} id {p.get('programId', '-'):<6} {targets}")
