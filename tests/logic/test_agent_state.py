@@ -1,0 +1,96 @@
+"""Which watch events make the agent work, and what a snapshot hands to the engine."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bpfshare.agent.state import ClusterState
+from bpfshare.agent.writer import field_manager, finalizer_name
+
+from tests.logic.test_resources import MAP, PROG
+
+
+def body(base: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(base)
+    obj["metadata"].update(meta)
+    return obj
+
+
+def test_first_snapshot_is_complete_and_clears_dirt() -> None:
+    state = ClusterState()
+    state.on_map(None, body(MAP))
+    state.on_program(None, body(PROG))
+    snap = state.take()
+    assert [m.name for m in snap.maps] == ["flow-counts"]
+    assert [p.name for p in snap.programs] == ["count-ingress"]
+    assert snap.only_programs is None  # everything
+    assert not state.dirty
+
+
+def test_status_only_changes_make_no_work() -> None:
+    state = ClusterState()
+    state.on_program(None, body(PROG, generation=1))
+    state.take()
+    written = body(PROG, generation=1)
+    written["status"] = {"nodes": [{"node": "n1", "phase": "Ready"}]}
+    assert state.on_program("MODIFIED", written) is False
+    assert not state.dirty
+
+
+def test_spec_change_marks_only_that_program() -> None:
+    state = ClusterState()
+    state.on_program(None, body(PROG, generation=1))
+    other = body(PROG, name="other", generation=1)
+    state.on_program(None, other)
+    state.take()
+    assert state.on_program("MODIFIED", body(PROG, generation=2)) is True
+    assert state.take().only_programs == {"count-ingress"}
+
+
+def test_deletion_timestamp_and_map_changes_trigger() -> None:
+    state = ClusterState()
+    state.on_map(None, body(MAP, generation=1))
+    state.on_program(None, body(PROG, generation=1))
+    state.take()
+    assert state.on_program("MODIFIED", body(PROG, generation=1, deletionTimestamp="2026-01-01T00:00:00Z"))
+    state.take()
+    assert state.on_map("MODIFIED", body(MAP, generation=2))
+    assert state.take().only_programs is None  # a map change may affect any program
+
+
+def test_node_labels_and_config_maps() -> None:
+    state = ClusterState()
+    prog = copy.deepcopy(PROG)
+    prog["spec"]["bytecode"] = {"configMap": {"namespace": "ns", "name": "obj", "key": "o"}}
+    state.on_program(None, prog)
+    state.take()
+    node = {"metadata": {"name": "n1", "labels": {"role": "edge"}}}
+    assert state.on_node(None, node) is True
+    assert state.on_node("MODIFIED", node) is False  # same labels
+    state.take()
+    cm = {"metadata": {"namespace": "ns", "name": "obj", "resourceVersion": "5"}}
+    assert state.on_config_map(None, cm) is True
+    assert state.take().only_programs == {"count-ingress"}
+    assert state.on_config_map("MODIFIED", cm) is False
+    unrelated = {"metadata": {"namespace": "ns", "name": "other", "resourceVersion": "1"}}
+    assert state.on_config_map(None, unrelated) is False
+
+
+def test_invalid_resources_are_reported_not_dropped() -> None:
+    state = ClusterState()
+    bad = copy.deepcopy(PROG)
+    bad["spec"]["attach"] = {}
+    state.on_program(None, bad)
+    snap = state.take()
+    assert snap.programs == []
+    assert "spec.attach" in snap.invalid[("BpfProgram", "count-ingress")]
+
+
+def test_finalizer_and_manager_names_are_valid_per_node() -> None:
+    assert finalizer_name("worker-1") == "bpfshare.io/node-worker-1"
+    long = "a" * 200 + ".example.com"
+    name = finalizer_name(long).split("/", 1)[1]
+    assert len(name) <= 63 and name[0].isalnum() and name[-1].isalnum()
+    assert finalizer_name(long) != finalizer_name("b" * 200 + ".example.com")
+    assert len(field_manager(long)) <= 128
