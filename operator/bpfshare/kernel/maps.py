@@ -1,0 +1,348 @@
+"""``Map``: a live kernel map (an owned fd), apart from the ``MapSpec`` that may have made it.
+
+Keys and values are raw bytes in the kernel's layout; interpreting them (endianness, structs) is
+the caller's business. Per-CPU maps are the one layout quirk handled here: the kernel reads and
+writes one value per *possible* CPU, each padded to 8 bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfshare.errors import KernelError
+from bpfshare.kernel.abi import BPF_ANY, Cmd, MapInfoStruct
+from bpfshare.kernel.compat import MAP_OF_MAPS, effective_spec
+from bpfshare.kernel.cpus import possible_cpus
+from bpfshare.kernel.objects import KIND_MAP, fd_by_id, obj_get, obj_info, obj_pin
+from bpfshare.kernel.syscall import FD, bpf, fdinfo, new_attr
+from bpfshare.spec import DefinitionStyle, MapSpec
+from bpfshare.types import MapFlag, MapType, ProgType
+
+PERCPU_TYPES = frozenset(
+    {MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage}
+)
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.]")
+
+
+def object_name(name: str) -> bytes:
+    """A kernel object name: at most 15 characters of [A-Za-z0-9_.] (others become '_')."""
+    return _NAME_BAD.sub("_", name)[:15].encode()
+
+
+def _enum(kind: type[MapType] | type[ProgType], value: int) -> int:
+    try:
+        return kind(value)
+    except ValueError:  # a type newer than this code: keep the number
+        return value
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    id: int
+    type: MapType
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: MapFlag
+    name: str
+    btf_id: int = 0
+    map_extra: int = 0
+    ifindex: int = 0
+    # ProgArray only: the program type the kernel bound it to at first use (None: not bound yet).
+    owner_prog_type: ProgType | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": getattr(self.type, "name", str(self.type)),
+            "keySize": self.key_size,
+            "valueSize": self.value_size,
+            "maxEntries": self.max_entries,
+            "flags": MapFlag.names(int(self.flags)),
+        }
+
+
+def value_buffer_size(map_type: int, value_size: int) -> int:
+    """Bytes the kernel copies for one value: per-CPU maps hold round_up(size, 8) per possible CPU."""
+    if map_type in PERCPU_TYPES:
+        return ((value_size + 7) & ~7) * possible_cpus()
+    return value_size
+
+
+class Map:
+    """An open map. Close it (or use ``with``) when done; pins keep the map alive without us."""
+
+    def __init__(self, fd: FD) -> None:
+        self._fd = fd
+        self._info: MapInfo | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, spec: MapSpec, name: str | None = None) -> Map:
+        """Create a map from ``spec``; global data maps get their initial contents (and .rodata
+        is frozen, so neither user space nor a program can change it afterwards)."""
+        spec = effective_spec(spec)
+        inner: Map | None = None
+        if spec.type in MAP_OF_MAPS:
+            if spec.inner is None:
+                raise KernelError(f"creating map {spec.name!r}: a {spec.type.name} needs an inner map spec")
+            # The kernel only reads the template's shape; it can go right after creation.
+            inner = cls.create(spec.inner, name=f"{spec.name}_inner")
+        attr = new_attr()
+        mc = attr.map_create
+        mc.map_type = int(spec.type)
+        mc.key_size = spec.key_size
+        mc.value_size = spec.value_size
+        mc.max_entries = spec.max_entries
+        mc.map_flags = int(spec.flags)
+        mc.map_name = object_name(name if name is not None else spec.name)
+        if inner is not None:
+            mc.inner_map_fd = inner.fd
+        try:
+            fd = FD(bpf(Cmd.MAP_CREATE, attr))
+        except KernelError as exc:
+            raise KernelError(f"creating map {spec.name!r} ({_shape(spec)}): {exc}{_create_hint(spec, exc)}",
+                              exc.errno) from None
+        finally:
+            if inner is not None:
+                inner.close()
+        live = cls(fd)
+        try:
+            if spec.contents is not None:
+                live._write_initial(spec)
+        except BaseException:
+            live.close()
+            raise
+        return live
+
+    def _write_initial(self, spec: MapSpec) -> None:
+        assert spec.contents is not None
+        if len(spec.contents) > spec.value_size:
+            raise KernelError(
+                f"map {spec.name!r}: initial contents ({len(spec.contents)} bytes) exceed the value size "
+                f"({spec.value_size})"
+            )
+        self.update(b"\0" * spec.key_size, spec.contents.ljust(spec.value_size, b"\0"))
+        if _is_rodata(spec):
+            self.freeze()
+
+    @classmethod
+    def from_pin(cls, path: Path | str, *, readonly: bool = False) -> Map:
+        from bpfshare.kernel.abi import BPF_F_RDONLY
+
+        return cls(obj_get(path, KIND_MAP, BPF_F_RDONLY if readonly else 0))
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        return cls(fd_by_id(KIND_MAP, map_id))
+
+    @classmethod
+    def from_fd(cls, fd: FD) -> Map:
+        """Take ownership of ``fd`` (checked to be a map)."""
+        from bpfshare.kernel.syscall import fd_kind
+
+        kind = fd_kind(fd.fileno())
+        if kind != KIND_MAP:
+            raise KernelError(f"fd {fd.fileno()} is a {kind}, not a map", errno.EINVAL)
+        return cls(fd)
+
+    # -- handle ----------------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        return self._fd.fileno()
+
+    def close(self) -> None:
+        self._fd.close()
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._fd.closed:
+            return "Map(closed)"
+        info = self.info()
+        return f"Map(id={info.id}, name={info.name!r}, type={getattr(info.type, 'name', info.type)})"
+
+    def info(self) -> MapInfo:
+        """What the kernel says about the map (cached: none of these fields ever change)."""
+        if self._info is None:
+            raw = obj_info(self.fd, MapInfoStruct())
+            owner: ProgType | None = None
+            if raw.type == MapType.ProgArray:
+                owner_text = fdinfo(self.fd).get("owner_prog_type")
+                owner = _enum(ProgType, int(owner_text)) if owner_text else None  # type: ignore[assignment]
+            self._info = MapInfo(
+                id=raw.id,
+                type=_enum(MapType, raw.type),  # type: ignore[arg-type]
+                key_size=raw.key_size,
+                value_size=raw.value_size,
+                max_entries=raw.max_entries,
+                flags=MapFlag(raw.map_flags),
+                name=raw.name.decode(errors="replace"),
+                btf_id=raw.btf_id,
+                map_extra=raw.map_extra,
+                ifindex=raw.ifindex,
+                owner_prog_type=owner,
+            )
+        return self._info
+
+    def pin(self, path: Path | str) -> None:
+        obj_pin(self.fd, path)
+
+    def freeze(self) -> None:
+        """Make the map read-only for user space from now on (BPF_MAP_FREEZE; irreversible)."""
+        attr = new_attr()
+        attr.map_elem.map_fd = self.fd
+        bpf(Cmd.MAP_FREEZE, attr)
+
+    # -- elements --------------------------------------------------------------------------
+
+    @property
+    def value_buffer_size(self) -> int:
+        info = self.info()
+        return value_buffer_size(info.type, info.value_size)
+
+    def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
+        size = self.info().key_size
+        if len(key) != size:
+            raise ValueError(f"map {self.info().name!r}: key must be {size} bytes, not {len(key)}")
+        return ctypes.create_string_buffer(bytes(key), max(size, 1))
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value at ``key`` (per-CPU maps: all CPUs' values, see ``lookup_percpu``), or None."""
+        kbuf = self._key(key)
+        size = self.value_buffer_size
+        vbuf = ctypes.create_string_buffer(max(size, 1))
+        attr = new_attr()
+        attr.map_elem.map_fd = self.fd
+        attr.map_elem.key = ctypes.addressof(kbuf)
+        attr.map_elem.value = ctypes.addressof(vbuf)
+        try:
+            bpf(Cmd.MAP_LOOKUP_ELEM, attr)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise self._error("lookup", exc) from None
+        return vbuf.raw[:size]
+
+    def lookup_percpu(self, key: bytes) -> list[bytes] | None:
+        """A per-CPU map's value at ``key`` split by CPU (each value_size bytes), or None."""
+        raw = self.lookup(key)
+        if raw is None:
+            return None
+        info = self.info()
+        stride = (info.value_size + 7) & ~7
+        return [raw[i : i + info.value_size] for i in range(0, len(raw), stride)]
+
+    def update(self, key: bytes, value: bytes | Sequence[bytes], flags: int = BPF_ANY) -> None:
+        """Set ``key`` to ``value``. Per-CPU maps take either the full buffer or one value per CPU."""
+        kbuf = self._key(key)
+        data = self._value(value)
+        vbuf = ctypes.create_string_buffer(data, max(len(data), 1))
+        attr = new_attr()
+        attr.map_elem.map_fd = self.fd
+        attr.map_elem.key = ctypes.addressof(kbuf)
+        attr.map_elem.value = ctypes.addressof(vbuf)
+        attr.map_elem.flags = flags
+        try:
+            bpf(Cmd.MAP_UPDATE_ELEM, attr)
+        except KernelError as exc:
+            raise self._error("update", exc) from None
+
+    def _value(self, value: bytes | Sequence[bytes]) -> bytes:
+        info = self.info()
+        if info.type in PERCPU_TYPES and not isinstance(value, (bytes, bytearray, memoryview)):
+            values = list(value)
+            if len(values) != possible_cpus():
+                raise ValueError(f"map {info.name!r}: need one value per possible CPU ({possible_cpus()})")
+            stride = (info.value_size + 7) & ~7
+            data = b"".join(self._check_len(bytes(v), info.value_size).ljust(stride, b"\0") for v in values)
+            return data
+        return self._check_len(bytes(value), self.value_buffer_size)  # type: ignore[arg-type]
+
+    def _check_len(self, data: bytes, size: int) -> bytes:
+        if len(data) != size:
+            raise ValueError(f"map {self.info().name!r}: value must be {size} bytes, not {len(data)}")
+        return data
+
+    def delete(self, key: bytes) -> bool:
+        """Delete ``key``; False if it was not there."""
+        kbuf = self._key(key)
+        attr = new_attr()
+        attr.map_elem.map_fd = self.fd
+        attr.map_elem.key = ctypes.addressof(kbuf)
+        try:
+            bpf(Cmd.MAP_DELETE_ELEM, attr)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise self._error("delete", exc) from None
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key (BPF_MAP_GET_NEXT_KEY). For a hash map changed concurrently, the kernel may
+        restart from the first key when the current one was deleted: keys can repeat."""
+        size = self.info().key_size
+        cur: ctypes.Array[ctypes.c_char] | None = None
+        nxt = ctypes.create_string_buffer(max(size, 1))
+        while True:
+            attr = new_attr()
+            attr.map_elem.map_fd = self.fd
+            attr.map_elem.key = ctypes.addressof(cur) if cur is not None else 0
+            attr.map_elem.value = ctypes.addressof(nxt)  # next_key
+            try:
+                bpf(Cmd.MAP_GET_NEXT_KEY, attr)
+            except KernelError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise self._error("iterate", exc) from None
+            key = nxt.raw[:size]
+            yield key
+            cur = ctypes.create_string_buffer(key, max(size, 1))
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs; a key deleted between the two calls is skipped."""
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    def _error(self, what: str, exc: KernelError) -> KernelError:
+        return KernelError(f"map {self.info().name!r} (id {self.info().id}): {what}: {exc}", exc.errno)
+
+
+def _shape(spec: MapSpec) -> str:
+    text = f"{spec.type.name}, key {spec.key_size}, value {spec.value_size}, max entries {spec.max_entries}"
+    if spec.flags:
+        text += ", flags " + "|".join(MapFlag.names(int(spec.flags)))
+    return text
+
+
+def _create_hint(spec: MapSpec, exc: KernelError) -> str:
+    if exc.errno == errno.EPERM:
+        return " (needs CAP_BPF or root; on kernels before 5.11 also a high enough RLIMIT_MEMLOCK)"
+    if exc.errno == errno.EINVAL:
+        if spec.max_entries == 0:
+            return " (max entries 0 is only valid for a few map types)"
+        no_prealloc_ok = (MapType.Hash, MapType.PercpuHash, MapType.LpmTrie)
+        if spec.flags & MapFlag.NoPrealloc and spec.type not in no_prealloc_ok:
+            return f" (NoPrealloc may not be allowed for {spec.type.name})"
+    return ""
+
+
+def _is_rodata(spec: MapSpec) -> bool:
+    if spec.style is not DefinitionStyle.GLOBAL_DATA:
+        return False
+    return (spec.section or spec.name).startswith(".rodata") or bool(spec.flags & MapFlag.RdonlyProg)

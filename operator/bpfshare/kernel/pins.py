@@ -1,0 +1,118 @@
+"""Pinned maps shared between loaders: reuse after a compatibility check, or create and pin, safely
+against other loaders doing the same at the same moment.
+
+The pin path is the rendezvous. BPF_OBJ_PIN fails with EEXIST when the path exists, which makes
+"create, then pin" an atomic claim: whoever pins first wins, the others drop the map they made and
+open the winner's. An existing map is only ever read (its info), never changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+from pathlib import Path
+
+from bpfshare.errors import KernelError
+from bpfshare.kernel.compat import check_compatible
+from bpfshare.kernel.maps import Map
+from bpfshare.spec import MapSpec
+
+BPF_FS_MAGIC = 0xCAFE4A11
+
+# How often to go round "open or create+pin" when the pin keeps appearing and disappearing
+# (another loader pinning, then an unpin) before giving up.
+ATTEMPTS = 8
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NotOnBpffsError(KernelError):
+    """A pin path is not inside a bpffs mount (the kernel would answer a bare EPERM)."""
+
+
+def fs_magic(path: Path | str) -> int:
+    """statfs(2)'s f_type: the filesystem's magic number (first field, a native long)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if _libc.statfs(os.fsencode(str(path)), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    if platform.machine() == "s390x":  # the one 64-bit ABI where f_type is a 32-bit int
+        return ctypes.c_uint.from_buffer(buf).value
+    return ctypes.c_ulong.from_buffer(buf).value
+
+
+def is_bpffs(path: Path | str) -> bool:
+    try:
+        return fs_magic(path) == BPF_FS_MAGIC
+    except OSError:
+        return False
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def ensure_pin_dir(path: Path | str) -> Path:
+    """Make sure ``path`` is a directory inside bpffs, creating missing directories.
+
+    Refuses to create anything when the nearest existing ancestor is not on bpffs: a typo'd pin
+    root would otherwise fill a tmpfs or /sys with directories and end in EPERM at pin time.
+    """
+    path = Path(path)
+    anchor = _nearest_existing(path)
+    if not is_bpffs(anchor):
+        raise NotOnBpffsError(
+            f"{path}: {anchor} is not on a bpffs mount (mount one with: mount -t bpf bpf {anchor})",
+            errno.EPERM,
+        )
+    if path.exists() and not path.is_dir():
+        raise KernelError(f"pin directory {path} exists and is not a directory", errno.ENOTDIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def get_or_create_pinned(spec: MapSpec, path: Path | str, subject: str) -> tuple[Map, bool]:
+    """The map pinned at ``path`` if compatible with ``spec``, else a new one pinned there.
+
+    Returns ``(map, reused)``. An existing but incompatible map raises IncompatibleMapError naming
+    every difference, and is left exactly as it was (pin, contents, ID).
+    """
+    path = Path(path)
+    ensure_pin_dir(path.parent)
+    for _ in range(ATTEMPTS):
+        existing = _open_existing(path, subject)
+        if existing is not None:
+            return _checked(existing, spec, subject), True
+        created = Map.create(spec)
+        try:
+            created.pin(path)
+        except KernelError as exc:
+            created.close()  # never pinned: the kernel frees it with this last fd
+            if exc.errno == errno.EEXIST:
+                continue  # another loader won the race: reuse theirs after the same check
+            raise KernelError(f"{subject}: {exc}", exc.errno) from None
+        return created, False
+    raise KernelError(f"{subject}: pin {path} kept appearing and disappearing; gave up", errno.EAGAIN)
+
+
+def _open_existing(path: Path, subject: str) -> Map | None:
+    try:
+        return Map.from_pin(path)
+    except KernelError as exc:
+        if exc.errno == errno.ENOENT:
+            return None  # nothing pinned (or unpinned since): create one
+        raise KernelError(f"{subject}: {exc}", exc.errno) from None
+
+
+def _checked(live: Map, spec: MapSpec, subject: str) -> Map:
+    try:
+        check_compatible(spec, live.info(), subject)
+    except BaseException:
+        live.close()
+        raise
+    return live
