@@ -1,0 +1,149 @@
+"""cgroup v2: root discovery, path resolution, and cgroup_skb programs attached through links."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpfshare.errors import KernelError, TargetNotFoundError
+from bpfshare.kernel.abi import BPF_F_ALLOW_MULTI
+from bpfshare.kernel.cgroup import CgroupPathError, cgroup2_root, open_cgroup, resolve_cgroup
+from bpfshare.kernel.links import Link, LinkType, prog_attach, prog_detach, query_cgroup
+from bpfshare.kernel.maps import Map
+from bpfshare.kernel.objects import link_ids
+from bpfshare.kernel.programs import Program
+from bpfshare.types import AttachType, ProgType
+from tests.fixtures.netenv import wait_for
+from tests.kernel.asm import COUNTER_MAP, counter_spec, read_u64, returns, simple_spec, u32
+
+EGRESS = AttachType.CgroupInetEgress
+
+HYBRID = """\
+25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+PURE = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+ELSEWHERE = "99 23 0:40 / /run/my\\040cgroups rw - cgroup2 none rw\n"
+
+
+def test_cgroup2_root_discovery() -> None:
+    assert cgroup2_root(HYBRID) == Path("/sys/fs/cgroup/unified")
+    assert cgroup2_root(PURE + HYBRID) == Path("/sys/fs/cgroup")
+    assert cgroup2_root(ELSEWHERE) == Path("/run/my cgroups")
+    with pytest.raises(TargetNotFoundError, match="no cgroup v2"):
+        cgroup2_root("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n")
+
+
+def test_resolve_relative_to_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "escape").symlink_to(tmp_path / "outside")
+    assert resolve_cgroup("/", root) == root
+    assert resolve_cgroup("", root) == root
+    assert resolve_cgroup("/a/b", root) == root / "a" / "b"
+    assert resolve_cgroup("a/b/", root) == root / "a" / "b"
+    with pytest.raises(CgroupPathError, match=r"must not contain '\.\.'"):
+        resolve_cgroup("/a/../../etc", root)
+    with pytest.raises(CgroupPathError, match="outside the cgroup v2 root"):
+        resolve_cgroup("/escape", root)
+    with pytest.raises(TargetNotFoundError, match="'/nope' not found"):
+        resolve_cgroup("/nope", root)
+
+
+@pytest.mark.kernel
+def test_real_root_and_missing_cgroup() -> None:
+    root = cgroup2_root()
+    assert (root / "cgroup.procs").exists()
+    with pytest.raises(TargetNotFoundError, match="relative to the cgroup v2 root"):
+        open_cgroup("/bpfshare-does-not-exist")
+    with pytest.raises(CgroupPathError):
+        open_cgroup("/..")
+
+
+def _count_prog(counter: Map, name: str) -> Program:
+    spec = counter_spec(ProgType.CgroupSkb, EGRESS, ret=1, name=name)
+    return Program.load(spec, spec.instructions_with_fds({"counter": counter.fd}))
+
+
+@pytest.mark.kernel
+def test_link_pin_update_detach(cgroup_dir: Path, bpffs: Path) -> None:
+    rel = "/" + cgroup_dir.name
+    allow = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name="allow")
+    with Program.load(allow, returns(1)) as first, Program.load(allow, returns(1), name="allow2") as second:
+        with open_cgroup(rel) as cg:
+            link = Link.create(first, int(cg), EGRESS)
+        with link:
+            info = link.info()
+            assert info.type is LinkType.Cgroup and info.attach_type is EGRESS
+            assert info.prog_id == first.info().id
+            assert info.cgroup_id == os.stat(cgroup_dir).st_ino
+            assert info.id in set(link_ids())
+            link.pin(bpffs / "link")
+        # Pinned: the attachment survives our fd.
+        with open_cgroup(resolve_cgroup(rel)) as cg:
+            assert query_cgroup(int(cg), EGRESS) == [first.info().id]
+        with Link.from_pin(bpffs / "link") as pinned:
+            link_id = pinned.info().id
+            pinned.update(second)
+            assert pinned.info().prog_id == second.info().id and pinned.info().id == link_id
+            with pytest.raises(KernelError) as exc:
+                pinned.update(first, old_prog=first)  # compare-and-swap against a stale program
+            assert exc.value.errno == errno.EPERM
+            pinned.update(first, old_prog=second)
+            assert pinned.info().prog_id == first.info().id
+            with open_cgroup(rel) as cg:
+                assert query_cgroup(int(cg), EGRESS) == [first.info().id]
+            pinned.detach()
+            with open_cgroup(rel) as cg:
+                assert query_cgroup(int(cg), EGRESS) == []
+        with Link.from_id(link_id) as by_id:  # still pinned, now defunct
+            assert by_id.info().id == link_id
+
+
+@pytest.mark.kernel
+def test_legacy_attach_and_query(cgroup_dir: Path) -> None:
+    allow = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS)
+    with Program.load(allow, returns(1)) as prog, open_cgroup(cgroup_dir) as cg:
+        prog_attach(int(cg), prog.fd, EGRESS, BPF_F_ALLOW_MULTI)
+        assert query_cgroup(int(cg), EGRESS) == [prog.info().id]
+        assert prog.info().id in query_cgroup(int(cg), EGRESS, effective=True)
+        prog_detach(int(cg), prog.fd, EGRESS)
+        assert query_cgroup(int(cg), EGRESS) == []
+
+
+SENDER = """
+import os, socket, sys
+if sys.argv[1] != "-":  # join the cgroup first: a socket belongs to its creator's cgroup
+    with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    try:
+        s.sendto(b"bpfshare", ("127.0.0.1", 9))
+    except OSError:
+        pass
+"""
+
+
+@pytest.mark.kernel
+def test_traffic_from_the_cgroup_is_counted(cgroup_dir: Path) -> None:
+    with (
+        Map.create(COUNTER_MAP) as counter,
+        _count_prog(counter, "count_egress") as prog,
+        open_cgroup(cgroup_dir) as cg,
+        Link.create(prog, int(cg), EGRESS),
+    ):
+        subprocess.run([sys.executable, "-c", SENDER, str(cgroup_dir), "10"], check=True, timeout=30)
+        assert wait_for(lambda: read_u64(counter.lookup(u32(0))) >= 10), read_u64(counter.lookup(u32(0)))
+        seen = read_u64(counter.lookup(u32(0)))
+        # Traffic from outside the cgroup is not counted.
+        subprocess.run([sys.executable, "-c", SENDER, "-", "5"], check=True, timeout=30)
+        assert read_u64(counter.lookup(u32(0))) == seen
