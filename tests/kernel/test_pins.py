@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfshare.errors import IncompatibleMapError
+from bpfshare.errors import IncompatibleMapError, KernelError
 from bpfshare.kernel import pins
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import NotOnBpffsError, ensure_pin_dir, get_or_create_pinned, is_bpffs
@@ -134,3 +134,11 @@ def test_ensure_pin_dir(bpffs: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "pins").exists()
     with pytest.raises(NotOnBpffsError):
         get_or_create_pinned(SPEC, tmp_path / "pins" / "m", "map m")
+
+
+def test_names_with_dots_are_refused_clearly(bpffs: Path) -> None:
+    """bpffs reserves '.' in names and answers a bare EPERM; say so."""
+    with pytest.raises(KernelError, match=r"bpffs refuses names containing '\.'"):
+        ensure_pin_dir(bpffs / "v1.2" / "maps")
+    with pytest.raises(KernelError, match=r"refuses names containing '\.' \('\.tmp'\)"):
+        get_or_create_pinned(SPEC, bpffs / ".tmp", "map m")

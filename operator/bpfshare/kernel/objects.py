@@ -26,6 +26,15 @@ KIND_PROG = "bpf-prog"
 KIND_LINK = "bpf-link"
 
 
+def pin_name_problem(path: Path | str) -> str:
+    """Why bpffs would refuse ``path``'s last component, or "" (it refuses any name with a '.',
+    reserved by the kernel, with a bare EPERM)."""
+    name = Path(path).name
+    if "." in name:
+        return f"bpffs refuses names containing '.' ({name!r})"
+    return ""
+
+
 def obj_pin(fd: int, path: Path | str) -> None:
     """Pin an object at ``path`` (which must be in bpffs and must not exist yet)."""
     raw = os.fsencode(str(path)) + b"\0"
@@ -36,7 +45,11 @@ def obj_pin(fd: int, path: Path | str) -> None:
     try:
         bpf(Cmd.OBJ_PIN, attr)
     except KernelError as exc:
-        raise KernelError(f"pinning at {path}: {exc}", exc.errno) from None
+        hint = ""
+        if exc.errno == errno.EPERM:
+            why = pin_name_problem(path)
+            hint = f" ({why})" if why else " (is the directory on a bpffs mount?)"
+        raise KernelError(f"pinning at {path}: {exc}{hint}", exc.errno) from None
 
 
 def obj_get(path: Path | str, kind: str, file_flags: int = 0) -> FD:
@@ -50,8 +63,9 @@ def obj_get(path: Path | str, kind: str, file_flags: int = 0) -> FD:
         fd = FD(bpf(Cmd.OBJ_GET, attr))
     except KernelError as exc:
         hint = ""
-        if exc.errno == errno.EPERM and os.path.exists(path):
-            hint = " (is it on a bpffs mount?)"
+        if exc.errno == errno.EPERM:
+            why = pin_name_problem(path)
+            hint = f" ({why})" if why else " (is it on a bpffs mount?)"
         raise KernelError(f"opening pin {path}: {exc}{hint}", exc.errno) from None
     actual = fd_kind(fd.fileno())
     if actual != kind:

@@ -17,6 +17,7 @@ from pathlib import Path
 from bpfshare.errors import KernelError
 from bpfshare.kernel.compat import check_compatible
 from bpfshare.kernel.maps import Map
+from bpfshare.kernel.objects import pin_name_problem
 from bpfshare.spec import MapSpec
 
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -52,7 +53,7 @@ def is_bpffs(path: Path | str) -> bool:
 
 def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
-        if candidate.exists():
+        if os.path.exists(candidate):  # False on any error: bpffs answers EPERM for names with '.'
             return candidate
     return Path("/")
 
@@ -70,8 +71,14 @@ def ensure_pin_dir(path: Path | str) -> Path:
             f"{path}: {anchor} is not on a bpffs mount (mount one with: mount -t bpf bpf {anchor})",
             errno.EPERM,
         )
-    if path.exists() and not path.is_dir():
+    if anchor == path and not path.is_dir():
         raise KernelError(f"pin directory {path} exists and is not a directory", errno.ENOTDIR)
+    for missing in (path, *path.parents):
+        if missing == anchor:
+            break
+        why = pin_name_problem(missing)
+        if why:
+            raise KernelError(f"pin directory {path}: {why}", errno.EPERM)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
