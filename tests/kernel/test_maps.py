@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from bpfshare.errors import KernelError
 from bpfshare.kernel.cpus import parse_cpu_list, possible_cpus
 from bpfshare.kernel.maps import Map, object_name
 from bpfshare.kernel.objects import map_ids
+from bpfshare.kernel.syscall import FD
 from bpfshare.spec import DefinitionStyle, MapSpec
 from bpfshare.types import MapFlag, MapType
 from tests.kernel.asm import read_u64, u32, u64
@@ -143,3 +146,30 @@ def test_create_error_names_the_map() -> None:
     with pytest.raises(KernelError) as exc:
         Map.create(bad)
     assert "creating map 'broken'" in str(exc.value) and "EINVAL" in str(exc.value)
+
+
+def test_fds_are_close_on_exec_and_owned() -> None:
+    m = Map.create(HASH)
+    assert fcntl.fcntl(m.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    with Map.from_id(m.info().id) as again:
+        assert fcntl.fcntl(again.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    m.close()
+    m.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        _ = m.fd
+    dup = FD(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 0))
+    number = dup.release()
+    assert dup.closed
+    os.close(number)
+
+
+def test_syscall_error_names_the_command() -> None:
+    from bpfshare.kernel.abi import Cmd
+    from bpfshare.kernel.syscall import bpf, new_attr
+
+    attr = new_attr()
+    attr.map_elem.map_fd = 2**31 - 1  # not an open fd
+    with pytest.raises(KernelError) as exc:
+        bpf(Cmd.MAP_LOOKUP_ELEM, attr)
+    assert str(exc.value) == "BPF_MAP_LOOKUP_ELEM: Bad file descriptor (EBADF)"
+    assert exc.value.errno == 9

@@ -76,7 +76,14 @@ def bpf(cmd: int, attr: Any, size: int | None = None) -> int:
             return int(ret)
         err = ctypes.get_errno()
         if err != errno_mod.EINTR:
-            raise KernelError(f"BPF_{Cmd(cmd).name}: {errno_text(err)}", err)
+            raise KernelError(f"{command_name(cmd)}: {errno_text(err)}", err)
+
+
+def command_name(cmd: int) -> str:
+    try:
+        return f"BPF_{Cmd(cmd).name}"
+    except ValueError:
+        return f"bpf command {cmd}"
 
 
 def new_attr() -> BpfAttr:
