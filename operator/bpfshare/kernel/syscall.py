@@ -92,15 +92,6 @@ def new_attr() -> BpfAttr:
     return attr
 
 
-def c_buffer(data: bytes) -> ctypes.Array[ctypes.c_char]:
-    """A ctypes buffer holding exactly ``data`` (no trailing NUL counted)."""
-    return ctypes.create_string_buffer(data, len(data)) if data else ctypes.create_string_buffer(1)
-
-
-def address(buf: Any) -> int:
-    return ctypes.addressof(buf)
-
-
 class FD:
     """Owns one file descriptor: ``close()`` once, context manager, closed on garbage collection.
 
