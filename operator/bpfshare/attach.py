@@ -144,8 +144,9 @@ def check_fits(program: ProgramSpec, target: AttachTarget) -> None:
 
 
 def link_pin_path(pin_dir: Path, target: AttachTarget) -> Path:
-    """One pin per target; the name is the target's key, percent-encoded (reversible, no '/')."""
-    return pin_dir / LINKS_DIR / quote(target.key, safe="@:-._")
+    """One pin per target; the name is the target's key, percent-encoded (reversible, and free of
+    '/' and of '.', which bpffs refuses in names)."""
+    return pin_dir / LINKS_DIR / quote(target.key, safe="@:-_").replace(".", "%2E")
 
 
 def target_from_link_pin(name: str) -> AttachTarget:

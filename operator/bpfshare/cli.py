@@ -18,6 +18,12 @@ DEFAULT_PIN_ROOT = "/sys/fs/bpf/bpfshare"
 # name -> "module:attribute" of a click command; each module imports its heavy dependencies itself.
 SUBCOMMANDS: dict[str, str] = {
     "cluster": "bpfshare.controlplane.cli:cluster",
+    "inspect": "bpfshare.commands.inspect:inspect",
+    "load": "bpfshare.commands.load:load",
+    "apply": "bpfshare.commands.apply:apply",
+    "delete": "bpfshare.commands.apply:delete",
+    "get": "bpfshare.commands.get:get",
+    "agent": "bpfshare.commands.agent:agent",
 }
 
 

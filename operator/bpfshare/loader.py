@@ -19,6 +19,7 @@ Map resolution, for every map the program refers to:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -121,9 +122,10 @@ class Pinnable(Protocol):
 def replace_pin(live: Pinnable, path: Path) -> None:
     """Pin ``live`` at ``path`` atomically: pin beside it, then rename over the old pin.
 
-    A reader of ``path`` sees the old object or the new one, never no object.
+    A reader of ``path`` sees the old object or the new one, never no object. (bpffs refuses any
+    name with a '.', so the temporary name has none.)
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}_tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     live.pin(tmp)
     os.rename(tmp, path)
@@ -171,8 +173,8 @@ def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_r
 
 
 def _pin_name(name: str) -> str:
-    # ".rodata" would be a hidden file name; keep pins visible and free of odd characters.
-    return name.lstrip(".").replace("/", "_") or "map"
+    # bpffs refuses names containing '.', so ".rodata.str1.1" is pinned as "rodata_str1_1".
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name.lstrip(".")) or "map"
 
 
 def load_program(

@@ -23,7 +23,8 @@ PROGRAM_KIND = "BpfProgram"
 MAP_PLURAL = "bpfmaps"
 PROGRAM_PLURAL = "bpfprograms"
 
-PIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# One path component; bpffs refuses names containing '.'.
+PIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
 DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -167,7 +168,7 @@ def parse_map(obj: Mapping[str, Any]) -> MapResource:
         raise ResourceError(f"{where}.flags: {exc}") from None
     pin_name = spec.get("pinName") or meta.name
     if not isinstance(pin_name, str) or not PIN_NAME.match(pin_name) or pin_name in (".", ".."):
-        raise ResourceError(f"{where}.pinName: {pin_name!r} must be a single path component (no '/', not '..')")
+        raise ResourceError(f"{where}.pinName: {pin_name!r} must be a single path component (letters, digits, '-', '_'; no '/' or '.')")
     adopt = spec.get("adopt")
     if adopt is not None:
         if not isinstance(adopt, str) or not adopt.startswith("/") or "\0" in adopt or ".." in adopt.split("/"):

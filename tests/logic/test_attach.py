@@ -51,7 +51,7 @@ def test_parse_attach_errors(text: str, words: str) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [TcxTarget("eth0", "ingress", "/run/netns/x"), CgroupTarget("a/b/c", "egress"), CgroupTarget("/", "sock_create")],
+    [TcxTarget("eth0", "ingress", "/run/netns/x"), CgroupTarget("a/b.c/d", "egress"), CgroupTarget("/", "sock_create")],
 )
 def test_link_pin_name_is_one_component_and_reversible(target: TcxTarget | CgroupTarget) -> None:
     pin = link_pin_path(Path("/pins/prog"), target)
