@@ -169,7 +169,6 @@ def attach_program(program: Program, spec: ProgramSpec, target: AttachTarget, pi
 
 def _attach_link(program: Program, target: TcxTarget | CgroupTarget, pin: Path) -> Attachment:
     from bpfshare.kernel.links import Link
-    from bpfshare.kernel.pins import ensure_pin_dir
 
     existing = _adopt_link(pin, target)
     if existing is not None:
@@ -189,7 +188,6 @@ def _attach_link(program: Program, target: TcxTarget | CgroupTarget, pin: Path) 
         with open_cgroup(target.path) as cgroup_fd:
             link = Link.create(program, int(cgroup_fd), target.attach_type)
     with link:
-        ensure_pin_dir(pin.parent)
         replace_pin(link, pin)
         return Attachment(target, link_id=link.info().id, pin_path=pin)
 

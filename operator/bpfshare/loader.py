@@ -125,6 +125,7 @@ def replace_pin(live: Pinnable, path: Path) -> None:
     A reader of ``path`` sees the old object or the new one, never no object. (bpffs refuses any
     name with a '.', so the temporary name has none.)
     """
+    ensure_pin_dir(path.parent)
     tmp = path.with_name(f"{path.name}_tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     live.pin(tmp)
@@ -161,7 +162,6 @@ def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_r
     if binding is not None:
         return LoadedMap(spec, open_binding(spec, binding), binding.pin_path, reused=True)
     if spec.style is DefinitionStyle.GLOBAL_DATA:
-        ensure_pin_dir(pin_dir)
         live = Map.create(spec)
         path = pin_dir / _pin_name(spec.name)
         replace_pin(live, path)
@@ -198,7 +198,6 @@ def load_program(
         live = Program.load(program, program.instructions_with_fds(fds), name=program.name)
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
-            ensure_pin_dir(pin_dir)
             replace_pin(live, prog_pin)
     except BaseException:
         for loaded in maps.values():

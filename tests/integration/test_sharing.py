@@ -34,7 +34,7 @@ def bpfshare(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 
 def bpftool(*args: str) -> object:
     out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    return json.loads(out) if out.strip() else []  # `cgroup show` of an empty cgroup prints nothing
 
 
 def counters(pin: Path) -> list[int]:

@@ -1,0 +1,234 @@
+"""The node engine through `bpfshare apply/delete -f`, without a cluster, on the real kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.netenv import NetnsPair, run
+from tests.integration.test_sharing import (
+    CG_EGRESS,
+    TC_INGRESS,
+    bpfshare,
+    bpftool,
+    counters,
+    filters_on,
+    send_from_cgroup,
+)
+
+pytestmark = pytest.mark.kernel
+
+
+def bpfmap(name: str = "flow-counts", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfMap", "metadata": {"name": name},
+            "spec": {"type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4, **spec}}
+
+
+def tc_program(obj: Path, pair: NetnsPair, name: str = "count-ingress", program: str = "count_ingress",
+               **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram", "metadata": {"name": name},
+            "spec": {"bytecode": {"path": str(obj)}, "program": program,
+                     "attach": {"tc": {"interfaces": [pair.if_b], "direction": "ingress",
+                                       "networkNamespace": pair.ns_b}},
+                     "maps": {"shared_counts": "flow-counts"}, **spec}}
+
+
+def cgroup_program(obj: Path, cgroup: Path, name: str = "count-cgroup", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram", "metadata": {"name": name},
+            "spec": {"bytecode": {"path": str(obj)}, "program": "count_cgroup_egress",
+                     "attach": {"cgroup": {"path": cgroup.name, "type": "egress"}},
+                     "maps": {"shared_counts": "flow-counts"}, **spec}}
+
+
+class Node:
+    """`bpfshare apply/delete` against one pin root, with resources written to a temp file."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.root = root
+        self.tmp = tmp
+        self.runs = 0
+
+    def _file(self, docs: list[dict[str, Any]]) -> Path:
+        self.runs += 1
+        path = self.tmp / f"resources-{self.runs}.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        return path
+
+    def apply(self, *docs: dict[str, Any], ok: bool = True) -> dict[str, dict[str, Any]]:
+        return self._run("apply", list(docs), ok)
+
+    def delete(self, *docs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return self._run("delete", list(docs), True)
+
+    def _run(self, verb: str, docs: list[dict[str, Any]], ok: bool) -> dict[str, dict[str, Any]]:
+        proc = bpfshare(verb, "-f", str(self._file(docs)), "--pin-root", str(self.root), "-o", "json", check=False)
+        assert (proc.returncode == 0) is ok, proc.stderr
+        self.last_events = proc.stderr
+        out: dict[str, dict[str, Any]] = {}
+        for item in json.loads(proc.stdout):
+            out[item["name"]] = item["status"]["nodes"][0] if "status" in item else {"removed": True}
+        return out
+
+
+@pytest.fixture
+def node(bpffs: Path, tmp_path: Path) -> Node:
+    return Node(bpffs / "bpfshare", tmp_path)
+
+
+def test_apply_shares_one_map_between_tc_and_cgroup(node: Node, bpf_objects, netns_pair: NetnsPair,
+                                                   cgroup_dir: Path) -> None:
+    docs = (bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
+            cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    status = node.apply(*docs)
+    m, tc, cg = status["flow-counts"], status["count-ingress"], status["count-cgroup"]
+    assert [m["phase"], tc["phase"], cg["phase"]] == ["Ready"] * 3, status
+    pin = Path(m["pinPath"])
+    assert pin == node.root / "maps" / "flow-counts"
+    assert bpftool("map", "show", "pinned", str(pin))["id"] == m["mapId"]  # type: ignore[index]
+    assert tc["maps"] == {"shared_counts": m["mapId"]} == cg["maps"]
+    for prog in (tc, cg):
+        assert bpftool("prog", "show", "id", str(prog["programId"]))["map_ids"] == [m["mapId"]]  # type: ignore[index]
+    assert sorted(m["usedBy"]) == ["count-cgroup", "count-ingress"]
+    assert filters_on(netns_pair) == [tc["programId"]]
+
+    netns_pair.send_udp(6)
+    send_from_cgroup(cgroup_dir, 4)
+    values = counters(pin)
+    assert values[TC_INGRESS] >= 6 and values[CG_EGRESS] == 4
+
+    # Idempotent, and a fresh process (a restart) re-adopts everything: same IDs, no second attachment.
+    again = node.apply(*docs)
+    for name in ("count-ingress", "count-cgroup"):
+        assert again[name]["programId"] == status[name]["programId"]
+        assert again[name]["attachments"] == status[name]["attachments"]
+    assert again["flow-counts"]["mapId"] == m["mapId"]
+    assert "Loaded" not in node.last_events and "Attached" not in node.last_events
+    assert filters_on(netns_pair) == [tc["programId"]]
+    assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup_dir))] == [cg["programId"]]  # type: ignore[union-attr,index]
+
+    # Delete: programs detached and unpinned, the map unpinned (reclaimPolicy Delete).
+    gone = node.delete(*docs)
+    assert all(v == {"removed": True} for v in gone.values()), gone
+    assert filters_on(netns_pair) == []
+    assert bpftool("cgroup", "show", str(cgroup_dir)) == []
+    assert not pin.exists()
+    assert list((node.root / "programs").iterdir()) == []
+
+
+def test_upgrade_in_place_keeps_map_contents_and_one_attachment(node: Node, bpf_objects, netns_pair: NetnsPair,
+                                                               cgroup_dir: Path) -> None:
+    first = node.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
+                       cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    pin = Path(first["flow-counts"]["pinPath"])
+    netns_pair.send_udp(5)
+    before = counters(pin)
+    assert before[TC_INGRESS] >= 5
+
+    # New bytecode for both: a legacy-style tc object, a BTF cgroup object.
+    second = node.apply(bpfmap(), tc_program(bpf_objects["flow_counter_legacy"], netns_pair),
+                        cgroup_program(bpf_objects["flow_counter"], cgroup_dir))
+    for name in ("count-ingress", "count-cgroup"):
+        assert second[name]["phase"] == "Ready"
+        assert second[name]["programId"] != first[name]["programId"]
+    assert "Upgraded" in node.last_events
+    # The tc filter was replaced at the same priority/handle; the cgroup link was updated, not re-created.
+    assert filters_on(netns_pair) == [second["count-ingress"]["programId"]]
+    assert second["count-cgroup"]["attachments"][0]["linkId"] == first["count-cgroup"]["attachments"][0]["linkId"]
+    assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup_dir))] == [second["count-cgroup"]["programId"]]  # type: ignore[union-attr,index]
+    assert counters(pin)[TC_INGRESS] >= before[TC_INGRESS]  # contents kept
+    netns_pair.send_udp(3)
+    assert counters(pin)[TC_INGRESS] >= before[TC_INGRESS] + 3
+
+
+def test_errors_are_reported_per_resource_and_disturb_nothing(node: Node, bpf_objects, netns_pair: NetnsPair,
+                                                              cgroup_dir: Path, tmp_path: Path) -> None:
+    good = node.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair))
+    prog_id = good["count-ingress"]["programId"]
+    not_elf = tmp_path / "not-elf.o"
+    not_elf.write_bytes(b"hello")
+
+    status = node.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        # A map whose spec differs from what is already pinned under its name.
+        bpfmap("flow-counts-2", type="Hash", keySize=8, maxEntries=16, pinName="flow-counts"),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="wrong-map",
+                       maps={"shared_counts": "flow-counts-2"}),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map",
+                       maps={"shared_counts": "does-not-exist"}),
+        tc_program(bpf_objects["flow_counter"], netns_pair, name="no-iface",
+                   attach={"tc": {"interfaces": ["nosuchif0"], "networkNamespace": netns_pair.ns_b}}),
+        cgroup_program(not_elf, cgroup_dir, name="bad-bytecode"),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="bad-digest",
+                       bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64}),
+        ok=False,
+    )
+    m2 = status["flow-counts-2"]
+    assert m2["phase"] == "Error"
+    for words in ("Type: Array changed to Hash", "KeySize: 4 changed to 8", "MaxEntries: 4 changed to 16"):
+        assert words in m2["message"]
+    assert status["wrong-map"]["phase"] == "Pending" and "flow-counts-2" in status["wrong-map"]["message"]
+    assert status["no-map"]["phase"] == "Pending" and "does-not-exist" in status["no-map"]["message"]
+    assert status["no-iface"]["phase"] == "Error" and "nosuchif0" in status["no-iface"]["message"]
+    assert status["bad-bytecode"]["phase"] == "Error" and "not an ELF object" in status["bad-bytecode"]["message"]
+    assert status["bad-digest"]["phase"] == "Error" and "sha256" in status["bad-digest"]["message"]
+    # Nothing else on the node changed.
+    assert status["flow-counts"]["phase"] == "Ready"
+    assert status["flow-counts"]["mapId"] == good["flow-counts"]["mapId"]
+    assert status["count-ingress"]["programId"] == prog_id
+    assert filters_on(netns_pair) == [prog_id]
+    assert bpftool("cgroup", "show", str(cgroup_dir)) == []
+
+
+def test_program_waits_for_its_map_and_deletion_waits_for_users(node: Node, bpf_objects, netns_pair: NetnsPair) -> None:
+    prog = tc_program(bpf_objects["flow_counter"], netns_pair)
+    waiting = node.apply(prog)
+    assert waiting["count-ingress"]["phase"] == "Pending"
+    assert "waiting for BpfMap flow-counts" in waiting["count-ingress"]["message"]
+    assert not (node.root / "programs" / "count-ingress").exists()  # never a private map instead
+
+    ready = node.apply(bpfmap(), prog)
+    assert ready["count-ingress"]["phase"] == "Ready"
+    held = node.delete(bpfmap())
+    assert "deletion waits" in held["flow-counts"]["message"]
+    assert "count-ingress" in held["flow-counts"]["message"]
+    assert (node.root / "maps" / "flow-counts").exists()
+    node.delete(prog)
+    assert node.delete(bpfmap()) == {"flow-counts": {"removed": True}}
+    assert not (node.root / "maps" / "flow-counts").exists()
+
+
+def test_retain_keeps_pin_and_contents(node: Node) -> None:
+    status = node.apply(bpfmap(reclaimPolicy="Retain"))
+    pin = Path(status["flow-counts"]["pinPath"])
+    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "1", "0", "0", "0",
+                    "value", "9", "0", "0", "0", "0", "0", "0", "0"], check=True)
+    node.delete(bpfmap(reclaimPolicy="Retain"))
+    assert pin.exists()
+    assert counters(pin)[1] == 9
+
+
+def test_adopt_takes_over_a_tc_pinned_map_after_the_check(node: Node, bpffs: Path, bpf_objects,
+                                                          netns_pair: NetnsPair) -> None:
+    run("tc", "qdisc", "add", "dev", netns_pair.if_b, "clsact", netns=netns_pair.ns_b)
+    subprocess.run(["nsenter", f"--net=/run/netns/{netns_pair.ns_b}", "tc", "filter", "add", "dev",
+                    netns_pair.if_b, "egress", "bpf", "da", "obj", str(bpf_objects["flow_counter_tc"]),
+                    "sec", "classifier/egress"], check=True, env={"TC_BPF_MNT": str(bpffs), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    tc_pin = bpffs / "tc" / "globals" / "shared_counts"
+    tc_id = bpftool("map", "show", "pinned", str(tc_pin))["id"]  # type: ignore[index]
+
+    bad = node.apply(bpfmap("adopted", type="Hash", adopt=str(tc_pin)), ok=False)
+    assert bad["adopted"]["phase"] == "Error" and "Type: Array changed to Hash" in bad["adopted"]["message"]
+    assert not (node.root / "maps" / "adopted").exists()
+
+    status = node.apply(bpfmap("adopted", adopt=str(tc_pin)))
+    assert status["adopted"]["phase"] == "Ready"
+    assert status["adopted"]["mapId"] == tc_id
+    node.delete(bpfmap("adopted", adopt=str(tc_pin)))
+    assert tc_pin.exists()  # never removes a pin it did not create
+    assert not (node.root / "maps" / "adopted").exists()
