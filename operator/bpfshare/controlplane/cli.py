@@ -1,0 +1,67 @@
+"""``bpfshare cluster build|up|down|env``: the local control plane from the command line."""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+import click
+
+from bpfshare.controlplane import ControlPlaneError
+from bpfshare.controlplane.build import ensure_built
+from bpfshare.controlplane.paths import default_state_dir
+from bpfshare.controlplane.run import DEFAULT_TIMEOUT, is_healthy, load, start, stop
+
+
+@click.group()
+def cluster() -> None:
+    """A local control plane (etcd + kube-apiserver) for the demo and the tests.
+
+    State (pids, logs, kubeconfig) lives in $BPFSHARE_CLUSTER_DIR, default ~/.cache/bpfshare/cluster;
+    binaries are built once per version into ~/.cache/bpfshare/controlplane (see $BPFSHARE_CACHE_DIR).
+    """
+
+
+@cluster.command()
+@click.option("--force", is_flag=True, help="Rebuild even if the cache already holds these versions.")
+def build(force: bool) -> None:
+    """Build (or find cached) kube-apiserver, kubectl and etcd; print their directory."""
+    click.echo(str(ensure_built(force=force)))
+
+
+@cluster.command()
+@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds to wait for kube-apiserver to become ready.")
+def up(timeout: float) -> None:
+    """Start the control plane (nothing to do if it is already running and healthy)."""
+    state_dir = default_state_dir()
+    existing = load(state_dir)
+    if existing is not None and is_healthy(existing):
+        click.echo(f"bpfshare: control plane already running at {existing.server}", err=True)
+        return
+    bin_dir = ensure_built()
+    started = time.monotonic()
+    cp = start(state_dir, bin_dir, timeout=timeout)
+    click.echo(f"bpfshare: control plane ready at {cp.server} in {time.monotonic() - started:.1f}s "
+               f"(logs in {state_dir}); use it with: eval \"$(bpfshare cluster env)\"", err=True)
+
+
+@cluster.command()
+def down() -> None:
+    """Stop the control plane and delete its state directory."""
+    state_dir = default_state_dir()
+    if stop(state_dir):
+        click.echo(f"bpfshare: control plane stopped, {state_dir} removed", err=True)
+    else:
+        click.echo("bpfshare: no control plane was running", err=True)
+
+
+@cluster.command()
+def env() -> None:
+    """Print shell exports (KUBECONFIG, PATH) for the running control plane."""
+    state_dir = default_state_dir()
+    cp = load(state_dir)
+    if cp is None or not cp.kubeconfig.exists():
+        raise ControlPlaneError(f"no control plane in {state_dir}; start one with `bpfshare cluster up`")
+    click.echo(f"export KUBECONFIG={shlex.quote(str(cp.kubeconfig))}")
+    click.echo(f"export PATH={shlex.quote(str(cp.bin_dir))}:\"$PATH\"")

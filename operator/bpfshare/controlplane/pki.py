@@ -1,0 +1,89 @@
+"""Credentials of the local control plane: service-account key, static tokens, kubeconfig."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from bpfshare.controlplane import ControlPlaneError
+
+ADMIN_USER = "bpfshare-admin"
+ADMIN_GROUP = "system:masters"
+UNPRIVILEGED_USER = "bpfshare-nobody"  # authenticated, but no RBAC binding grants it anything
+
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.S)
+
+
+def new_token() -> str:
+    return secrets.token_hex(24)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write a file readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+
+
+def write_token_file(path: Path, admin_token: str, unprivileged_token: str) -> None:
+    """kube-apiserver's --token-auth-file: ``token,user,uid,"group1,group2"``."""
+    write_private(
+        path,
+        f'{admin_token},{ADMIN_USER},{ADMIN_USER},"{ADMIN_GROUP}"\n'
+        f"{unprivileged_token},{UNPRIVILEGED_USER},{UNPRIVILEGED_USER}\n",
+    )
+
+
+def write_service_account_key(path: Path) -> None:
+    """An RSA key that signs (and, as a private key, also verifies) service-account tokens."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise ControlPlaneError(
+                "generating the service-account key needs the `cryptography` Python package or `openssl`"
+            ) from None
+        argv = [openssl, "genrsa", "-out", str(path), "2048"]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ControlPlaneError(f"openssl genrsa failed: {result.stderr.strip()}") from None
+        path.chmod(0o600)
+        return
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+
+
+def serving_ca(cert_file: Path) -> str:
+    """The CA that signed kube-apiserver's self-generated serving certificate.
+
+    With ``--cert-dir`` and no certificate given, kube-apiserver writes ``apiserver.crt`` holding its
+    serving certificate followed by the self-signed CA that issued it.
+    """
+    certs = _PEM_CERT.findall(cert_file.read_text())
+    if not certs:
+        raise ControlPlaneError(f"no certificate in {cert_file}")
+    return certs[-1] if certs[-1].endswith("\n") else certs[-1] + "\n"
+
+
+def kubeconfig(server: str, ca_file: Path, token: str, user: str = ADMIN_USER) -> str:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "bpfshare", "cluster": {"server": server, "certificate-authority": str(ca_file)}},
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "bpfshare", "context": {"cluster": "bpfshare", "user": user}}],
+        "current-context": "bpfshare",
+        "preferences": {},
+    }
+    return yaml.safe_dump(config, sort_keys=False)
