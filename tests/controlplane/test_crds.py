@@ -1,0 +1,200 @@
+"""The CRDs on a real kube-apiserver: established, structural schema and CEL rules enforced, columns."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bpfshare.controlplane.run import ControlPlane
+from tests.controlplane.objects import GROUP, VERSION, bpfmap, bpfprogram
+from tests.fixtures.cluster import CRD_NAMES
+
+pytestmark = pytest.mark.cluster
+
+ATTACH_TC = {"tc": {"interfaces": ["eth0"], "direction": "ingress"}}
+ATTACH_CGROUP = {"cgroup": {"path": "/", "type": "egress"}}
+
+
+def test_both_crds_are_established(crds: ControlPlane) -> None:
+    for crd in CRD_NAMES:
+        out = json.loads(crds.kubectl("get", f"crd/{crd}", "-o", "json").stdout)
+        conditions = {c["type"]: c["status"] for c in out["status"]["conditions"]}
+        assert conditions.get("Established") == "True", conditions
+        assert conditions.get("NamesAccepted") == "True", conditions
+        assert out["spec"]["scope"] == "Cluster"
+        assert out["spec"]["names"]["categories"] == ["bpf"]
+
+
+def test_short_names_and_category(crds: ControlPlane) -> None:
+    for resource in ("bpfmaps", "bpfmap", "bpfprograms", "bpfprog", "bpfprogs", "bpf"):
+        crds.kubectl("get", resource)  # raises unless the server knows the name
+
+
+def create(custom: Any, plural: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    return custom.create_cluster_custom_object(GROUP, VERSION, plural, body,  # type: ignore[no-any-return]
+                                               dry_run="All" if dry_run else None)
+
+
+def rejection(custom: Any, plural: str, body: dict[str, Any]) -> str:
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as info:
+        create(custom, plural, body, dry_run=True)
+    assert info.value.status == 422, info.value.body
+    return str(json.loads(info.value.body)["message"])
+
+
+def test_spec_examples_are_accepted_with_defaults(custom: Any, name: str) -> None:
+    created = create(custom, "bpfmaps", bpfmap(name, flags=["NoPrealloc"], pinName="flow_counts",
+                                               adopt="/sys/fs/bpf/tc/globals/flow_counts",
+                                               nodeSelector={"matchLabels": {"bpf": "yes"}}))
+    assert created["spec"]["reclaimPolicy"] == "Delete"
+    prog = create(custom, "bpfprograms", bpfprogram(name, maps={"shared_counts": name}))
+    assert prog["spec"]["attach"]["tc"]["priority"] == 1
+    custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)
+    custom.delete_cluster_custom_object(GROUP, VERSION, "bpfprograms", name)
+
+
+VALID_MAPS: list[dict[str, Any]] = [
+    {"type": "Array", "keySize": 4, "valueSize": 64, "maxEntries": 1},
+    {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 4096},
+    {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 1 << 24},
+    {"type": "Queue", "keySize": 0, "valueSize": 8, "maxEntries": 16},
+    {"type": "BloomFilter", "keySize": 0, "valueSize": 4, "maxEntries": 100},
+    {"type": "LpmTrie", "keySize": 8, "valueSize": 4, "maxEntries": 255, "flags": ["NoPrealloc"]},
+    {"type": "ProgArray", "keySize": 4, "valueSize": 4, "maxEntries": 8},
+    {"type": "Hash", "keySize": 4, "valueSize": 8, "maxEntries": 8,
+     "nodeSelector": {"matchExpressions": [{"key": "k", "operator": "Exists"}]}},
+]
+
+
+@pytest.mark.parametrize("spec", VALID_MAPS, ids=lambda s: s["type"])
+def test_valid_maps_are_accepted(custom: Any, name: str, spec: dict[str, Any]) -> None:
+    create(custom, "bpfmaps", {**bpfmap(name), "spec": spec}, dry_run=True)
+
+
+INVALID_MAPS: list[tuple[str, dict[str, Any], str]] = [
+    ("pin-name-slash", {"pinName": "a/b"}, "spec.pinName"),
+    ("pin-name-dotdot", {"pinName": ".."}, "spec.pinName"),
+    ("array-key-8", {"type": "Array", "keySize": 8}, "spec.keySize"),
+    ("hash-key-0", {"keySize": 0}, "spec.keySize"),
+    ("queue-key-4", {"type": "Queue", "keySize": 4}, "spec.keySize"),
+    ("ringbuf-value", {"type": "RingBuf", "keySize": 0, "valueSize": 8, "maxEntries": 4096},
+     "spec.valueSize"),
+    ("ringbuf-not-pow2", {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 12288},
+     "spec.maxEntries"),
+    ("ringbuf-small", {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 2048},
+     "spec.maxEntries"),
+    ("progarray-value-8", {"type": "ProgArray", "valueSize": 8}, "spec.valueSize"),
+    ("unknown-type", {"type": "Nope"}, "spec.type"),
+    ("unknown-flag", {"flags": ["Fast"]}, "spec.flags"),
+    ("max-entries-0", {"maxEntries": 0}, "spec.maxEntries"),
+    ("key-too-big", {"keySize": 513}, "spec.keySize"),
+    ("adopt-relative", {"adopt": "tc/globals/x"}, "spec.adopt"),
+    ("adopt-escape", {"adopt": "/sys/fs/bpf/tc/../../x"}, "spec.adopt"),
+    ("reclaim", {"reclaimPolicy": "Keep"}, "spec.reclaimPolicy"),
+    ("selector-in-without-values",
+     {"nodeSelector": {"matchExpressions": [{"key": "k", "operator": "In"}]}},
+     "spec.nodeSelector.matchExpressions[0]"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), [c[1:] for c in INVALID_MAPS], ids=[c[0] for c in INVALID_MAPS])
+def test_invalid_maps_are_rejected_naming_the_field(custom: Any, name: str, spec: dict[str, Any],
+                                                    field: str) -> None:
+    body = bpfmap(name, **spec)
+    assert field in rejection(custom, "bpfmaps", body)
+
+
+def test_required_map_fields(custom: Any, name: str) -> None:
+    body = bpfmap(name)
+    del body["spec"]["keySize"], body["spec"]["maxEntries"]
+    message = rejection(custom, "bpfmaps", body)
+    assert "spec.keySize" in message and "spec.maxEntries" in message
+
+
+def test_dotted_name_needs_an_explicit_pin_name(custom: Any, name: str) -> None:
+    assert "spec.pinName" in rejection(custom, "bpfmaps", bpfmap(f"{name}.x"))
+    create(custom, "bpfmaps", bpfmap(f"{name}.x", pinName=name), dry_run=True)
+
+
+INVALID_PROGRAMS: list[tuple[str, dict[str, Any], str]] = [
+    ("two-sources", {"bytecode": {"path": "/a.o", "inline": "aGVsbG8="}}, "spec.bytecode"),
+    ("no-source", {"bytecode": {"sha256": ""}}, "spec.bytecode"),
+    ("two-attach-kinds", {"attach": {**ATTACH_TC, **ATTACH_CGROUP}}, "spec.attach"),
+    ("no-attach-kind", {"attach": {}}, "spec.attach"),
+    ("bad-sha256", {"bytecode": {"path": "/a.o", "sha256": "ABC"}}, "spec.bytecode.sha256"),
+    ("inline-not-base64", {"bytecode": {"inline": "not base64!"}}, "spec.bytecode.inline"),
+    ("relative-path", {"bytecode": {"path": "a.o"}}, "spec.bytecode.path"),
+    ("no-interfaces", {"attach": {"tc": {"interfaces": [], "direction": "ingress"}}},
+     "spec.attach.tc.interfaces"),
+    ("bad-direction", {"attach": {"tcx": {"interfaces": ["eth0"], "direction": "up"}}},
+     "spec.attach.tcx.direction"),
+    ("priority-0", {"attach": {"tc": {"interfaces": ["eth0"], "direction": "ingress", "priority": 0}}},
+     "spec.attach.tc.priority"),
+    ("cgroup-escape", {"attach": {"cgroup": {"path": "/a/../..", "type": "egress"}}},
+     "spec.attach.cgroup.path"),
+    ("cgroup-type", {"attach": {"cgroup": {"path": "/", "type": "xdp"}}}, "spec.attach.cgroup.type"),
+    ("map-target-not-a-name", {"maps": {"m": "Not_A_Name"}}, "spec.maps.m"),
+    ("configmap-incomplete", {"bytecode": {"configMap": {"name": "x", "key": "y"}}},
+     "spec.bytecode.configMap.namespace"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), [c[1:] for c in INVALID_PROGRAMS],
+                         ids=[c[0] for c in INVALID_PROGRAMS])
+def test_invalid_programs_are_rejected_naming_the_field(custom: Any, name: str, spec: dict[str, Any],
+                                                        field: str) -> None:
+    assert field in rejection(custom, "bpfprograms", bpfprogram(name, **spec))
+
+
+def test_program_without_program_name_is_rejected(custom: Any, name: str) -> None:
+    body = bpfprogram(name)
+    del body["spec"]["program"]
+    assert "spec.program" in rejection(custom, "bpfprograms", body)
+
+
+@pytest.mark.parametrize("bytecode", [
+    {"path": "/opt/x.o", "sha256": "a" * 64},
+    {"configMap": {"namespace": "default", "name": "objs", "key": "x.o"}},
+    {"inline": "f0VMRg==", "sha256": ""},
+])
+@pytest.mark.parametrize("attach", [
+    ATTACH_TC, ATTACH_CGROUP,
+    {"tcx": {"interfaces": ["eth0", "veth1"], "direction": "egress", "networkNamespace": "ns1"}},
+])
+def test_valid_programs_are_accepted(custom: Any, name: str, bytecode: dict[str, Any],
+                                     attach: dict[str, Any]) -> None:
+    create(custom, "bpfprograms", bpfprogram(name, bytecode=bytecode, attach=attach), dry_run=True)
+
+
+def test_printer_columns(crds: ControlPlane, custom: Any, name: str) -> None:
+    create(custom, "bpfmaps", bpfmap(name, type="LruHash", keySize=16, valueSize=32, maxEntries=4096))
+    create(custom, "bpfprograms", bpfprogram(name, attach=ATTACH_CGROUP, program="count_egress"))
+    try:
+        for node, map_id, phase in (("node-a", 17, "Ready"), ("node-b", 4, "Error")):
+            status = {"nodes": [{"node": node, "phase": phase, "mapId": map_id}],
+                      "mapIds": {node: map_id}, "phases": {node: phase}}
+            custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, "bpfmaps", name, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BpfMap",
+                                                  "metadata": {"name": name}, "status": status},
+                field_manager=f"agent-{node}", _content_type="application/apply-patch+yaml")
+
+        lines = crds.kubectl("get", "bpfmaps", name).stdout.splitlines()
+        assert lines[0].split() == ["NAME", "TYPE", "KEY", "VALUE", "MAXENTRIES", "MAPIDS", "PHASES", "AGE"]
+        row = lines[1].split()
+        assert row[:5] == [name, "LruHash", "16", "32", "4096"]
+        assert json.loads(row[5]) == {"node-a": 17, "node-b": 4}
+        assert json.loads(row[6]) == {"node-a": "Ready", "node-b": "Error"}
+
+        lines = crds.kubectl("get", "bpfprogs", name).stdout.splitlines()
+        assert lines[0].split() == ["NAME", "ATTACH", "PROGRAM", "PROGRAMIDS", "PHASES", "AGE"]
+        row = lines[1].split()
+        assert row[0] == name
+        assert json.loads(row[1]) == ATTACH_CGROUP
+        assert row[2] == "count_egress"
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)
+        custom.delete_cluster_custom_object(GROUP, VERSION, "bpfprograms", name)
