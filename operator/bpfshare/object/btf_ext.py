@@ -1,0 +1,66 @@
+"""``.BTF.ext``: func_info and line_info are ignored; CO-RE relocation records are found and reported.
+
+bpfshare loads programs as compiled: it does not rewrite field offsets for the running kernel, so
+an object that needs CO-RE relocations would load with offsets that may be wrong. The reader
+refuses such objects instead (see ``reader``).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from bpfshare.errors import ObjectError
+from bpfshare.object.btf import BTF_MAGIC, Btf
+
+_HEADER = struct.Struct("<HBBIIIII")  # magic .. hdr_len, func_info off/len, line_info off/len
+_CORE = struct.Struct("<II")  # core_relo_off, core_relo_len (header length >= 32)
+_U32 = struct.Struct("<I")
+_INFO_SEC = struct.Struct("<II")  # sec_name_off, num_info
+
+
+class CoreRelocation(NamedTuple):
+    section: str  # ELF section of the instruction ("" if the name cannot be read)
+    insn_off: int  # byte offset of the instruction in that section
+
+
+def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> list[CoreRelocation]:
+    """Every CO-RE relocation record in a ``.BTF.ext`` section."""
+    if len(data) < _HEADER.size:
+        raise ObjectError(f"{where}: shorter than its header ({len(data)} bytes)")
+    magic, _version, _flags, hdr_len, *_ = _HEADER.unpack_from(data)
+    if magic != BTF_MAGIC:
+        raise ObjectError(f"{where}: bad magic {magic:#x}")
+    if hdr_len < _HEADER.size or hdr_len > len(data):
+        raise ObjectError(f"{where}: bad header length {hdr_len}")
+    if hdr_len < _HEADER.size + _CORE.size:
+        return []  # written before CO-RE existed
+    core_off, core_len = _CORE.unpack_from(data, _HEADER.size)
+    if core_len == 0:
+        return []
+    start = hdr_len + core_off
+    end = start + core_len
+    if end > len(data) or core_len < _U32.size:
+        raise ObjectError(f"{where}: core_relo subsection (offset {core_off}, {core_len} bytes) "
+                          "is out of bounds")
+    (record_size,) = _U32.unpack_from(data, start)
+    if record_size < 4:
+        raise ObjectError(f"{where}: core_relo record size {record_size} is too small")
+    out = []
+    pos = start + _U32.size
+    while pos < end:
+        if pos + _INFO_SEC.size > end:
+            raise ObjectError(f"{where}: truncated core_relo section header at offset {pos}")
+        name_off, count = _INFO_SEC.unpack_from(data, pos)
+        pos += _INFO_SEC.size
+        if pos + count * record_size > end:
+            raise ObjectError(f"{where}: core_relo records at offset {pos} extend beyond the subsection")
+        try:
+            section = btf.string(name_off) if btf is not None else ""
+        except ObjectError:
+            section = ""
+        for i in range(count):
+            (insn_off,) = _U32.unpack_from(data, pos + i * record_size)
+            out.append(CoreRelocation(section, insn_off))
+        pos += count * record_size
+    return out

@@ -1,0 +1,114 @@
+"""Legacy map definitions: structs in the ``maps`` section, one per symbol.
+
+Two layouts, told apart by the size of one definition (the symbol's size, or the section size divided
+by the number of map symbols, as libbpf did):
+
+* 20 bytes, libbpf's ``struct bpf_map_def`` {type, key_size, value_size, max_entries, map_flags}
+  (larger definitions whose extra bytes are zero are accepted, like libbpf did);
+* 36 bytes, iproute2's ``struct bpf_elf_map`` {type, size_key, size_value, max_elem, flags, id,
+  pinning, inner_id, inner_idx}; pinning 1 = PIN_OBJECT_NS, 2 = PIN_GLOBAL_NS. A map-in-map's
+  ``inner_id`` names the ``id`` of the map that serves as its inner map template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from bpfshare.errors import ObjectError, UnsupportedError
+from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
+from bpfshare.object.mapdef import map_type
+from bpfshare.spec import DefinitionStyle, MapSpec, Pinning
+from bpfshare.types import MapFlag, MapType
+
+BPF_MAP_DEF = struct.Struct("<5I")
+BPF_ELF_MAP = struct.Struct("<9I")
+_PINNING = {0: Pinning.NONE, 1: Pinning.ObjectNS, 2: Pinning.GlobalNS}
+
+
+def legacy_maps(elf: ElfObject, section: Section) -> list[tuple[int, MapSpec]]:
+    """``(offset in the section, spec)`` for every map defined in the legacy ``section``."""
+    data = elf.data(section)
+    symbols = sorted(
+        (s for s in elf.symbols if s.shndx == section.index and s.type not in (STT_SECTION, STT_FILE)),
+        key=lambda s: s.value,
+    )
+    if not symbols:
+        if data:
+            raise ObjectError(f"section {section.name}: {len(data)} bytes of map definitions "
+                              "but no map symbols")
+        return []
+    if len(data) % len(symbols):
+        raise ObjectError(f"section {section.name}: cannot split {len(data)} bytes into {len(symbols)} "
+                          "map definitions of equal size")
+    default_size = len(data) // len(symbols)
+    out: list[tuple[int, MapSpec]] = []
+    for sym in symbols:
+        size = sym.size or default_size
+        if sym.value + size > len(data):
+            raise ObjectError(f"section {section.name}: map {sym.name!r} at offset {sym.value} "
+                              f"({size} bytes) extends beyond the section ({len(data)} bytes)")
+        raw = data[sym.value : sym.value + size]
+        out.append((sym.value, _parse(sym.name, raw, section.name)))
+    return _link_inner_maps(out, section.name)
+
+
+def _parse(name: str, raw: bytes, section: str) -> MapSpec:
+    where = f"map {name!r} in section {section}"
+    size = len(raw)
+    if size == BPF_ELF_MAP.size:
+        return _bpf_elf_map(name, raw, section, where)
+    if size >= BPF_MAP_DEF.size and not any(raw[BPF_MAP_DEF.size :]):
+        mtype, key_size, value_size, max_entries, flags = BPF_MAP_DEF.unpack_from(raw)
+        return MapSpec(
+            name=name,
+            type=map_type(mtype, where),
+            key_size=key_size,
+            value_size=value_size,
+            max_entries=max_entries,
+            flags=MapFlag(flags),
+            style=DefinitionStyle.LIBBPF_LEGACY,
+            section=section,
+        )
+    raise ObjectError(
+        f"{where}: definition of {size} bytes is neither a struct bpf_map_def ({BPF_MAP_DEF.size} bytes, or "
+        f"more with trailing zeroes) nor an iproute2 struct bpf_elf_map ({BPF_ELF_MAP.size} bytes)"
+    )
+
+
+def _bpf_elf_map(name: str, raw: bytes, section: str, where: str) -> MapSpec:
+    fields = BPF_ELF_MAP.unpack(raw)
+    mtype, size_key, size_value, max_elem, flags, map_id, pinning, inner_id, inner_idx = fields
+    if pinning not in _PINNING:
+        raise UnsupportedError(f"unsupported: {where}: custom pinning {pinning} "
+                               "(iproute2's bpf_pinning file)")
+    return MapSpec(
+        name=name,
+        type=map_type(mtype, where),
+        key_size=size_key,
+        value_size=size_value,
+        max_entries=max_elem,
+        flags=MapFlag(flags),
+        pinning=_PINNING[pinning],
+        style=DefinitionStyle.IPROUTE2_LEGACY,
+        section=section,
+        extra=(("id", map_id), ("inner_id", inner_id), ("inner_idx", inner_idx)),
+    )
+
+
+def _link_inner_maps(maps: list[tuple[int, MapSpec]], section: str) -> list[tuple[int, MapSpec]]:
+    """Give each iproute2 map-in-map the spec of the map whose ``id`` its ``inner_id`` names."""
+    by_id = {dict(m.extra)["id"]: m for _, m in maps if m.style is DefinitionStyle.IPROUTE2_LEGACY
+             and dict(m.extra)["id"]}
+    out = []
+    for offset, spec in maps:
+        extra = dict(spec.extra)
+        inner_id = extra.get("inner_id", 0)
+        if spec.type in (MapType.ArrayOfMaps, MapType.HashOfMaps) and inner_id:
+            inner = by_id.get(inner_id)
+            if inner is None or inner is spec:
+                raise ObjectError(f"section {section}: map-in-map {spec.name!r} names inner_id {inner_id}, "
+                                  "but no other map has that id")
+            spec = dataclasses.replace(spec, inner=inner)
+        out.append((offset, spec))
+    return out
