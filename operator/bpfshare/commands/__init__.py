@@ -1,0 +1,1 @@
+"""Node-level ``bpfshare`` subcommands, each in its own module, imported lazily by ``bpfshare.cli``."""
