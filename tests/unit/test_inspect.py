@@ -1,0 +1,85 @@
+"""``bpfshare inspect``: JSON for the examples, clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bpfshare.commands.inspect import inspect
+from bpfshare.errors import ObjectError
+from tests.fixtures.objects import BpfObjects
+
+
+def test_inspect_flow_counter(bpf_objects: BpfObjects) -> None:
+    path = bpf_objects["flow_counter"]
+    result = CliRunner().invoke(inspect, [str(path)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["license"] == "GPL"
+    assert out["object"] == str(path)
+    assert [p["name"] for p in out["programs"]] == [
+        "count_ingress", "count_egress", "count_tcx_ingress", "count_cgroup_ingress", "count_cgroup_egress"]
+    tcx = out["programs"][2]
+    assert {k: tcx[k] for k in ("section", "type", "attachType", "maps")} == {
+        "section": "tcx/ingress", "type": "SchedCls", "attachType": "TcxIngress", "maps": ["shared_counts"]}
+    assert out["programs"][0]["attachType"] is None
+    assert out["maps"] == [{
+        "name": "shared_counts", "type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4, "flags": [],
+        "pinning": "ByName", "style": "btf", "section": ".maps",
+    }]
+
+
+def test_inspect_styles(bpf_objects: BpfObjects) -> None:
+    runner = CliRunner()
+    expected = {
+        "flow_counter_legacy": ("iproute2-legacy", "GlobalNS"),
+        "cgroup_counter_mapdef": ("libbpf-legacy", "none"),
+        "flow_counter_tc": ("btf", "ByName"),
+    }
+    for name, (style, pinning) in expected.items():
+        result = runner.invoke(inspect, ["--compact", str(bpf_objects[name])])
+        assert result.exit_code == 0, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        (shared,) = json.loads(result.output)["maps"]
+        assert (shared["style"], shared["pinning"]) == (style, pinning)
+    legacy = json.loads(runner.invoke(inspect, [str(bpf_objects["flow_counter_legacy"])]).output)
+    assert legacy["maps"][0]["extra"] == {"id": 0, "inner_id": 0, "inner_idx": 0}
+    features = json.loads(runner.invoke(inspect, [str(bpf_objects["features"])]).output)
+    rodata = next(m for m in features["maps"] if m["name"] == ".rodata")
+    assert (rodata["style"], rodata["flags"], rodata["valueSize"]) == ("global-data", ["RdonlyProg"], 4)
+
+
+def test_inspect_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(inspect, [str(tmp_path / "nope.o")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"not an object")
+    result = runner.invoke(inspect, [str(junk)])
+    assert isinstance(result.exception, ObjectError)  # bpfshare.cli.main prints it without a traceback
+
+
+def bpfshare(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "bpfshare"
+    fallback = [sys.executable, "-c", "from bpfshare.cli import main; main()"]
+    cmd = [str(script)] if script.exists() else fallback
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_inspect_command_line(bpf_objects: BpfObjects, tmp_path: Path) -> None:
+    proc = bpfshare("inspect", str(bpf_objects["cgroup_counter_mapdef"]))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [(p["name"], p["type"], p["attachType"]) for p in out["programs"]] == [
+        ("count_cgroup_ingress", "CgroupSkb", "CgroupInetIngress"),
+        ("count_cgroup_egress", "CgroupSkb", "CgroupInetEgress"),
+    ]
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"\x7fELF" + bytes(100))
+    proc = bpfshare("inspect", str(junk))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("bpfshare: error: ") and "Traceback" not in proc.stderr
