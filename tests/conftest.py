@@ -24,4 +24,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"skipped, but BPFSHARE_REQUIRE_ALL=1 forbids skips: {reason}"
 
 
-pytest_plugins = ["tests.fixtures.kernel", "tests.fixtures.netenv", "tests.fixtures.objects"]
+pytest_plugins = [
+    "tests.fixtures.kernel",
+    "tests.fixtures.netenv",
+    "tests.fixtures.objects",
+    "tests.fixtures.cluster",
+    "tests.fixtures.agents",
+]

@@ -99,7 +99,7 @@ class MapResource:
     key_size: int
     value_size: int
     max_entries: int
-    flags: MapFlag = MapFlag(0)
+    flags: MapFlag = MapFlag(0)  # noqa: RUF009  (an immutable IntFlag value)
     pin_name: str = ""
     adopt: str | None = None
     node_selector: NodeSelector = field(default_factory=NodeSelector)
@@ -168,11 +168,14 @@ def parse_map(obj: Mapping[str, Any]) -> MapResource:
         raise ResourceError(f"{where}.flags: {exc}") from None
     pin_name = spec.get("pinName") or meta.name
     if not isinstance(pin_name, str) or not PIN_NAME.match(pin_name) or pin_name in (".", ".."):
-        raise ResourceError(f"{where}.pinName: {pin_name!r} must be a single path component (letters, digits, '-', '_'; no '/' or '.')")
+        raise ResourceError(
+            f"{where}.pinName: {pin_name!r} must be a single path component (letters, digits, '-', '_'; no '/' or '.')"
+        )
     adopt = spec.get("adopt")
-    if adopt is not None:
-        if not isinstance(adopt, str) or not adopt.startswith("/") or "\0" in adopt or ".." in adopt.split("/"):
-            raise ResourceError(f"{where}.adopt: {adopt!r} must be an absolute path in bpffs without '..'")
+    if adopt is not None and (
+        not isinstance(adopt, str) or not adopt.startswith("/") or "\0" in adopt or ".." in adopt.split("/")
+    ):
+        raise ResourceError(f"{where}.adopt: {adopt!r} must be an absolute path in bpffs without '..'")
     policy = spec.get("reclaimPolicy", "Delete")
     if policy not in ("Delete", "Retain"):
         raise ResourceError(f"{where}.reclaimPolicy: must be Delete or Retain, not {policy!r}")
@@ -218,7 +221,7 @@ def _interfaces(raw: Mapping[str, Any], where: str) -> list[str]:
 
 
 def _direction(raw: Mapping[str, Any], where: str) -> str:
-    direction = raw.get("direction", "ingress")
+    direction = raw.get("direction")
     if direction not in ("ingress", "egress"):
         raise ResourceError(f"{where}.direction: must be ingress or egress, not {direction!r}")
     return direction

@@ -45,7 +45,7 @@ class MapSpec:
     key_size: int
     value_size: int
     max_entries: int
-    flags: MapFlag = MapFlag(0)
+    flags: MapFlag = MapFlag(0)  # noqa: RUF009  (an immutable IntFlag value)
     pinning: Pinning = Pinning.NONE
     style: DefinitionStyle = DefinitionStyle.BTF
     section: str = ""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.netenv import NetnsPair, run
+from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_sharing import (
     CG_EGRESS,
     TC_INGRESS,
@@ -19,6 +19,7 @@ from tests.integration.test_sharing import (
     counters,
     filters_on,
     send_from_cgroup,
+    tc_load,
 )
 
 pytestmark = pytest.mark.kernel
@@ -162,7 +163,8 @@ def test_errors_are_reported_per_resource_and_disturb_nothing(node: Node, bpf_ob
         cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map",
                        maps={"shared_counts": "does-not-exist"}),
         tc_program(bpf_objects["flow_counter"], netns_pair, name="no-iface",
-                   attach={"tc": {"interfaces": ["nosuchif0"], "networkNamespace": netns_pair.ns_b}}),
+                   attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress",
+                                   "networkNamespace": netns_pair.ns_b}}),
         cgroup_program(not_elf, cgroup_dir, name="bad-bytecode"),
         cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="bad-digest",
                        bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64}),
@@ -215,10 +217,8 @@ def test_retain_keeps_pin_and_contents(node: Node) -> None:
 
 def test_adopt_takes_over_a_tc_pinned_map_after_the_check(node: Node, bpffs: Path, bpf_objects,
                                                           netns_pair: NetnsPair) -> None:
-    run("tc", "qdisc", "add", "dev", netns_pair.if_b, "clsact", netns=netns_pair.ns_b)
-    subprocess.run(["nsenter", f"--net=/run/netns/{netns_pair.ns_b}", "tc", "filter", "add", "dev",
-                    netns_pair.if_b, "egress", "bpf", "da", "obj", str(bpf_objects["flow_counter_tc"]),
-                    "sec", "classifier/egress"], check=True, env={"TC_BPF_MNT": str(bpffs), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    loaded = tc_load(netns_pair, bpffs, bpf_objects["flow_counter_tc"], "classifier/egress", "egress")
+    assert loaded.returncode == 0, loaded.stderr
     tc_pin = bpffs / "tc" / "globals" / "shared_counts"
     tc_id = bpftool("map", "show", "pinned", str(tc_pin))["id"]  # type: ignore[index]
 

@@ -42,10 +42,15 @@ def counters(pin: Path) -> list[int]:
     entries = bpftool("map", "dump", "pinned", str(pin))
     values = [0] * 4
     for entry in entries:  # type: ignore[union-attr]
-        key = entry["key"] if isinstance(entry["key"], int) else struct.unpack("<I", bytes(int(b, 16) for b in entry["key"]))[0]
-        value = entry["value"]
-        values[key] = value if isinstance(value, int) else struct.unpack("<Q", bytes(int(b, 16) for b in value))[0]
+        values[_number(entry["key"], "<I")] = _number(entry["value"], "<Q")
     return values
+
+
+def _number(field: object, fmt: str) -> int:
+    """bpftool prints a BTF-described field as a number, otherwise as a list of hex bytes."""
+    if isinstance(field, int):
+        return field
+    return struct.unpack(fmt, bytes(int(b, 16) for b in field))[0]  # type: ignore[union-attr]
 
 
 def send_from_cgroup(cgroup: Path, count: int, port: int = 9) -> None:
@@ -59,10 +64,11 @@ def send_from_cgroup(cgroup: Path, count: int, port: int = 9) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def tc_load(pair: NetnsPair, bpffs: Path, obj: Path, section: str) -> subprocess.CompletedProcess[str]:
-    """iproute2's tc loads ``obj`` on if_b's ingress; TC_BPF_MNT points it at the test's own bpffs."""
+def tc_load(pair: NetnsPair, bpffs: Path, obj: Path, section: str, direction: str = "ingress"
+            ) -> subprocess.CompletedProcess[str]:
+    """iproute2's tc loads ``obj`` on if_b; TC_BPF_MNT points it at the test's own bpffs."""
     run("tc", "qdisc", "add", "dev", pair.if_b, "clsact", netns=pair.ns_b)
-    cmd = ["nsenter", f"--net=/run/netns/{pair.ns_b}", "tc", "filter", "add", "dev", pair.if_b, "ingress",
+    cmd = ["nsenter", f"--net=/run/netns/{pair.ns_b}", "tc", "filter", "add", "dev", pair.if_b, direction,
            "bpf", "da", "obj", str(obj), "sec", section]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TC_BPF_MNT": str(bpffs)})
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from bpfshare.agent.state import ClusterState
 from bpfshare.agent.writer import field_manager, finalizer_name
-
 from tests.logic.test_resources import MAP, PROG
 
 

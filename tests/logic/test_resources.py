@@ -89,8 +89,10 @@ def test_program_tcx_and_cgroup() -> None:
         ({"bytecode": {}}, "spec.bytecode"),
         ({"bytecode": {"path": "/x.o", "sha256": "XYZ"}}, "spec.bytecode.sha256"),
         ({"bytecode": {"configMap": {"name": "x"}}}, "spec.bytecode.configMap"),
-        ({"attach": {"tc": {"interfaces": ["a"]}, "cgroup": {"type": "egress"}}}, "spec.attach"),
-        ({"attach": {"tc": {"interfaces": []}}}, "spec.attach.tc.interfaces"),
+        ({"attach": {"tc": {"interfaces": ["a"], "direction": "ingress"}, "cgroup": {"type": "egress"}}},
+         "spec.attach"),
+        ({"attach": {"tc": {"interfaces": [], "direction": "ingress"}}}, "spec.attach.tc.interfaces"),
+        ({"attach": {"tc": {"interfaces": ["a"]}}}, "spec.attach.tc.direction"),
         ({"attach": {"tc": {"interfaces": ["a"], "direction": "sideways"}}}, "spec.attach.tc.direction"),
         ({"attach": {"cgroup": {"path": "/", "type": "teleport"}}}, "spec.attach.cgroup.type"),
         ({"attach": {"cgroup": {"path": "../escape", "type": "egress"}}}, "spec.attach.cgroup.path"),
@@ -106,7 +108,7 @@ def test_program_errors_name_the_field(changes: dict[str, Any], field: str) -> N
 def test_bad_metadata_name() -> None:
     obj = copy.deepcopy(MAP)
     obj["metadata"]["name"] = "Upper_Case"
-    with pytest.raises(ResourceError, match="metadata.name"):
+    with pytest.raises(ResourceError, match=r"metadata\.name"):
         parse_map(obj)
 
 

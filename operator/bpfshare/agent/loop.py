@@ -127,15 +127,18 @@ class Agent:
         return True
 
     def _release(self, snapshot: Snapshot, kind: str, name: str) -> bool:
+        """This node holds nothing of the resource any more: drop our finalizer, then our entry
+        (a deleting object whose last finalizer goes is gone, and needs no status)."""
         body = snapshot.bodies.get((kind, name))
         if body is None:
             return True
+        meta = body.get("metadata") or {}
         try:
-            if node_entry(body, self.node) is not None:
+            if self.writer.finalizer in (meta.get("finalizers") or []):
+                self.writer.set_finalizer(kind, name, False)
+            if not meta.get("deletionTimestamp") and node_entry(body, self.node) is not None:
                 self.writer.set_status(kind, name, None)
                 self._remember_status(kind, name, None)
-            if self.writer.finalizer in ((body.get("metadata") or {}).get("finalizers") or []):
-                self.writer.set_finalizer(kind, name, False)
         except BpfshareError as exc:
             log.warning("%s", exc)
             return False

@@ -30,6 +30,16 @@ def _short(text: str, limit: int) -> str:
     return f"{text[: limit - 11].rstrip('.-')}-{digest}"
 
 
+def _api_message(exc: Any) -> str:
+    """The Status message of an API error (it names the invalid field), else the HTTP reason."""
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
 def finalizer_name(node: str) -> str:
     """``bpfshare.io/node-<node>``: a valid qualified name (name part at most 63 characters)."""
     part = re.sub(r"[^a-z0-9.-]", "-", node.lower()).strip(".-") or "node"
@@ -63,7 +73,8 @@ class Writer:
         except ApiException as exc:
             if exc.status == 404:
                 return  # deleted meanwhile: nothing to record
-            raise BpfshareError(f"{kind} {name}: API server refused the write ({exc.status}): {exc.reason}") from None
+            raise BpfshareError(f"{kind} {name}: API server refused the write ({exc.status}): "
+                                f"{_api_message(exc)}") from None
 
     def set_finalizer(self, kind: str, name: str, present: bool) -> None:
         meta: dict[str, Any] = {"name": name}
@@ -72,9 +83,21 @@ class Writer:
         self._patch(kind, name, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta}, status=False)
 
     def set_status(self, kind: str, name: str, entry: dict[str, Any] | None) -> None:
-        """Apply this node's entry (``None``: drop it; the other nodes' entries stay)."""
-        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name},
-                "status": {"nodes": [entry] if entry is not None else []}}
+        """Apply this node's entry (``None``: drop it; the other nodes' entries stay).
+
+        Besides ``nodes[]``, the node's keys in the summary maps that ``kubectl get`` prints
+        (``phases`` and ``mapIds``/``programIds``, node -> value) are owned by this node too.
+        """
+        status: dict[str, Any] = {"nodes": [], "phases": {}}
+        id_field = "mapId" if kind == MAP_KIND else "programId"
+        summary = "mapIds" if kind == MAP_KIND else "programIds"
+        status[summary] = {}
+        if entry is not None:
+            status["nodes"].append(entry)
+            status["phases"][self.node] = entry["phase"]
+            if entry.get(id_field) is not None:
+                status[summary][self.node] = entry[id_field]
+        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "status": status}
         self._patch(kind, name, body, status=True)
 
     def post_event(self, body: dict[str, Any], kind: str, type_: str, reason: str, message: str) -> None:

@@ -189,11 +189,13 @@ class Engine:
             return StatusEntry(Phase.Error, str(exc))
         prog_id = outcome.status.fields["programId"]
         if outcome.upgraded:
-            report.event(PROGRAM_KIND, res.name, "Upgraded", f"program {prog_id} replaced the previous version in place")
+            report.event(PROGRAM_KIND, res.name, "Upgraded",
+                         f"program {prog_id} replaced the previous version in place")
         elif outcome.loaded:
             report.event(PROGRAM_KIND, res.name, "Loaded", f"program {prog_id} ({res.program}) loaded")
         if outcome.attached:
-            report.event(PROGRAM_KIND, res.name, "Attached", f"program {prog_id} attached to {', '.join(outcome.attached)}")
+            report.event(PROGRAM_KIND, res.name, "Attached",
+                         f"program {prog_id} attached to {', '.join(outcome.attached)}")
         if outcome.detached:
             report.event(PROGRAM_KIND, res.name, "Detached", f"detached from {', '.join(outcome.detached)}")
         return outcome.status

@@ -1,0 +1,160 @@
+"""The kopf agent against the real kube-apiserver and the real kernel."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.agents import Cluster
+from tests.fixtures.netenv import NetnsPair
+from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
+from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, counters, filters_on, send_from_cgroup
+
+pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
+MAPS, PROGS = "bpfmaps", "bpfprograms"
+
+
+def test_kubectl_apply_shares_one_map_and_reports_ids(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
+                                                      cgroup_dir: Path) -> None:
+    node = cluster.add_node()
+    agent = cluster.start_agent(node)
+    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
+                  cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    m = cluster.wait_phase(MAPS, "flow-counts", node)
+    tc = cluster.wait_phase(PROGS, "count-ingress", node)
+    cg = cluster.wait_phase(PROGS, "count-cgroup", node)
+    assert bpftool("map", "show", "pinned", m["pinPath"])["id"] == m["mapId"]  # type: ignore[index]
+    assert Path(m["pinPath"]).is_relative_to(agent.pin_root)
+    assert tc["maps"] == {"shared_counts": m["mapId"]} == cg["maps"]
+    for prog in (tc, cg):
+        assert bpftool("prog", "show", "id", str(prog["programId"]))["map_ids"] == [m["mapId"]]  # type: ignore[index]
+    assert cluster.wait(lambda: sorted((cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy", []))
+                        == ["count-cgroup", "count-ingress"], "usedBy on the map")
+    obj = cluster.get(PROGS, "count-ingress") or {}
+    assert f"bpfshare.io/node-{node}" in obj["metadata"]["finalizers"]
+    assert not any(k.startswith("kopf") for k in (obj["metadata"].get("annotations") or {}))
+    assert tc["observedGeneration"] == obj["metadata"]["generation"]
+
+    netns_pair.send_udp(5)
+    send_from_cgroup(cgroup_dir, 3)
+    values = counters(Path(m["pinPath"]))
+    assert values[TC_INGRESS] >= 5 and values[CG_EGRESS] == 3
+
+    # kubectl get shows the printer columns with the IDs and phases.
+    maps_table = cluster.kubectl("get", "bpfmaps").stdout
+    assert "MAPIDS" in maps_table.upper() and str(m["mapId"]) in maps_table and "Ready" in maps_table
+    progs_table = cluster.kubectl("get", "bpfprogs").stdout
+    assert str(tc["programId"]) in progs_table and str(cg["programId"]) in progs_table
+
+    # Events were posted for the loads.
+    events = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
+                             "involvedObject.name=count-ingress", "-o", "name").stdout
+    assert events.strip()
+
+
+def test_idle_agent_writes_nothing(cluster: Cluster, bpf_objects, cgroup_dir: Path) -> None:
+    node = cluster.add_node()
+    cluster.start_agent(node)  # resync every 2 s
+    cluster.apply(bpfmap(), cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    cluster.wait_phase(PROGS, "count-cgroup", node)
+    cluster.wait(lambda: (cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy") == ["count-cgroup"],
+                 "usedBy")
+    time.sleep(2.5)
+    before = {(p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"]
+              for p, n in ((MAPS, "flow-counts"), (PROGS, "count-cgroup"))}
+    time.sleep(5)  # two resync passes or more
+    after = {(p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"] for p, n in before}
+    assert after == before
+
+
+def test_two_agents_share_resources_each_with_its_own_entry(cluster: Cluster, bpf_objects,
+                                                           cgroup_dir: Path) -> None:
+    node_a = cluster.add_node({"role": "edge"})
+    node_b = cluster.add_node({"role": "core"})
+    agent_a, agent_b = cluster.start_agent(node_a), cluster.start_agent(node_b)
+    edge_only = cgroup_program(bpf_objects["flow_counter"], cgroup_dir, name="edge-only",
+                               nodeSelector={"matchLabels": {"role": "edge"}})
+    cluster.apply(bpfmap(), cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir), edge_only)
+    entries = {n: cluster.wait_phase(PROGS, "count-cgroup", n) for n in (node_a, node_b)}
+    maps = {n: cluster.wait_phase(MAPS, "flow-counts", n) for n in (node_a, node_b)}
+    cluster.wait_phase(PROGS, "edge-only", node_a)
+    # Each node has its own map (its own pin root) and its own program; neither entry lost.
+    assert maps[node_a]["mapId"] != maps[node_b]["mapId"]
+    assert Path(maps[node_a]["pinPath"]).is_relative_to(agent_a.pin_root)
+    assert Path(maps[node_b]["pinPath"]).is_relative_to(agent_b.pin_root)
+    assert entries[node_a]["programId"] != entries[node_b]["programId"]
+    assert entries[node_a]["maps"]["shared_counts"] == maps[node_a]["mapId"]
+    assert entries[node_b]["maps"]["shared_counts"] == maps[node_b]["mapId"]
+    obj = cluster.get(PROGS, "count-cgroup") or {}
+    assert sorted(e["node"] for e in obj["status"]["nodes"]) == sorted([node_a, node_b])
+    assert {f"bpfshare.io/node-{node_a}", f"bpfshare.io/node-{node_b}"} <= set(obj["metadata"]["finalizers"])
+    # nodeSelector: only the edge node runs edge-only.
+    time.sleep(1)
+    assert cluster.entry(PROGS, "edge-only", node_b) is None
+    assert not (agent_b.pin_root / "programs" / "edge-only").exists()
+
+    # Relabel node b as edge: its agent picks edge-only up.
+    cluster.kubectl("label", "node", node_b, "role=edge", "--overwrite")
+    cluster.wait_phase(PROGS, "edge-only", node_b)
+
+    # Deletion waits for both finalizers and cleans both nodes.
+    cluster.kubectl("delete", PROGS, "count-cgroup", "edge-only", "--wait=true", "--timeout=30s")
+    cluster.kubectl("delete", MAPS, "flow-counts", "--wait=true", "--timeout=30s")
+    for agent in (agent_a, agent_b):
+        assert not (agent.pin_root / "programs" / "count-cgroup").exists()
+        assert not (agent.pin_root / "maps" / "flow-counts").exists()
+    assert bpftool("cgroup", "show", str(cgroup_dir)) == []
+
+
+def test_sigkill_and_restart_keeps_ids_and_attachments(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
+                                                       cgroup_dir: Path) -> None:
+    node = cluster.add_node()
+    agent = cluster.start_agent(node)
+    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
+                  cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    before = {n: cluster.wait_phase(PROGS, n, node) for n in ("count-ingress", "count-cgroup")}
+    map_id = cluster.wait_phase(MAPS, "flow-counts", node)["mapId"]
+    agent.kill()
+    netns_pair.send_udp(3)  # the datapath runs on without the agent
+    assert counters(agent.pin_root / "maps" / "flow-counts")[TC_INGRESS] >= 3
+    agent.start()
+    time.sleep(4)  # the restarted agent's first pass and a resync
+    assert agent.alive(), agent.log_tail()
+    for name, entry in before.items():
+        now = cluster.wait_phase(PROGS, name, node)
+        assert now["programId"] == entry["programId"]
+        assert now["attachments"] == entry["attachments"]
+    assert cluster.wait_phase(MAPS, "flow-counts", node)["mapId"] == map_id
+    assert filters_on(netns_pair) == [before["count-ingress"]["programId"]]
+    assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup_dir))] == [before["count-cgroup"]["programId"]]  # type: ignore[union-attr,index]
+
+
+def test_bad_resources_are_errors_in_status_and_disturb_nothing(cluster: Cluster, bpf_objects,
+                                                                netns_pair: NetnsPair, cgroup_dir: Path) -> None:
+    node = cluster.add_node()
+    cluster.start_agent(node)
+    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair))
+    good = cluster.wait_phase(PROGS, "count-ingress", node)
+    cluster.apply(
+        bpfmap("flow-counts-2", type="Hash", keySize=8, maxEntries=16, pinName="flow-counts"),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map",
+                       maps={"shared_counts": "does-not-exist"}),
+        tc_program(bpf_objects["flow_counter"], netns_pair, name="no-iface",
+                   attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress",
+                                   "networkNamespace": netns_pair.ns_b}}),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="bad-digest",
+                       bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64}),
+    )
+    m2 = cluster.wait_phase(MAPS, "flow-counts-2", node, "Error")
+    assert "Type: Array changed to Hash" in m2["message"] and "KeySize: 4 changed to 8" in m2["message"]
+    assert "does-not-exist" in cluster.wait_phase(PROGS, "no-map", node, "Pending")["message"]
+    assert "nosuchif0" in cluster.wait_phase(PROGS, "no-iface", node, "Error")["message"]
+    assert "sha256" in cluster.wait_phase(PROGS, "bad-digest", node, "Error")["message"]
+    assert cluster.wait_phase(PROGS, "count-ingress", node)["programId"] == good["programId"]
+    assert filters_on(netns_pair) == [good["programId"]]
+
+    # A missing map that appears later unblocks the waiting program: no restart needed.
+    cluster.apply(bpfmap("does-not-exist"))
+    cluster.wait_phase(PROGS, "no-map", node)
