@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, unquote
 
 from bpfshare.errors import BpfshareError, KernelError
-from bpfshare.spec import ProgramSpec
 from bpfshare.loader import replace_pin
+from bpfshare.spec import ProgramSpec
 from bpfshare.types import CGROUP_ATTACH_TYPES, CGROUP_PROG_TYPE, AttachType, ProgType
 
 if TYPE_CHECKING:
