@@ -9,12 +9,9 @@ from typing import Any
 import pytest
 
 from bpfshare.controlplane.run import ControlPlane
-from tests.fixtures import cluster as _cluster
 
-# Until tests/conftest.py lists "tests.fixtures.cluster" in pytest_plugins, register the fixtures here.
-control_plane_bin_dir = _cluster.control_plane_bin_dir
-control_plane = _cluster.control_plane
-crds = _cluster.crds
+# control_plane_bin_dir, control_plane and crds come from tests/fixtures/cluster.py, which
+# tests/conftest.py registers in pytest_plugins (one instance per session for every test directory).
 
 
 @pytest.fixture

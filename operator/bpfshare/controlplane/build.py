@@ -185,7 +185,7 @@ def _build(go: str, versions: Versions, progress: Progress) -> None:
         (tmp / "bin").mkdir()
         progress(
             f"building the local control plane (Kubernetes {versions.kubernetes}, etcd {versions.etcd}) "
-            f"into {final}; a cold build takes 10-20 minutes on 2 cores, a warm one well under a minute"
+            f"into {final}; a cold build takes about 10 minutes on 2 cores, a warm one under a minute"
         )
         started = time.monotonic()
         for step in build_steps():
