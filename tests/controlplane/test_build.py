@@ -120,3 +120,25 @@ def test_start_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(ControlPlaneError, match="not empty"):
         run.start(tmp_path, tmp_path / "no-bin")
     assert (tmp_path / "precious").read_text() == "keep me"
+
+
+def test_a_process_whose_binary_was_rebuilt_is_still_recognised(tmp_path: Path) -> None:
+    """`cluster build --force` renames and deletes the binaries under running processes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sleep = bin_dir / "etcd"
+    sleep.write_bytes(Path("/bin/sleep").read_bytes())
+    sleep.chmod(0o755)
+    record = procs.launch("etcd", [str(sleep), "60"], tmp_path / "etcd.log")
+    try:
+        deadline = time.monotonic() + 5
+        while not procs.is_ours(record):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        bin_dir.rename(tmp_path / "old")
+        (tmp_path / "old" / "etcd").unlink()
+        assert procs.is_ours(record)
+        procs.stop(record, grace=5)
+        assert not procs.is_ours(record)
+    finally:
+        subprocess.run(["kill", "-9", str(record.pid)], capture_output=True, check=False)

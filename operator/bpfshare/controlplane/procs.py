@@ -50,7 +50,12 @@ def _reap(pid: int) -> None:
 
 
 def is_ours(record: ProcessRecord) -> bool:
-    """The recorded process is alive (not a zombie) and has the same start time and executable."""
+    """The recorded process is alive (not a zombie), with the same start time and executable name.
+
+    pid and start time identify a process since boot; the name guards against anything odd. The full
+    path is not compared: ``cluster build --force`` moves and deletes the binaries of running processes,
+    after which /proc/PID/exe reads ``<old path> (deleted)``.
+    """
     _reap(record.pid)
     stat = _stat(record.pid)
     if stat is None or stat[0] in ("Z", "X") or stat[1] != record.start_time:
@@ -59,7 +64,7 @@ def is_ours(record: ProcessRecord) -> bool:
         exe = os.readlink(f"/proc/{record.pid}/exe")
     except OSError:
         return False
-    return exe.removesuffix(" (deleted)") == record.exe
+    return Path(exe.removesuffix(" (deleted)")).name == Path(record.exe).name
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
