@@ -18,7 +18,7 @@ lint:
 	$(VENV)/bin/ruff check operator tests bench
 
 bench: install
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/loader.py --write docs/benchmarks.md
 
 clean:
 	$(MAKE) -C bpf clean

@@ -36,8 +36,9 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-echo "install: example BPF objects (bpf/)"
+echo "install: example BPF objects (bpf/ -> /opt/bpfshare/bpf, where examples/ refers to them)"
 make -s -C bpf
+if [ -w /opt ] || [ "$(id -u)" -eq 0 ]; then make -s -C bpf install; fi
 
 if [ "${BPFSHARE_SKIP_CONTROL_PLANE:-0}" != 1 ]; then
   "$VENV/bin/bpfshare" cluster build

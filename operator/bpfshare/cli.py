@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "delete": "bpfshare.commands.apply:delete",
     "get": "bpfshare.commands.get:get",
     "agent": "bpfshare.commands.agent:agent",
+    "demo": "bpfshare.commands.demo:demo",
 }
 
 
