@@ -164,7 +164,7 @@ def bench_tc(obj: Path, rounds: int) -> tuple[float, float]:
         for i in range(rounds + 1):
             with bpffs() as root:
                 def load_and_attach() -> None:
-                    loaded = load_program(read_collection(obj), "count_ingress", pin_root=root)  # noqa: B023
+                    loaded = load_program(read_collection(obj), "count_ingress", pin_root=root)
                     with loaded.program:
                         attach_program(loaded.program, loaded.spec, TcTarget(ifname, "ingress", ns),
                                        loaded.pin_path.parent)
