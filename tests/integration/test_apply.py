@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.netenv import NetnsPair
+from tests.fixtures.netenv import NetnsPair, run
 from tests.integration.test_sharing import (
     CG_EGRESS,
     TC_INGRESS,
@@ -232,3 +232,60 @@ def test_adopt_takes_over_a_tc_pinned_map_after_the_check(node: Node, bpffs: Pat
     node.delete(bpfmap("adopted", adopt=str(tc_pin)))
     assert tc_pin.exists()  # never removes a pin it did not create
     assert not (node.root / "maps" / "adopted").exists()
+
+
+def test_drift_is_repaired_without_losing_data(node: Node, bpf_objects, netns_pair: NetnsPair,
+                                               cgroup_dir: Path) -> None:
+    docs = (bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
+            cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    first = node.apply(*docs)
+    pin = Path(first["flow-counts"]["pinPath"])
+    netns_pair.send_udp(4)
+    kept = counters(pin)[TC_INGRESS]
+    assert kept >= 4
+
+    # By hand: the map's pin removed, the tc filter deleted, the cgroup link's pin removed (detached).
+    pin.unlink()
+    run("tc", "filter", "del", "dev", netns_pair.if_b, "ingress", netns=netns_pair.ns_b)
+    link_pin = Path(first["count-cgroup"]["attachments"][0]["pinPath"])
+    link_pin.unlink()
+    assert filters_on(netns_pair) == [] and bpftool("cgroup", "show", str(cgroup_dir)) == []
+
+    repaired = node.apply(*docs)
+    assert repaired["flow-counts"]["mapId"] == first["flow-counts"]["mapId"]  # re-pinned from its ID
+    assert "Repinned" in node.last_events
+    assert counters(pin)[TC_INGRESS] >= kept  # no data lost
+    assert filters_on(netns_pair) == [repaired["count-ingress"]["programId"]]
+    assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup_dir))] == [repaired["count-cgroup"]["programId"]]  # type: ignore[union-attr,index]
+
+    # The qdisc deleted, then the veth deleted and re-created: the filter comes back on the new device.
+    run("tc", "qdisc", "del", "dev", netns_pair.if_b, "clsact", netns=netns_pair.ns_b)
+    assert node.apply(*docs)["count-ingress"]["phase"] == "Ready"
+    assert len(filters_on(netns_pair)) == 1
+    run("ip", "link", "del", netns_pair.if_a, netns=netns_pair.ns_a)
+    run("ip", "link", "add", netns_pair.if_a, "netns", netns_pair.ns_a, "type", "veth", "peer", "name",
+        netns_pair.if_b, "netns", netns_pair.ns_b)
+    for ns, ifname, addr in ((netns_pair.ns_a, netns_pair.if_a, netns_pair.addr_a),
+                             (netns_pair.ns_b, netns_pair.if_b, netns_pair.addr_b)):
+        run("ip", "addr", "add", f"{addr}/24", "dev", ifname, netns=ns)
+        run("ip", "link", "set", ifname, "up", netns=ns)
+    after = node.apply(*docs)
+    assert filters_on(netns_pair) == [after["count-ingress"]["programId"]]
+    before = counters(pin)[TC_INGRESS]
+    netns_pair.send_udp(3)
+    assert counters(pin)[TC_INGRESS] >= before + 3
+
+
+def test_emptied_bpffs_recreates_maps_and_says_so(node: Node, bpffs: Path, bpf_objects, netns_pair: NetnsPair) -> None:
+    docs = (bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair))
+    first = node.apply(*docs)
+    # The node-reboot model: every pin gone, the old programs detached with it.
+    run("tc", "filter", "del", "dev", netns_pair.if_b, "ingress", netns=netns_pair.ns_b)
+    for path in sorted(node.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    again = node.apply(*docs)
+    assert again["flow-counts"]["phase"] == "Ready"
+    assert again["flow-counts"]["mapId"] != first["flow-counts"]["mapId"]
+    assert again["count-ingress"]["phase"] == "Ready"
+    assert again["count-ingress"]["maps"]["shared_counts"] == again["flow-counts"]["mapId"]
+    assert filters_on(netns_pair) == [again["count-ingress"]["programId"]]

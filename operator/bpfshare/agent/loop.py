@@ -84,6 +84,7 @@ class Agent:
                 report = await asyncio.to_thread(
                     self.engine.reconcile, snapshot.maps, snapshot.programs, snapshot.labels,
                     only_programs=snapshot.only_programs, complete=self.synced,
+                    map_ids=self._reported_map_ids(snapshot),
                 )
                 await asyncio.to_thread(self.publish, snapshot, report)
             except Exception:  # the loop must survive anything; the next pass retries
@@ -92,6 +93,15 @@ class Agent:
                 await asyncio.sleep(1.0)
                 self._wake.set()
             self.passes += 1
+
+    def _reported_map_ids(self, snapshot: Snapshot) -> dict[str, int]:
+        """The map IDs this node reported before (a pin removed by hand is re-pinned from them)."""
+        out = {}
+        for (kind, name), body in snapshot.bodies.items():
+            entry = node_entry(body, self.node) if kind == MAP_KIND else None
+            if entry is not None and entry.get("mapId"):
+                out[name] = int(entry["mapId"])
+        return out
 
     def publish(self, snapshot: Snapshot, report: Report) -> None:
         """Write finalizers, this node's status entries and events; skip every no-op write."""

@@ -31,13 +31,17 @@ class MapOutcome:
     status: StatusEntry
     created: bool = False
     adopted: bool = False
+    repinned: bool = False  # the pin was gone but the map lived on (held by programs): pinned again
+    lost: int | None = None  # the pin and the map were gone (bpffs emptied, reboot): this ID's data is lost
 
 
-def ensure_map(layout: Layout, res: MapResource) -> MapOutcome:
+def ensure_map(layout: Layout, res: MapResource, known_id: int | None = None) -> MapOutcome:
     """Make ``<root>/maps/<pinName>`` hold a map matching the resource; never alter an existing one.
 
     An existing pin that differs is reported field by field and left as it is: its contents and its
-    users matter more than the new spec.
+    users matter more than the new spec. ``known_id`` is the map this node had before (from status or
+    memory): if its pin was removed by hand while programs still hold the map, it is pinned again
+    from its ID, so no data is lost.
     """
     from bpfshare.kernel.compat import check_compatible
     from bpfshare.kernel.maps import Map
@@ -58,6 +62,10 @@ def ensure_map(layout: Layout, res: MapResource) -> MapOutcome:
             ensure_pin_dir(pin.parent)
             foreign.pin(pin)  # a second pin of the same map; the adopted pin is never removed
         adopted = True
+    repinned = lost = None
+    if not pin.exists() and known_id:
+        repinned = _repin(spec, pin, known_id)
+        lost = None if repinned else known_id
     if pin.exists():
         live = Map.from_pin(pin)
         try:
@@ -74,7 +82,30 @@ def ensure_map(layout: Layout, res: MapResource) -> MapOutcome:
     fields = {"mapId": info.id, "pinPath": str(pin)}
     if res.adopt:
         fields["adoptedFrom"] = res.adopt
-    return MapOutcome(StatusEntry(Phase.Ready, "", fields), created=created, adopted=adopted)
+    message = ""
+    if lost is not None and created:
+        message = f"map {lost} was gone (node restarted or bpffs emptied): created map {info.id}, contents lost"
+    return MapOutcome(StatusEntry(Phase.Ready, message, fields), created=created, adopted=adopted,
+                      repinned=bool(repinned), lost=lost if created else None)
+
+
+def _repin(spec: MapSpec, pin: Path, map_id: int) -> bool:
+    """Pin the live map ``map_id`` at ``pin`` if it still exists and still is the map we made."""
+    from bpfshare.kernel.compat import map_differences
+    from bpfshare.kernel.maps import Map
+    from bpfshare.kernel.pins import ensure_pin_dir
+
+    try:
+        live = Map.from_id(map_id)
+    except BpfshareError:
+        return False
+    with live:
+        info = live.info()
+        if info.name != spec.name or map_differences(spec, info):
+            return False  # the ID was reused by an unrelated map
+        ensure_pin_dir(pin.parent)
+        live.pin(pin)
+    return True
 
 
 def _in_bpffs(path: Path, layout: Layout) -> bool:

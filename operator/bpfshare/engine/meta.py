@@ -31,6 +31,7 @@ class ProgramMeta:
     digest: str = ""
     generation: int = 0
     bindings: dict[str, str] = field(default_factory=dict)  # object map -> pin path
+    map_ids: dict[str, int] = field(default_factory=dict)  # object map -> map ID it was bound to
     tc: list[dict[str, Any]] = field(default_factory=list)  # tc filters this program owns
 
     def encode(self) -> bytes:

@@ -47,6 +47,7 @@ class Engine:
         self.read_config_map = read_config_map
         self.collections = CollectionCache()
         self._lock = threading.Lock()
+        self._known_map_ids: dict[str, int] = {}  # BpfMap name -> the map ID this node last had
 
     def reconcile(
         self,
@@ -56,13 +57,16 @@ class Engine:
         *,
         only_programs: set[str] | None = None,
         complete: bool = False,
+        map_ids: Mapping[str, int] | None = None,
     ) -> Report:
         """Converge the node. ``only_programs`` limits which programs are re-checked (maps always
         are: it is cheap); ``complete`` says the resources given are all there are, so program
-        directories without a resource are orphans to remove."""
+        directories without a resource are orphans to remove; ``map_ids`` are the map IDs this node
+        reported before, by BpfMap name (from status), to re-pin a map whose pin was removed."""
         with self._lock:
             start = time.perf_counter()
             report = Report()
+            self._known_map_ids.update(map_ids or {})
             self._reconcile(list(maps), list(programs), labels or {}, only_programs, complete, report)
             report.seconds = time.perf_counter() - start
             return report
@@ -101,17 +105,42 @@ class Engine:
 
     def _ensure_map(self, res: MapResource, report: Report) -> StatusEntry:
         try:
-            outcome = ensure_map(self.layout, res)
+            known = self._known_map_ids.get(res.name)
+            if known is None and not self.layout.map_pin(res.pin_name).exists():
+                known = self._recorded_map_id(res)  # only when the pin is gone: it reads every record
+            outcome = ensure_map(self.layout, res, known)
         except BpfshareError as exc:
             report.event(MAP_KIND, res.name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
-        if outcome.created:
+        map_id = outcome.status.fields["mapId"]
+        self._known_map_ids[res.name] = map_id
+        if outcome.repinned:
+            report.event(MAP_KIND, res.name, "Repinned", f"pin {outcome.status.fields['pinPath']} was removed; "
+                         f"map {map_id} pinned again, contents kept")
+        if outcome.lost is not None:
+            report.event(MAP_KIND, res.name, "Recreated", outcome.status.message, warning=True)
+            return outcome.status
+        if outcome.created and not outcome.repinned:
             report.event(MAP_KIND, res.name, "Created", f"map {outcome.status.fields['mapId']} pinned at "
                          f"{outcome.status.fields['pinPath']}")
         if outcome.adopted:
             report.event(MAP_KIND, res.name, "Adopted", f"map {outcome.status.fields['mapId']} adopted from "
                          f"{res.adopt}")
         return outcome.status
+
+    def _recorded_map_id(self, res: MapResource) -> int | None:
+        """The map ID that programs on this node were bound to through the resource's pin (their
+        records survive a removed map pin, and a restart of the agent)."""
+        pin = str(self.layout.map_pin(res.pin_name))
+        for name in self.layout.program_names():
+            try:
+                meta = read_meta(self.layout.meta_pin(name))
+            except BpfshareError:
+                continue
+            for obj_map, path in (meta.bindings if meta else {}).items():
+                if path == pin and meta and meta.map_ids.get(obj_map):
+                    return meta.map_ids[obj_map]
+        return None
 
     def _users(self, res: MapResource, active_progs: Mapping[str, ProgramResource]) -> set[str]:
         """BpfPrograms on this node that bind the map: by resource, and by what bpffs records."""

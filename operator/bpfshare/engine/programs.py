@@ -108,7 +108,7 @@ def ensure_program(
     if meta.fingerprint != wanted or meta.tc != tc_records or outcome.detached:
         write_meta(layout.meta_pin(res.name), ProgramMeta(
             fingerprint=wanted, program=spec.name, digest=digest, generation=res.meta.generation,
-            bindings={k: str(v.pin_path) for k, v in bindings.items()}, tc=tc_records,
+            bindings={k: str(v.pin_path) for k, v in bindings.items()}, map_ids=dict(map_ids), tc=tc_records,
         ))
     outcome.status.fields = {
         "programId": info.id,
