@@ -252,6 +252,20 @@ def _parse_attach(raw: Any, where: str) -> tuple[AttachTarget, ...]:
     return tuple(TcxTarget(i, direction, netns) for i in _interfaces(body, here))  # type: ignore[arg-type]
 
 
+def attach_summary(obj: Mapping[str, Any]) -> str:
+    """A short human form of ``spec.attach`` for ``kubectl get``: ``tc/ingress eth0,eth1``."""
+    attach = (obj.get("spec") or {}).get("attach") or {}
+    for kind in ("tc", "tcx"):
+        if attach.get(kind):
+            body = attach[kind]
+            where = ",".join(body.get("interfaces") or [])
+            netns = f"@{body['networkNamespace']}" if body.get("networkNamespace") else ""
+            return f"{kind}/{body.get('direction', '')} {where}{netns}"
+    if attach.get("cgroup"):
+        return f"cgroup/{attach['cgroup'].get('type', '')} {attach['cgroup'].get('path', '/')}"
+    return ""
+
+
 def parse_program(obj: Mapping[str, Any]) -> ProgramResource:
     meta = Meta.parse(obj, PROGRAM_KIND)
     where = f"BpfProgram {meta.name}: spec"

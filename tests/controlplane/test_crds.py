@@ -189,12 +189,19 @@ def test_printer_columns(crds: ControlPlane, custom: Any, name: str) -> None:
         assert json.loads(row[5]) == {"node-a": 17, "node-b": 4}
         assert json.loads(row[6]) == {"node-a": "Ready", "node-b": "Error"}
 
+        custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, "bpfprograms", name,
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BpfProgram", "metadata": {"name": name},
+             "status": {"attach": "cgroup/egress /", "programIds": {"node-a": 9}, "phases": {"node-a": "Ready"},
+                        "nodes": [{"node": "node-a", "phase": "Ready", "programId": 9}]}},
+            field_manager="agent-node-a", _content_type="application/apply-patch+yaml")
         lines = crds.kubectl("get", "bpfprogs", name).stdout.splitlines()
         assert lines[0].split() == ["NAME", "ATTACH", "PROGRAM", "PROGRAMIDS", "PHASES", "AGE"]
         row = lines[1].split()
         assert row[0] == name
-        assert json.loads(row[1]) == ATTACH_CGROUP
-        assert row[2] == "count_egress"
+        assert row[1:3] == ["cgroup/egress", "/"]  # status.attach, written by the agents
+        assert row[3] == "count_egress"
+        assert json.loads(row[4]) == {"node-a": 9}
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)
         custom.delete_cluster_custom_object(GROUP, VERSION, "bpfprograms", name)

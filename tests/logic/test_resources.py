@@ -132,3 +132,12 @@ def test_node_selector(selector: dict[str, Any] | None, labels: dict[str, str], 
 def test_node_selector_unknown_operator() -> None:
     with pytest.raises(ResourceError, match="operator"):
         NodeSelector.parse({"matchExpressions": [{"key": "a", "operator": "Near"}]}, "spec.nodeSelector")
+
+
+def test_attach_summary_for_kubectl_get() -> None:
+    from bpfshare.resources import attach_summary
+
+    assert attach_summary(PROG) == "tc/ingress eth0,eth1"
+    tcx = with_spec(PROG, attach={"tcx": {"interfaces": ["v0"], "direction": "egress", "networkNamespace": "n"}})
+    assert attach_summary(tcx) == "tcx/egress v0@n"
+    assert attach_summary(with_spec(PROG, attach={"cgroup": {"path": "/a", "type": "connect4"}})) == "cgroup/connect4 /a"

@@ -19,7 +19,7 @@ from bpfshare.agent.writer import Writer
 from bpfshare.engine import Engine, Report, StatusEntry
 from bpfshare.engine.status import Phase
 from bpfshare.errors import BpfshareError
-from bpfshare.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION
+from bpfshare.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION, attach_summary
 
 log = logging.getLogger("bpfshare.agent")
 
@@ -128,9 +128,11 @@ class Agent:
             if not meta.get("deletionTimestamp") and self.writer.finalizer not in (meta.get("finalizers") or []):
                 self.writer.set_finalizer(kind, name, True)
             wanted = entry.to_dict(self.node, int(meta.get("generation") or 0))
-            if node_entry(body, self.node) != wanted:
-                self.writer.set_status(kind, name, wanted)
-                self._remember_status(kind, name, wanted)
+            shared = {"attach": attach_summary(body)} if kind == PROGRAM_KIND else {}
+            current = body.get("status") or {}
+            if node_entry(body, self.node) != wanted or any(current.get(k) != v for k, v in shared.items()):
+                self.writer.set_status(kind, name, wanted, shared)
+                self._remember_status(kind, name, wanted, shared)
         except BpfshareError as exc:
             log.warning("%s", exc)
             return False
@@ -154,7 +156,8 @@ class Agent:
             return False
         return True
 
-    def _remember_status(self, kind: str, name: str, entry: dict[str, Any] | None) -> None:
+    def _remember_status(self, kind: str, name: str, entry: dict[str, Any] | None,
+                         shared: dict[str, Any] | None = None) -> None:
         """Record our write in the cached body, so the next pass does not write it again before the
         watch event carrying it arrives."""
         bodies = self.state.maps if kind == MAP_KIND else self.state.programs
@@ -165,5 +168,7 @@ class Agent:
         nodes = [e for e in (body.get("status") or {}).get("nodes") or [] if e.get("node") != self.node]
         if entry is not None:
             nodes.append(entry)
-        body.setdefault("status", {})["nodes"] = nodes
+        status = body.setdefault("status", {})
+        status["nodes"] = nodes
+        status.update(shared or {})
         bodies[name] = body

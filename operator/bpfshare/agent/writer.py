@@ -82,13 +82,17 @@ class Writer:
             meta["finalizers"] = [self.finalizer]
         self._patch(kind, name, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta}, status=False)
 
-    def set_status(self, kind: str, name: str, entry: dict[str, Any] | None) -> None:
+    def set_status(self, kind: str, name: str, entry: dict[str, Any] | None,
+                   shared: dict[str, Any] | None = None) -> None:
         """Apply this node's entry (``None``: drop it; the other nodes' entries stay).
 
         Besides ``nodes[]``, the node's keys in the summary maps that ``kubectl get`` prints
         (``phases`` and ``mapIds``/``programIds``, node -> value) are owned by this node too.
+        ``shared`` fields (the same value from every node, such as ``attach``) are co-owned.
         """
         status: dict[str, Any] = {"nodes": [], "phases": {}}
+        if entry is not None and shared:
+            status.update(shared)
         id_field = "mapId" if kind == MAP_KIND else "programId"
         summary = "mapIds" if kind == MAP_KIND else "programIds"
         status[summary] = {}
