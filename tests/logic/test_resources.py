@@ -140,4 +140,5 @@ def test_attach_summary_for_kubectl_get() -> None:
     assert attach_summary(PROG) == "tc/ingress eth0,eth1"
     tcx = with_spec(PROG, attach={"tcx": {"interfaces": ["v0"], "direction": "egress", "networkNamespace": "n"}})
     assert attach_summary(tcx) == "tcx/egress v0@n"
-    assert attach_summary(with_spec(PROG, attach={"cgroup": {"path": "/a", "type": "connect4"}})) == "cgroup/connect4 /a"
+    cgroup = with_spec(PROG, attach={"cgroup": {"path": "/a", "type": "connect4"}})
+    assert attach_summary(cgroup) == "cgroup/connect4 /a"
