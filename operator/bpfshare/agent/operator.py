@@ -78,6 +78,11 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     def passes(**_: Any) -> int:
         return agent.passes
 
+    @kopf.on.probe(id="apiRequests", registry=registry)
+    def requests(**_: Any) -> int:
+        """Requests the agent made beyond its watches (writes, events, ConfigMap reads)."""
+        return agent.writer.requests
+
     return registry
 
 
