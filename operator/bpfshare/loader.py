@@ -85,7 +85,8 @@ class LoadedProgram:
 
 
 def default_pin_dir(pin_root: Path, program: str) -> Path:
-    return pin_root / "programs" / program
+    """``bpfshare load``'s default: apart from ``programs/``, which the engine owns (and garbage-collects)."""
+    return pin_root / "loads" / program
 
 
 def convention_pin_path(spec: MapSpec, pin_root: Path) -> Path | None:

@@ -160,7 +160,7 @@ def test_incompatible_reuse_names_every_field_and_touches_nothing(bpffs: Path, b
     assert "Traceback" not in proc.stderr
     assert bpftool("map", "show", "pinned", str(pin)) == before
     assert len(bpftool("map", "dump", "pinned", str(pin))) == 1  # type: ignore[arg-type]
-    assert not (bpffs / "bpfshare" / "programs").exists()  # nothing loaded, nothing pinned
+    assert not (bpffs / "bpfshare" / "loads").exists()  # nothing loaded, nothing pinned
 
 
 def test_bound_pin_that_does_not_exist_is_an_error_not_a_new_map(bpffs: Path, bpf_objects) -> None:

@@ -83,3 +83,30 @@ def test_fit_accepts_matching_types() -> None:
 def test_fit_refuses_mismatches(spec: ProgramSpec, target: object, words: str) -> None:
     with pytest.raises(BpfshareError, match=words):
         check_fits(spec, target)  # type: ignore[arg-type]
+
+
+def test_program_dirs_are_bpffs_safe_and_reversible(tmp_path: Path) -> None:
+    from bpfshare.engine.layout import Layout
+
+    layout = Layout(tmp_path)
+    assert layout.program_dir("count.ingress.v2").name == "count_ingress_v2"  # bpffs refuses '.'
+    layout.program_dir("count.ingress.v2").mkdir(parents=True)
+    layout.program_dir("plain").mkdir()
+    assert layout.program_names() == ["count.ingress.v2", "plain"]
+
+
+def test_stale_temporary_pins_are_found(tmp_path: Path) -> None:
+    import os
+
+    from bpfshare.engine.layout import Layout
+
+    layout = Layout(tmp_path)
+    links = layout.program_dir("p") / "links"
+    links.mkdir(parents=True)
+    dead = 2**22 + 12345  # above any pid_max: no such process
+    for name in (f"program_tmp{dead}", "program"):
+        (layout.program_dir("p") / name).touch()
+    (links / f"cgroup:a:egress_tmp{dead}").touch()
+    (links / f"live_tmp{os.getppid()}").touch()  # a running process's: left alone
+    found = sorted(p.name for p in layout.stale_temporary_pins())
+    assert found == [f"cgroup:a:egress_tmp{dead}", f"program_tmp{dead}"]

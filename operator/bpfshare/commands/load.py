@@ -24,7 +24,7 @@ def _parse_map_option(text: str) -> tuple[str, str]:
 @click.option("--map", "map_options", multiple=True, metavar="OBJMAP=PIN",
               help="reuse the map pinned at PIN (or id:N) for the object's map OBJMAP; repeatable")
 @click.option("--pin-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where to pin the program, its links and its unbound maps (default PIN_ROOT/programs/NAME)")
+              help="where to pin the program, its links and its unbound maps (default PIN_ROOT/loads/NAME)")
 @click.option("--attach", "attach_specs", multiple=True, metavar="SPEC",
               help="tc:IFACE:ingress|egress[@NETNS], tcx:IFACE:ingress|egress[@NETNS] or cgroup:DIR:TYPE")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")

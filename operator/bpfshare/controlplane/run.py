@@ -171,6 +171,25 @@ def stop(state_dir: Path, *, keep_logs: bool = False) -> bool:
     return True
 
 
+def stop_apiserver(cp: ControlPlane) -> None:
+    """Stop kube-apiserver alone (etcd keeps the data): an API server outage, for fault tests."""
+    with _state_lock(cp.state_dir):
+        if "kube-apiserver" in cp.processes:
+            stop_process(cp.processes.pop("kube-apiserver"))
+            cp.save()
+
+
+def start_apiserver(cp: ControlPlane, *, timeout: float = DEFAULT_TIMEOUT, die_with_parent: bool = False) -> None:
+    """Start kube-apiserver again on the same port, certificates and tokens (clients need no change)."""
+    with _state_lock(cp.state_dir):
+        port = int(cp.server.rsplit(":", 1)[1])
+        deadline = time.monotonic() + timeout
+        cp.processes["kube-apiserver"] = launch("kube-apiserver", _apiserver_argv(cp, port),
+                                                cp.log("kube-apiserver"), die_with_parent=die_with_parent)
+        cp.save()
+        _wait(cp, "kube-apiserver", deadline, lambda: _readyz(cp, verify=True, timeout=2.0) == "ok")
+
+
 def _stop_processes(cp: ControlPlane) -> None:
     for name in ("kube-apiserver", "etcd"):  # the apiserver first: it needs etcd to shut down cleanly
         if name in cp.processes:

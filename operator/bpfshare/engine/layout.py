@@ -9,10 +9,19 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpfshare.loader import PROGRAM_PIN
+
+TMP_PIN = re.compile(r"_tmp(\d+)$")
+
+
+def _alive(name: str) -> bool:
+    match = TMP_PIN.search(name)
+    return bool(match) and int(match.group(1)) != os.getpid() and Path(f"/proc/{match.group(1)}").exists()
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,9 @@ class Layout:
         return self.maps_dir / pin_name
 
     def program_dir(self, name: str) -> Path:
-        return self.programs_dir / name
+        # bpffs refuses names containing '.', which resource names may have; '_' never occurs in a
+        # resource name, so the mapping stays one to one.
+        return self.programs_dir / name.replace(".", "_")
 
     def program_pin(self, name: str) -> Path:
         return self.program_dir(name) / PROGRAM_PIN
@@ -48,9 +59,20 @@ class Layout:
         return True
 
     def program_names(self) -> list[str]:
+        """Resource names of the program directories (the inverse of ``program_dir``)."""
         if not self.programs_dir.is_dir():
             return []
-        return sorted(p.name for p in self.programs_dir.iterdir() if p.is_dir())
+        return sorted(p.name.replace("_", ".") for p in self.programs_dir.iterdir() if p.is_dir())
+
+    def stale_temporary_pins(self) -> list[Path]:
+        """Pins that ``replace_pin`` left half-done when its process was killed (``<name>_tmp<pid>``)."""
+        if not self.programs_dir.is_dir():
+            return []
+        found = []
+        for directory in (self.programs_dir, *self.programs_dir.glob("*"), *self.programs_dir.glob("*/links")):
+            if directory.is_dir():
+                found += [p for p in directory.iterdir() if TMP_PIN.search(p.name) and not _alive(p.name)]
+        return found
 
     def map_pin_names(self) -> list[str]:
         if not self.maps_dir.is_dir():

@@ -48,6 +48,7 @@ class Engine:
         self.collections = CollectionCache()
         self._lock = threading.Lock()
         self._known_map_ids: dict[str, int] = {}  # BpfMap name -> the map ID this node last had
+        self._swept = False
 
     def reconcile(
         self,
@@ -66,10 +67,19 @@ class Engine:
         with self._lock:
             start = time.perf_counter()
             report = Report()
+            if not self._swept:
+                self._sweep()
             self._known_map_ids.update(map_ids or {})
             self._reconcile(list(maps), list(programs), labels or {}, only_programs, complete, report)
             report.seconds = time.perf_counter() - start
             return report
+
+    def _sweep(self) -> None:
+        """Once per engine: remove temporary pins of an earlier process killed mid-replace."""
+        for pin in self.layout.stale_temporary_pins():
+            log.info("removing %s, left by a process that was killed while pinning", pin)
+            pin.unlink(missing_ok=True)
+        self._swept = True
 
     def _reconcile(self, maps: list[MapResource], programs: list[ProgramResource], labels: Mapping[str, str],
                    only: set[str] | None, complete: bool, report: Report) -> None:
@@ -222,7 +232,11 @@ class Engine:
                          f"program {prog_id} replaced the previous version in place")
         elif outcome.loaded:
             report.event(PROGRAM_KIND, res.name, "Loaded", f"program {prog_id} ({res.program}) loaded")
-        if outcome.attached:
+        if outcome.attached and not outcome.loaded:
+            # The program did not change, yet a target was missing it: drift, repaired.
+            report.event(PROGRAM_KIND, res.name, "Repaired", f"program {prog_id} re-attached to "
+                         f"{', '.join(outcome.attached)} (it had been detached or its target re-created)")
+        elif outcome.attached:
             report.event(PROGRAM_KIND, res.name, "Attached",
                          f"program {prog_id} attached to {', '.join(outcome.attached)}")
         if outcome.detached:
