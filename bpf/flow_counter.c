@@ -4,7 +4,7 @@
  *
  * shared_counts (see flow_counter.h): ARRAY, key __u32 index, value __u64, 4 entries,
  * pinned by name (LIBBPF_PIN_BY_NAME). Each program adds 1 to its own index and lets the
- * packet through: TC_ACT_OK for tc/tcx, 1 (allow) for cgroup_skb.
+ * packet through: TC_ACT_OK for tc, TCX_NEXT for tcx, 1 (allow) for cgroup_skb.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -46,7 +46,9 @@ SEC("tcx/ingress")
 int count_tcx_ingress(struct __sk_buff *skb)
 {
 	count(COUNT_TC_INGRESS);
-	return TC_ACT_OK;
+	/* TCX_NEXT (== TC_ACT_UNSPEC): a counter lets the next tcx program and the classic tc filters
+	 * run too; TCX_PASS (== TC_ACT_OK) would end the ingress hook here. */
+	return TC_ACT_UNSPEC;
 }
 
 SEC("cgroup_skb/ingress")

@@ -160,6 +160,9 @@ def test_program_without_program_name_is_rejected(custom: Any, name: str) -> Non
     {"path": "/opt/x.o", "sha256": "a" * 64},
     {"configMap": {"namespace": "default", "name": "objs", "key": "x.o"}},
     {"inline": "f0VMRg==", "sha256": ""},
+    # Standard base64 with '/' and '+' (a real object's encoding has them; see the CRD's comment).
+    {"inline": "f0VMRgIBAQAAAAAAAAAAAAEA9wABAAAAAAAAAAAAAAAAAAAAAAAAAIgtAAAAAAAAAAAAAEAAAAAA"
+               "AEAAIgABALcBAAAAAAAAYxr8/wAA+w=="},
 ])
 @pytest.mark.parametrize("attach", [
     ATTACH_TC, ATTACH_CGROUP,
