@@ -48,6 +48,11 @@ class Agent:
     def notify(self) -> None:
         self._wake.set()
 
+    def reset_wake(self) -> None:
+        """A fresh wake event for a new event loop (set: the first pass runs at once)."""
+        self._wake = asyncio.Event()
+        self._wake.set()
+
     def initial_sync(self) -> None:
         """List everything once before the first pass, so that 'not in the cluster' is known to be true
         (the engine removes program directories whose resource is gone only from a complete view)."""

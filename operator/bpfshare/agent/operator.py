@@ -9,7 +9,10 @@ Peering is off (standalone): every node must act, none may go idle because anoth
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,13 @@ def make_api_client() -> Any:
     return client.ApiClient()
 
 
+class EndlessBackoff:
+    """0.5, 1, 2, 3, then 5 seconds forever; iterable afresh for every request (so not Sized)."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain([0.5, 1.0, 2.0, 3.0], itertools.repeat(5.0))
+
+
 def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     tasks: list[asyncio.Task[None]] = []
@@ -45,7 +55,10 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.watching.connect_timeout = 10
-        settings.networking.error_backoffs = [1, 2, 3, 5]
+        # Retry API requests (watches included) for as long as the API server is away: an agent
+        # outlives an outage instead of exiting when a fixed number of retries runs out.
+        settings.networking.error_backoffs = EndlessBackoff()
+        agent.reset_wake()  # an Event belongs to one event loop; kopf.run may be called again
         await asyncio.to_thread(agent.initial_sync)
         tasks.append(asyncio.create_task(agent.run(), name="bpfshare-reconcile"))
 
@@ -91,4 +104,12 @@ def run_agent(node: str, pin_root: Path, *, resync_seconds: float = 60.0, livene
     agent = Agent(node, pin_root, api_client, resync_seconds=resync_seconds)
     registry = build_registry(agent)
     log.info("bpfshare agent for node %s, pin root %s", node, pin_root)
-    kopf.run(registry=registry, standalone=True, clusterwide=True, liveness_endpoint=liveness)
+    while True:
+        try:
+            kopf.run(registry=registry, standalone=True, clusterwide=True, liveness_endpoint=liveness)
+            return  # stopped by a signal
+        except Exception:
+            # kopf gives up on some errors (a watch refused while the API server is still starting);
+            # the node's datapath needs its agent back, not an exit: run the operator again.
+            log.exception("the operator stopped on an error; starting it again in 5 s")
+            time.sleep(5)
