@@ -190,9 +190,28 @@ def read_counters(pin: Path) -> list[int]:
         return [struct.unpack("<Q", live.lookup(struct.pack("<I", i)) or bytes(8))[0] for i in range(4)]
 
 
+@contextlib.contextmanager
+def only_demo() -> Iterator[None]:
+    """The demo's network namespaces, veth and cgroup have fixed names (examples/ refer to them):
+    a second demo at the same time would tear down the first one's."""
+    import fcntl
+
+    with open("/run/bpfshare-demo.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BpfshareError("another `bpfshare demo` is running on this machine; wait for it to end") from None
+        yield
+
+
 def run_demo(pin_root: Path, keep: bool, say: Say) -> None:
     if os.geteuid() != 0:
         raise BpfshareError("the demo loads eBPF programs and creates network namespaces: run it as root")
+    with only_demo():
+        _run_demo(pin_root, keep, say)
+
+
+def _run_demo(pin_root: Path, keep: bool, say: Say) -> None:
     examples = REPO / "examples"
     for res in examples.glob("*.yaml"):
         for line in res.read_text().splitlines():
@@ -210,7 +229,7 @@ def run_demo(pin_root: Path, keep: bool, say: Say) -> None:
         if created_node:
             kube("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node",
                                                        "metadata": {"name": node}}))
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / "bpfshare-demo-agent.log"
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfshare-demo-agent-{os.getpid()}.log"
         try:
             with agent(kube, node, pin_root, log, say):
                 say("$ kubectl apply -f examples/")
