@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bpfshare import metrics
 from bpfshare.errors import BpfshareError
 from bpfshare.kernel.compat import check_compatible
 from bpfshare.kernel.maps import Map
@@ -196,7 +198,10 @@ def load_program(
     maps = resolve_maps(collection, program, bindings=bindings or {}, pin_dir=pin_dir, pin_root=pin_root)
     try:
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        live = Program.load(program, program.instructions_with_fds(fds), name=program.name)
+        instructions = program.instructions_with_fds(fds)
+        started = time.perf_counter()
+        live = Program.load(program, instructions, name=program.name)
+        metrics.kernel_load(time.perf_counter() - started)
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
             replace_pin(live, prog_pin)

@@ -43,6 +43,7 @@ class Agent:
         self.debounce_seconds = debounce_seconds
         self.synced = False
         self.passes = 0
+        self.metrics: Any = None  # bpfshare.metrics.AgentMetrics when --metrics is on
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -91,9 +92,13 @@ class Agent:
                     only_programs=snapshot.only_programs, complete=self.synced,
                     map_ids=self._reported_map_ids(snapshot),
                 )
+                if self.metrics is not None:
+                    self.metrics.observe_pass(snapshot, report)
                 await asyncio.to_thread(self.publish, snapshot, report)
             except Exception:  # the loop must survive anything; the next pass retries
                 log.exception("reconcile pass failed; retrying")
+                if self.metrics is not None:
+                    self.metrics.reconcile_errors.inc()
                 self.state.mark_all()
                 await asyncio.sleep(1.0)
                 self._wake.set()

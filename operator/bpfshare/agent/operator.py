@@ -99,10 +99,17 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     return registry
 
 
-def run_agent(node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None) -> None:
+def run_agent(node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None,
+              metrics: str | None = None) -> None:
     api_client = make_api_client()
     agent = Agent(node, pin_root, api_client, resync_seconds=resync_seconds)
     registry = build_registry(agent)
+    if metrics:
+        from bpfshare.metrics import AgentMetrics, serve
+
+        agent.metrics = AgentMetrics(node, requests=lambda: agent.writer.requests)
+        agent.metrics.install()
+        serve(metrics, agent.metrics)
     log.info("bpfshare agent for node %s, pin root %s", node, pin_root)
     while True:
         try:
