@@ -12,6 +12,7 @@ command -v llvm-strip >/dev/null || need_apt+=(llvm)
 command -v bpftool >/dev/null || need_apt+=(bpftool)
 command -v tc >/dev/null || need_apt+=(iproute2)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v setpriv >/dev/null || need_apt+=(util-linux)  # tests/deploy: the DaemonSet's capabilities only
 command -v make >/dev/null || need_apt+=(make)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
 [ -f /usr/include/linux/bpf.h ] || need_apt+=(linux-libc-dev)

@@ -1,0 +1,200 @@
+"""deploy/ against the real kube-apiserver: kustomize builds, the API server accepts every object, a pod
+made from the DaemonSet's template passes admission, and the manifests say what the agent needs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import (
+    DEPLOY,
+    NAMESPACE,
+    REPO,
+    SERVICE_ACCOUNT,
+    Deployed,
+    agent_container,
+    daemonset_caps,
+    find,
+    kustomize,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+def test_deploy_copies_of_the_crds_are_identical_to_crds() -> None:
+    for name in ("bpfmap.yaml", "bpfprogram.yaml"):
+        assert (DEPLOY / "base" / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            f"deploy/base/crds/{name} differs from crds/{name}: run scripts/sync-deploy-crds.sh")
+
+
+def test_base_builds_with_every_object_the_install_needs(deployed: Deployed) -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in deployed.objects)
+    assert kinds == sorted([
+        ("Namespace", NAMESPACE),
+        ("CustomResourceDefinition", "bpfmaps.bpfshare.io"),
+        ("CustomResourceDefinition", "bpfprograms.bpfshare.io"),
+        ("ServiceAccount", SERVICE_ACCOUNT),
+        ("ClusterRole", "bpfshare-agent"),
+        ("ClusterRoleBinding", "bpfshare-agent"),
+        ("Role", "bpfshare-agent-events"),
+        ("RoleBinding", "bpfshare-agent-events"),
+        ("DaemonSet", "bpfshare-agent"),
+    ])
+    assert deployed.objects[0]["kind"] == "Namespace"  # kustomize orders it first: one apply suffices
+
+
+def test_every_object_was_applied_server_side(deployed: Deployed) -> None:
+    for obj in deployed.objects:
+        if obj["kind"] == "CustomResourceDefinition":
+            continue  # dry-run only (see conftest); test_deploy_copies... ties them to crds/
+        meta = obj["metadata"]
+        argv = ["get", obj["kind"].lower(), meta["name"], "-o", "json", "--show-managed-fields"]
+        if meta.get("namespace"):
+            argv += ["-n", meta["namespace"]]
+        live = json.loads(deployed.cp.kubectl(*argv).stdout)
+        managers = {m["manager"] for m in live["metadata"].get("managedFields") or []}
+        assert "bpfshare-deploy-test" in managers, (obj["kind"], meta["name"])
+    ds = json.loads(deployed.cp.kubectl("get", "daemonset", "bpfshare-agent", "-n", NAMESPACE, "-o", "json").stdout)
+    assert ds["spec"]["template"]["spec"]["priorityClassName"] == "system-node-critical"
+
+
+def test_example_overlay_builds_and_is_accepted(deployed: Deployed) -> None:
+    objects = kustomize(deployed.cp, DEPLOY / "overlays" / "example")
+    agent = agent_container(objects)
+    assert agent["image"] == "registry.example.com/platform/bpfshare-agent:0.1.0"
+    ds = find(objects, "DaemonSet", "bpfshare-agent")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"bpfshare.io/agent": "true"}
+    init = ds["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["image"] == agent["image"]
+    assert daemonset_caps(objects) == daemonset_caps(deployed.objects)  # the patch keeps the security context
+    items = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
+    deployed.cp.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
+                        "--field-manager=bpfshare-overlay-test", "-f", "-",
+                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def _pod_from_template(deployed: Deployed, node: str = "any-node") -> dict[str, Any]:
+    template = find(deployed.objects, "DaemonSet", "bpfshare-agent")["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "bpfshare-agent-admission-test", "namespace": NAMESPACE,
+                         "labels": template["metadata"]["labels"]},
+            "spec": {**template["spec"], "nodeName": node}}
+
+
+def test_a_pod_from_the_daemonset_template_passes_admission(deployed: Deployed) -> None:
+    """What the DaemonSet controller would create: validation (capabilities, Bidirectional propagation
+    only in the privileged init container), the Priority plugin (system-node-critical exists) and
+    Pod Security admission (the namespace's "privileged" level)."""
+    pod = _pod_from_template(deployed)
+    out = deployed.cp.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(pod)).stdout
+    created = json.loads(out)
+    assert created["spec"]["priority"] == 2000001000
+    assert created["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
+
+
+def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: Deployed) -> None:
+    """The namespace label is what lets the pod in: the same pod in a 'baseline' namespace is refused."""
+    name = "bpfshare-psa-baseline-test"
+    deployed.cp.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}))
+    try:
+        pod = _pod_from_template(deployed)
+        pod["metadata"]["namespace"] = name
+        pod["spec"]["serviceAccountName"] = "default"
+        proc = deployed.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+        assert proc.returncode != 0
+        assert "violates PodSecurity" in proc.stderr and "hostNetwork" in proc.stderr
+    finally:
+        deployed.cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_the_examples_are_accepted_by_the_installed_crds(deployed: Deployed) -> None:
+    """`kubectl apply -k deploy/` then `kubectl apply -f examples/` is the whole install."""
+    out = deployed.cp.kubectl("apply", "--dry-run=server", "-f", str(REPO / "examples"), "-o", "name").stdout
+    assert sorted(out.split()) == ["bpfmap.bpfshare.io/flow-counts", "bpfprogram.bpfshare.io/count-cgroup-egress",
+                                   "bpfprogram.bpfshare.io/count-ingress"]
+
+
+def _arg(container: dict[str, Any], flag: str) -> str:
+    for arg in container.get("args") or []:
+        if arg.startswith(f"{flag}="):
+            return str(arg.split("=", 1)[1])
+    raise AssertionError(f"no {flag}= in {container.get('args')}")
+
+
+def test_the_daemonset_runs_the_agent_as_documented(deployed: Deployed) -> None:
+    ds = find(deployed.objects, "DaemonSet", "bpfshare-agent")
+    spec = ds["spec"]["template"]["spec"]
+    agent = agent_container(deployed.objects)
+    assert spec["hostNetwork"] is True and not spec.get("hostPID")
+    assert spec["serviceAccountName"] == SERVICE_ACCOUNT
+    assert {"operator": "Exists"} in spec["tolerations"]
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    # Not privileged: named capabilities only.
+    security = agent["securityContext"]
+    assert security["privileged"] is False and security["readOnlyRootFilesystem"] is True
+    assert sorted(daemonset_caps(deployed.objects)) == ["BPF", "NET_ADMIN", "SYS_ADMIN"]
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # Probes and metrics point at the ports the agent's arguments open.
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    liveness = _arg(agent, "--liveness")
+    assert re.fullmatch(rf"http://0\.0\.0\.0:{ports['healthz']}/healthz", liveness)
+    assert _arg(agent, "--metrics") == f"0.0.0.0:{ports['metrics']}"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    assert agent["resources"]["requests"] and agent["resources"]["limits"]["memory"]
+    # Mounts: bpffs and netns follow host mounts; only the init container propagates back.
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert mounts["bpffs"]["mountPath"] == "/sys/fs/bpf"
+    assert mounts["bpffs"]["mountPropagation"] == "HostToContainer"
+    assert mounts["netns"]["mountPropagation"] == "HostToContainer"
+    assert mounts["cgroup"]["mountPath"] == "/sys/fs/cgroup"
+    assert _arg(agent, "--pin-root").startswith("/sys/fs/bpf/")
+    volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert volumes == {"bpffs": "/sys/fs/bpf", "cgroup": "/sys/fs/cgroup", "netns": "/run/netns"}
+    init = spec["initContainers"][0]
+    assert init["command"][0] == "/usr/local/bin/bpfshare-mount-bpffs"
+    assert init["securityContext"]["privileged"] is True
+    assert init["volumeMounts"][0]["mountPropagation"] == "Bidirectional"
+
+
+def test_dockerfile_uses_only_the_tested_build_steps_and_existing_paths() -> None:
+    """Every RUN is a step of scripts/image-build.sh (run by test_image.py), every COPY source exists and
+    is not excluded by .dockerignore, and the image ships what the DaemonSet calls."""
+    text = (REPO / "Dockerfile").read_text()
+    lines = re.sub(r"\\\n\s*", " ", text).splitlines()
+    steps = []
+    for line in lines:
+        if line.startswith("RUN "):
+            for command in line[4:].split("&&"):
+                words = [w for w in command.split() if "=" not in w or w.startswith("/")]
+                if words[0] in ("rm",):
+                    continue
+                assert words[0].endswith("image-build.sh"), line
+                steps.append(words[1])
+        elif line.startswith("COPY ") and "--from=" not in line:
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), source
+    assert sorted(steps) == ["bpf", "builder-deps", "install-wheel", "runtime-deps", "wheel"]
+    assert 'ENTRYPOINT ["bpfshare", "agent"]' in text
+    assert "/usr/local/bin/bpfshare-mount-bpffs" in text
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    for source in ("pyproject.toml", "README.md", "operator/bpfshare/", "bpf/", "scripts/image-build.sh",
+                   "scripts/mount-bpffs.sh"):
+        assert f"!{source}" in ignore
+
+
+def test_sync_script_names_the_copies_the_kustomization_uses() -> None:
+    script = (REPO / "scripts" / "sync-deploy-crds.sh").read_text()
+    kustomization = (DEPLOY / "base" / "kustomization.yaml").read_text()
+    for name in ("bpfmap.yaml", "bpfprogram.yaml"):
+        assert f"crds/{name}" in script and f"crds/{name}" in kustomization
+    assert Path(REPO / "scripts" / "sync-deploy-crds.sh").stat().st_mode & 0o111
