@@ -43,6 +43,7 @@ class Agent:
         self.debounce_seconds = debounce_seconds
         self.synced = False
         self.passes = 0
+        self._last_warnings: dict[tuple[str, str], str] = {}  # (kind, name) -> the last warning posted
         self.metrics: Any = None  # bpfshare.metrics.AgentMetrics when --metrics is on
         self._wake = asyncio.Event()
 
@@ -123,7 +124,17 @@ class Agent:
                 failed |= not self._publish_entry(snapshot, kind, name, entry)
         for kind, name in report.released:
             failed |= not self._release(snapshot, kind, name)
+        for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
+            for name, entry in entries.items():
+                if entry.phase is not Phase.Error:  # recovered: a later failure is news again
+                    self._last_warnings.pop((kind, name), None)
         for event in report.events:
+            # A resource that keeps failing fails again on every resync: warn once per distinct cause,
+            # not every minute. Normal events (loads, repairs) are always news.
+            if event.type == "Warning":
+                if self._last_warnings.get((event.kind, event.name)) == event.message:
+                    continue
+                self._last_warnings[(event.kind, event.name)] = event.message
             body = snapshot.bodies.get((event.kind, event.name), {"metadata": {"name": event.name}})
             self.writer.post_event(body, event.kind, event.type, event.reason, event.message)
         if failed:
