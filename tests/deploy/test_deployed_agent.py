@@ -167,3 +167,14 @@ def test_without_sys_admin_entering_a_pods_network_namespace_is_refused(
     deploy_cluster.wait(refused, "setns refused without CAP_SYS_ADMIN")
     assert (deploy_cluster.entry(PROGS, "count-ingress", node) or {}).get("phase") != "Ready"
     assert agent.effective_caps() == mask(caps)
+
+
+def test_without_cap_bpf_sys_admin_covers_it(deploy_cluster: DeployCluster, bpf_objects, cgroup_dir: Path) -> None:
+    """Why the DaemonSet's comment says SYS_ADMIN implies BPF today: the agent works without CAP_BPF
+    (bpf_capable() accepts either). If this starts failing, BPF has become needed on its own."""
+    caps = [c for c in daemonset_caps(deploy_cluster.deployed.objects) if c != "BPF"]  # type: ignore[union-attr]
+    node = deploy_cluster.add_node()
+    agent = deploy_cluster.start_deployed_agent(node, caps=caps)
+    deploy_cluster.apply(bpfmap(), cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    deploy_cluster.wait_phase(PROGS, "count-cgroup", node)
+    assert agent.effective_caps() == mask(caps)
