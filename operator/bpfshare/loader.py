@@ -27,9 +27,8 @@ from typing import Protocol
 
 from bpfshare import metrics
 from bpfshare.errors import BpfshareError
-from bpfshare.kernel.compat import check_compatible
 from bpfshare.kernel.maps import Map
-from bpfshare.kernel.pins import ensure_pin_dir, get_or_create_pinned
+from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned
 from bpfshare.kernel.programs import Program
 from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec
 
@@ -110,12 +109,7 @@ def open_binding(spec: MapSpec, binding: MapBinding) -> Map:
     else:
         assert binding.map_id is not None
         live = Map.from_id(binding.map_id)
-    try:
-        check_compatible(spec, live.info(), subject)
-    except BaseException:
-        live.close()
-        raise
-    return live
+    return checked(live, spec, subject)
 
 
 class Pinnable(Protocol):

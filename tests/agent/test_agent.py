@@ -164,15 +164,15 @@ def test_a_lasting_failure_is_one_warning_not_one_per_resync(cluster: Cluster, b
                                                              netns_pair: NetnsPair) -> None:
     node = cluster.add_node()
     cluster.start_agent(node)  # resync every 2 s
-    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair, name="no-iface",
+    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair, name="lasting-failure",
                                        attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress",
                                                       "networkNamespace": netns_pair.ns_b}}))
-    cluster.wait_phase(PROGS, "no-iface", node, "Error")
+    cluster.wait_phase(PROGS, "lasting-failure", node, "Error")
     time.sleep(7)  # three resyncs or more, each failing the same way
 
     def warnings() -> list[str]:
         out = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
-                              "involvedObject.name=no-iface,type=Warning", "-o", "name").stdout
+                              "involvedObject.name=lasting-failure,type=Warning", "-o", "name").stdout
         return out.split()
 
     assert len(warnings()) == 1

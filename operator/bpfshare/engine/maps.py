@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.status import Phase, StatusEntry
-from bpfshare.errors import BpfshareError, IncompatibleMapError
+from bpfshare.errors import BpfshareError
 from bpfshare.resources import MapResource
 from bpfshare.spec import MapSpec
 
@@ -45,7 +45,7 @@ def ensure_map(layout: Layout, res: MapResource, known_id: int | None = None) ->
     """
     from bpfshare.kernel.compat import check_compatible
     from bpfshare.kernel.maps import Map
-    from bpfshare.kernel.pins import ensure_pin_dir, get_or_create_pinned
+    from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned
 
     spec = map_spec(res)
     pin = layout.map_pin(res.pin_name)
@@ -67,12 +67,7 @@ def ensure_map(layout: Layout, res: MapResource, known_id: int | None = None) ->
         repinned = _repin(spec, pin, known_id)
         lost = None if repinned else known_id
     if pin.exists():
-        live = Map.from_pin(pin)
-        try:
-            check_compatible(spec, live.info(), subject)
-        except IncompatibleMapError:
-            live.close()
-            raise
+        live = checked(Map.from_pin(pin), spec, subject)
     else:
         ensure_pin_dir(pin.parent)
         live, reused = get_or_create_pinned(spec, pin, subject)

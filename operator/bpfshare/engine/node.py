@@ -17,7 +17,7 @@ from pathlib import Path
 from bpfshare.bytecode import CollectionCache, ConfigMapReader, fetch, no_config_maps
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.maps import ensure_map, remove_map
-from bpfshare.engine.meta import read_meta
+from bpfshare.engine.meta import ProgramMeta, read_meta
 from bpfshare.engine.programs import WaitingError, ensure_program, remove_program
 from bpfshare.engine.status import Event, Phase, StatusEntry
 from bpfshare.errors import BpfshareError
@@ -49,6 +49,7 @@ class Engine:
         self._lock = threading.Lock()
         self._known_map_ids: dict[str, int] = {}  # BpfMap name -> the map ID this node last had
         self._swept = False
+        self._pass_records: dict[str, ProgramMeta] | None = None
 
     def reconcile(
         self,
@@ -69,6 +70,7 @@ class Engine:
             report = Report()
             if not self._swept:
                 self._sweep()
+            self._pass_records = None
             self._known_map_ids.update(map_ids or {})
             self._reconcile(list(maps), list(programs), labels or {}, only_programs, complete, report)
             report.seconds = time.perf_counter() - start
@@ -104,6 +106,7 @@ class Engine:
             if only is None or res.name in only:
                 report.programs[res.name] = self._ensure_program(res, active_maps, report.maps, report)
 
+        self._pass_records = None  # programs were (re)loaded: read their records afresh
         for res in active_maps.values():
             entry = report.maps[res.name]
             if entry.phase is Phase.Ready:
@@ -138,17 +141,26 @@ class Engine:
                          f"{res.adopt}")
         return outcome.status
 
+    def _records(self) -> dict[str, ProgramMeta]:
+        """Every program's record on this node, read once per pass (maps ask about them all)."""
+        if self._pass_records is None:
+            self._pass_records = {}
+            for name in self.layout.program_names():
+                try:
+                    meta = read_meta(self.layout.meta_pin(name))
+                except BpfshareError:
+                    continue
+                if meta is not None:
+                    self._pass_records[name] = meta
+        return self._pass_records
+
     def _recorded_map_id(self, res: MapResource) -> int | None:
         """The map ID that programs on this node were bound to through the resource's pin (their
         records survive a removed map pin, and a restart of the agent)."""
         pin = str(self.layout.map_pin(res.pin_name))
-        for name in self.layout.program_names():
-            try:
-                meta = read_meta(self.layout.meta_pin(name))
-            except BpfshareError:
-                continue
-            for obj_map, path in (meta.bindings if meta else {}).items():
-                if path == pin and meta and meta.map_ids.get(obj_map):
+        for meta in self._records().values():
+            for obj_map, path in meta.bindings.items():
+                if path == pin and meta.map_ids.get(obj_map):
                     return meta.map_ids[obj_map]
         return None
 
@@ -157,13 +169,7 @@ class Engine:
         users = {p.name for p in active_progs.values() if res.name in dict(p.maps).values()
                  and self.layout.program_pin(p.name).exists()}
         pin = str(self.layout.map_pin(res.pin_name))
-        for name in self.layout.program_names():
-            try:
-                meta = read_meta(self.layout.meta_pin(name))
-            except BpfshareError:
-                continue
-            if meta is not None and pin in meta.bindings.values():
-                users.add(name)
+        users.update(name for name, meta in self._records().items() if pin in meta.bindings.values())
         return users
 
     def _release_map(self, res: MapResource, active_progs: Mapping[str, ProgramResource], report: Report) -> None:

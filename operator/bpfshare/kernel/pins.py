@@ -94,7 +94,7 @@ def get_or_create_pinned(spec: MapSpec, path: Path | str, subject: str) -> tuple
     for _ in range(ATTEMPTS):
         existing = _open_existing(path, subject)
         if existing is not None:
-            return _checked(existing, spec, subject), True
+            return checked(existing, spec, subject), True
         created = Map.create(spec)
         try:
             created.pin(path)
@@ -116,7 +116,8 @@ def _open_existing(path: Path, subject: str) -> Map | None:
         raise KernelError(f"{subject}: {exc}", exc.errno) from None
 
 
-def _checked(live: Map, spec: MapSpec, subject: str) -> Map:
+def checked(live: Map, spec: MapSpec, subject: str) -> Map:
+    """``live`` if it matches ``spec`` (every differing field reported at once); closed otherwise."""
     try:
         check_compatible(spec, live.info(), subject)
     except BaseException:
