@@ -37,6 +37,22 @@ def test_status_only_changes_make_no_work() -> None:
     assert not state.dirty
 
 
+def test_finalizers_added_make_no_work_removed_do() -> None:
+    state = ClusterState()
+    state.on_map(None, body(MAP, generation=1))
+    state.on_program(None, body(PROG, generation=1))
+    state.take()
+    ours, theirs = ["bpfshare.io/node-n1"], ["bpfshare.io/node-n1", "bpfshare.io/node-n2"]
+    # This agent's own finalizer write, then another node's: no pass for either.
+    assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=ours)) is False
+    assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=theirs)) is False
+    assert state.on_map("MODIFIED", body(MAP, generation=1, finalizers=theirs)) is False
+    assert not state.dirty
+    # A finalizer removed (someone took ours off by hand): a look, to put it back.
+    assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=theirs[1:])) is True
+    assert state.take().only_programs == {"count-ingress"}
+
+
 def test_spec_change_marks_only_that_program() -> None:
     state = ClusterState()
     state.on_program(None, body(PROG, generation=1))

@@ -2,8 +2,9 @@
 
 Pure (no API, no kernel): the kopf handlers put bodies in, the reconcile loop takes snapshots out.
 A watch event only makes work when it changes what this node must do (spec generation, deletion,
-finalizers, node labels, a referenced ConfigMap); status updates, including the agent's own
-writes, make none, so an idle agent stays idle.
+a finalizer removed, node labels, a referenced ConfigMap); status updates and finalizers added,
+including the agent's own writes and those of the other nodes' agents, make none, so an idle agent
+stays idle and N agents do not make each other work.
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from bpfshare.resources import MapResource, ProgramResource, parse_map, parse_pr
 log = logging.getLogger("bpfshare.agent")
 
 
-def _trigger(body: dict[str, Any]) -> tuple[Any, ...]:
-    meta = body.get("metadata") or {}
-    return (meta.get("generation"), bool(meta.get("deletionTimestamp")), tuple(meta.get("finalizers") or ()))
+def _makes_work(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """A new object, a new generation, the start of a deletion, or a finalizer removed (this node's
+    may be among them, and must be put back). Finalizers *added* make no work: they are this
+    agent's own writes or other nodes' (with N nodes, each would otherwise cost every agent a pass)."""
+    if old is None:
+        return True
+    before, after = old.get("metadata") or {}, new.get("metadata") or {}
+    if (before.get("generation"), bool(before.get("deletionTimestamp"))) != (
+            after.get("generation"), bool(after.get("deletionTimestamp"))):
+        return True
+    return bool(set(before.get("finalizers") or ()) - set(after.get("finalizers") or ()))
 
 
 @dataclass
@@ -57,7 +66,7 @@ class ClusterState:
             return False  # gone for good: our finalizer was already released
         old = self.maps.get(name)
         self.maps[name] = body
-        if old is None or _trigger(old) != _trigger(body):
+        if _makes_work(old, body):
             self._dirty_all = True  # a map change can unblock or affect any program
             return True
         return False
@@ -69,7 +78,7 @@ class ClusterState:
             return False
         old = self.programs.get(name)
         self.programs[name] = body
-        if old is None or _trigger(old) != _trigger(body):
+        if _makes_work(old, body):
             self._dirty_programs.add(name)
             return True
         return False
