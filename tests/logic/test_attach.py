@@ -107,6 +107,7 @@ def test_stale_temporary_pins_are_found(tmp_path: Path) -> None:
     for name in (f"program_tmp{dead}", "program"):
         (layout.program_dir("p") / name).touch()
     (links / f"cgroup:a:egress_tmp{dead}").touch()
-    (links / f"live_tmp{os.getppid()}").touch()  # a running process's: left alone
+    (links / f"link_tmp{os.getpid()}").touch()  # even our own pid: a restarted container reuses pids
+    (links / "tmp_but_not_temporary").touch()
     found = sorted(p.name for p in layout.stale_temporary_pins())
-    assert found == [f"cgroup:a:egress_tmp{dead}", f"program_tmp{dead}"]
+    assert found == [f"cgroup:a:egress_tmp{dead}", f"link_tmp{os.getpid()}", f"program_tmp{dead}"]

@@ -9,19 +9,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpfshare.loader import PROGRAM_PIN
 
-TMP_PIN = re.compile(r"_tmp(\d+)$")
-
-
-def _alive(name: str) -> bool:
-    match = TMP_PIN.search(name)
-    return bool(match) and int(match.group(1)) != os.getpid() and Path(f"/proc/{match.group(1)}").exists()
+TMP_PIN = re.compile(r"_tmp\d+$")
 
 
 @dataclass(frozen=True)
@@ -65,13 +59,18 @@ class Layout:
         return sorted(p.name.replace("_", ".") for p in self.programs_dir.iterdir() if p.is_dir())
 
     def stale_temporary_pins(self) -> list[Path]:
-        """Pins that ``replace_pin`` left half-done when its process was killed (``<name>_tmp<pid>``)."""
+        """Pins that ``replace_pin`` left half-done when its process was killed (``<name>_tmp<pid>``).
+
+        The engine owns ``programs/`` alone (one agent per pin root) and asks before its first pass,
+        when none of its own is in flight, so every such pin is stale. (The pid in the name cannot
+        tell: in a container, a restarted agent gets the same small pid again.)
+        """
         if not self.programs_dir.is_dir():
             return []
         found = []
         for directory in (self.programs_dir, *self.programs_dir.glob("*"), *self.programs_dir.glob("*/links")):
             if directory.is_dir():
-                found += [p for p in directory.iterdir() if TMP_PIN.search(p.name) and not _alive(p.name)]
+                found += [p for p in directory.iterdir() if TMP_PIN.search(p.name)]
         return found
 
     def map_pin_names(self) -> list[str]:

@@ -122,7 +122,7 @@ class Engine:
             if known is None and not self.layout.map_pin(res.pin_name).exists():
                 known = self._recorded_map_id(res)  # only when the pin is gone: it reads every record
             outcome = ensure_map(self.layout, res, known)
-        except BpfshareError as exc:
+        except (BpfshareError, OSError) as exc:  # OSError: bpffs or /proc refused (permissions, ...)
             report.event(MAP_KIND, res.name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
         map_id = outcome.status.fields["mapId"]
@@ -229,7 +229,7 @@ class Engine:
             outcome = ensure_program(self.layout, res, collection, digest, bindings, ids)
         except WaitingError as exc:
             return StatusEntry(Phase.Pending, str(exc))
-        except BpfshareError as exc:
+        except (BpfshareError, OSError) as exc:
             report.event(PROGRAM_KIND, res.name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
         prog_id = outcome.status.fields["programId"]

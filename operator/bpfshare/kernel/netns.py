@@ -9,13 +9,14 @@ Unlike ``ip netns exec``, nothing is remounted: bpffs pins stay visible.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bpfshare.errors import TargetNotFoundError
+from bpfshare.errors import KernelError, TargetNotFoundError
 
 NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -46,7 +47,8 @@ def netns_path(name_or_path: str) -> Path:
 def _setns(fd: int, what: str) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"setns({what}): {os.strerror(err)}")
+        hint = " (entering a network namespace needs CAP_SYS_ADMIN)" if err == errno.EPERM else ""
+        raise KernelError(f"setns({what}): {os.strerror(err)}{hint}", err)
 
 
 @contextmanager
