@@ -50,6 +50,7 @@ class Engine:
         self._known_map_ids: dict[str, int] = {}  # BpfMap name -> the map ID this node last had
         self._swept = False
         self._pass_records: dict[str, ProgramMeta] | None = None
+        self._pass_binders: tuple[dict[str, set[str]], dict[str, set[str]]] | None = None
 
     def reconcile(
         self,
@@ -71,6 +72,7 @@ class Engine:
             if not self._swept:
                 self._sweep()
             self._pass_records = None
+            self._pass_binders = None
             self._known_map_ids.update(map_ids or {})
             self._reconcile(list(maps), list(programs), labels or {}, only_programs, complete, report)
             report.seconds = time.perf_counter() - start
@@ -107,6 +109,7 @@ class Engine:
                 report.programs[res.name] = self._ensure_program(res, active_maps, report.maps, report)
 
         self._pass_records = None  # programs were (re)loaded: read their records afresh
+        self._pass_binders = None
         for res in active_maps.values():
             entry = report.maps[res.name]
             if entry.phase is Phase.Ready:
@@ -166,11 +169,26 @@ class Engine:
 
     def _users(self, res: MapResource, active_progs: Mapping[str, ProgramResource]) -> set[str]:
         """BpfPrograms on this node that bind the map: by resource, and by what bpffs records."""
-        users = {p.name for p in active_progs.values() if res.name in dict(p.maps).values()
-                 and self.layout.program_pin(p.name).exists()}
-        pin = str(self.layout.map_pin(res.pin_name))
-        users.update(name for name, meta in self._records().items() if pin in meta.bindings.values())
-        return users
+        by_map, by_pin = self._binders(active_progs)
+        return by_map.get(res.name, set()) | by_pin.get(str(self.layout.map_pin(res.pin_name)), set())
+
+    def _binders(self, active_progs: Mapping[str, ProgramResource]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Who binds what, worked out once per pass (every map asks, so not once per map: that was
+        maps x programs steps, a fifth of an idle resync with 500 of each): BpfMap name -> pinned
+        programs whose resource binds it, and pin path -> programs whose record binds it."""
+        if self._pass_binders is None:
+            by_map: dict[str, set[str]] = {}
+            for prog in active_progs.values():
+                bound = set(dict(prog.maps).values())
+                if bound and self.layout.program_pin(prog.name).exists():
+                    for map_name in bound:
+                        by_map.setdefault(map_name, set()).add(prog.name)
+            by_pin: dict[str, set[str]] = {}
+            for name, meta in self._records().items():
+                for path in set(meta.bindings.values()):
+                    by_pin.setdefault(path, set()).add(name)
+            self._pass_binders = (by_map, by_pin)
+        return self._pass_binders
 
     def _release_map(self, res: MapResource, active_progs: Mapping[str, ProgramResource], report: Report) -> None:
         pin = self.layout.map_pin(res.pin_name)

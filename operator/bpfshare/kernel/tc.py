@@ -92,11 +92,15 @@ def _iproute(netns: str | None) -> Iterator[IPRoute]:
         yield ipr
 
 
-def _ifindex(ipr: IPRoute, ifname: str, netns: str | None) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise TargetNotFoundError(f"interface {ifname!r} not found in {netns_label(netns)}")
-    return int(found[0])
+def _ifindex(ifname: str, netns: str | None) -> int:
+    """The interface's index in the calling thread's namespace (call it inside ``_iproute``).
+
+    if_nametoindex is one ioctl; pyroute2's link_lookup decodes a whole RTM_NEWLINK message in
+    Python (0.6 ms, a fifth of an idle resync pass over hundreds of tc programs)."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise TargetNotFoundError(f"interface {ifname!r} not found in {netns_label(netns)}") from None
 
 
 def _netlink_error(what: str, exc: Exception) -> KernelError:
@@ -176,7 +180,7 @@ def attach_tc(
         raise ValueError(f"tc priority must be 1..65535, not {priority}")
     label = name or prog.info().name or "bpf"
     with _iproute(netns) as ipr:
-        index = _ifindex(ipr, ifname, netns)
+        index = _ifindex(ifname, netns)
         _ensure_clsact(ipr, index, ifname)
         try:
             ipr.tc(
@@ -196,7 +200,7 @@ def attach_tc(
 def list_tc_filters(ifname: str, direction: Direction, netns: str | None = None) -> list[TcFilter]:
     """The cls_bpf filters on an interface's clsact hook (none if there is no clsact qdisc)."""
     with _iproute(netns) as ipr:
-        index = _ifindex(ipr, ifname, netns)
+        index = _ifindex(ifname, netns)
         return list(_filters(ipr, index, ifname, direction, netns))
 
 
@@ -208,7 +212,7 @@ def detach_tc(
 
     parent = _parent(direction)
     with _iproute(netns) as ipr:
-        index = _ifindex(ipr, ifname, netns)
+        index = _ifindex(ifname, netns)
         if not any((f.priority, f.handle) == (priority, handle)
                    for f in _filters(ipr, index, ifname, direction, netns)):
             return False
