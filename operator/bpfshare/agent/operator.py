@@ -67,23 +67,27 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
         for task in tasks:
             task.cancel()
 
+    # The event handlers are coroutines so that kopf runs them on the event loop, where the
+    # reconcile loop takes its snapshots and waits on its asyncio.Event: as plain functions kopf ran
+    # them in worker threads, which could change the state's dicts while take() iterated them
+    # (RuntimeError, ending the reconcile task for good) and set the Event from a foreign thread.
     @kopf.on.event(GROUP, VERSION, MAP_PLURAL, registry=registry)
-    def on_map(event: dict[str, Any], **_: Any) -> None:
+    async def on_map(event: dict[str, Any], **_: Any) -> None:
         if agent.state.on_map(event.get("type"), event["object"]):
             agent.notify()
 
     @kopf.on.event(GROUP, VERSION, PROGRAM_PLURAL, registry=registry)
-    def on_program(event: dict[str, Any], **_: Any) -> None:
+    async def on_program(event: dict[str, Any], **_: Any) -> None:
         if agent.state.on_program(event.get("type"), event["object"]):
             agent.notify()
 
     @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == agent.node)
-    def on_node(event: dict[str, Any], **_: Any) -> None:
+    async def on_node(event: dict[str, Any], **_: Any) -> None:
         if agent.state.on_node(event.get("type"), event["object"]):
             agent.notify()
 
     @kopf.on.event("", "v1", "configmaps", registry=registry)
-    def on_config_map(event: dict[str, Any], **_: Any) -> None:
+    async def on_config_map(event: dict[str, Any], **_: Any) -> None:
         if agent.state.on_config_map(event.get("type"), event["object"]):
             agent.notify()
 
