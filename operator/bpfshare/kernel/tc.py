@@ -1,14 +1,14 @@
-"""tc (cls_bpf on a clsact qdisc) attachments over netlink, with pyroute2.
+"""tc (cls_bpf on a clsact qdisc) attachments over netlink: changes with pyroute2, reads raw.
 
 An attachment is addressed by (interface, direction, priority, handle). Attaching at an address
 that already holds a filter *replaces* it (RTM_NEWTFILTER with NLM_F_REPLACE): cls_bpf swaps the
 program under RCU, so packets see the old program or the new one, never none. Filters are always
 direct-action (the program's return code is the verdict) and match every protocol (ETH_P_ALL).
 
-pyroute2 is imported inside the functions (it is slow to import and only tc needs it), and its
-netlink socket is created *inside* the target netns: a netlink socket talks to the namespace it
-was created in. pyroute2 0.9 does not decode TCA_BPF_ID / TCA_BPF_TAG, so those are read from the
-raw TCA_OPTIONS attribute.
+pyroute2 is imported inside the functions (it is slow to import and only tc changes need it).
+Reads (the qdisc at ffff:fff1, filter dumps) are single rtnetlink requests decoded here: they run
+for every tc target at every resync, and pyroute2 costs ~15x more per read. Every netlink socket
+is created *inside* the target netns: a netlink socket talks to the namespace it was created in.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from bpfshare.errors import KernelError, TargetNotFoundError
 from bpfshare.kernel.netns import enter_netns, netns_label
@@ -42,13 +42,15 @@ TCA_BPF_TAG = 10
 TCA_BPF_ID = 11
 TCA_BPF_FLAG_ACT_DIRECT = 1
 NLA_TYPE_MASK = 0x3FFF
-TCA_KIND = 1
+TCA_KIND, TCA_OPTIONS = 1, 2
 
 # linux/netlink.h, linux/rtnetlink.h
 NLMSG_HDRLEN = 16
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x4, 0x8
-RTM_NEWQDISC, RTM_GETQDISC = 36, 38
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO, NLM_F_DUMP = 0x1, 0x4, 0x8, 0x300
+RTM_NEWQDISC, RTM_GETQDISC, RTM_NEWTFILTER, RTM_GETTFILTER = 36, 38, 44, 46
+TCMSG = "=BxxxiIII"  # struct tcmsg: family, ifindex, handle, parent, info
+TCMSG_LEN = struct.calcsize(TCMSG)
 
 
 @dataclass(frozen=True)
@@ -132,32 +134,52 @@ def _ensure_clsact(ipr: IPRoute, index: int, ifname: str) -> None:
 def _ingress_qdisc_kind(index: int) -> str | None:
     """The kind of the qdisc at ffff:fff1 on one interface (clsact, ingress), None if there is none.
 
-    One RTM_GETQDISC request for that qdisc (not a dump; NLM_F_ECHO makes the kernel send it back)
-    on a netlink socket made in the calling thread's namespace. pyroute2's get_qdiscs(index) dumps
-    every qdisc of the namespace and filters in Python: about 0.1 ms per qdisc, so 30 ms per call
-    with 300 veths with clsact, and quadratic time to attach to them all.
+    One RTM_GETQDISC request for that qdisc (not a dump; NLM_F_ECHO makes the kernel send it back).
+    pyroute2's get_qdiscs(index) dumps every qdisc of the namespace and filters in Python: about
+    0.1 ms per qdisc, so 30 ms per call with 300 veths with clsact, and quadratic time to attach to
+    them all.
     """
+    tcmsg = struct.pack(TCMSG, socket.AF_UNSPEC, index, 0, TC_H_CLSACT_PARENT, 0)
+    try:
+        replies = _rtnl_request(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO, tcmsg)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise KernelError(f"tc: reading the qdisc at ffff:fff1: {exc.strerror}", exc.errno or 0) from None
+    for msg_type, payload in replies:
+        if msg_type == RTM_NEWQDISC:
+            return _string(_parse_attrs(payload[TCMSG_LEN:]).get(TCA_KIND, b""))
+    return None
+
+
+def _rtnl_request(msg_type: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+    """One rtnetlink request on a socket made in the calling thread's namespace: the messages it
+    gets back, as (type, payload), up to the ack or NLMSG_DONE. OSError(errno) if the kernel answers
+    with an error.
+
+    Used for the reads (a qdisc, a filter dump), which are the per-target checks of every resync:
+    a pyroute2 IPRoute costs a new asyncio event loop and decodes every attribute in Python (about
+    1.5 ms per listing, a quarter of an idle resync pass over hundreds of tc programs), this about
+    0.1 ms. Writes (qdisc and filter changes) stay with pyroute2.
+    """
+    out: list[tuple[int, bytes]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
         sock.settimeout(5.0)
-        tcmsg = struct.pack("=BxxxiIII", socket.AF_UNSPEC, index, 0, TC_H_CLSACT_PARENT, 0)
-        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO
-        sock.send(struct.pack("=IHHII", NLMSG_HDRLEN + len(tcmsg), RTM_GETQDISC, flags, 1, 0) + tcmsg)
-        kind = None
+        sock.send(struct.pack("=IHHII", NLMSG_HDRLEN + len(body), msg_type, flags, 1, 0) + body)
         while True:
-            data = sock.recv(65536)
+            data = sock.recv(1 << 16)
             pos = 0
             while pos + NLMSG_HDRLEN <= len(data):
-                length, msg_type = struct.unpack_from("=IH", data, pos)
+                length, kind = struct.unpack_from("=IH", data, pos)
                 if length < NLMSG_HDRLEN:
-                    return kind
-                if msg_type == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, pos + NLMSG_HDRLEN)[0]
-                    if err and err != errno.ENOENT:
-                        raise KernelError(f"tc: reading the qdisc at ffff:fff1: {os.strerror(err)}", err)
-                    return kind
-                if msg_type == RTM_NEWQDISC:
-                    attrs = _parse_attrs(data[pos + NLMSG_HDRLEN + len(tcmsg) : pos + length])
-                    kind = attrs.get(TCA_KIND, b"").split(b"\0", 1)[0].decode(errors="replace")
+                    raise OSError(errno.EBADMSG, "malformed netlink message")
+                payload = data[pos + NLMSG_HDRLEN : pos + length]
+                if kind in (NLMSG_ERROR, NLMSG_DONE):
+                    err = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    return out
+                out.append((kind, payload))
                 pos += (length + 3) & ~3
 
 
@@ -191,7 +213,7 @@ def attach_tc(
         except NetlinkError as exc:
             where = f"{ifname} {direction} priority {priority} handle {handle} in {netns_label(netns)}"
             raise _netlink_error(f"attaching bpf filter on {where}", exc) from None
-        for found in _filters(ipr, index, ifname, direction, netns):
+        for found in _filters(index, ifname, direction, netns):
             if (found.priority, found.handle) == (priority, handle):
                 return found
     raise KernelError(f"tc: filter on {ifname} {direction} priority {priority} vanished right after attach")
@@ -199,9 +221,9 @@ def attach_tc(
 
 def list_tc_filters(ifname: str, direction: Direction, netns: str | None = None) -> list[TcFilter]:
     """The cls_bpf filters on an interface's clsact hook (none if there is no clsact qdisc)."""
-    with _iproute(netns) as ipr:
+    with enter_netns(netns):
         index = _ifindex(ifname, netns)
-        return list(_filters(ipr, index, ifname, direction, netns))
+        return list(_filters(index, ifname, direction, netns))
 
 
 def detach_tc(
@@ -214,7 +236,7 @@ def detach_tc(
     with _iproute(netns) as ipr:
         index = _ifindex(ifname, netns)
         if not any((f.priority, f.handle) == (priority, handle)
-                   for f in _filters(ipr, index, ifname, direction, netns)):
+                   for f in _filters(index, ifname, direction, netns)):
             return False
         try:
             ipr.tc("del-filter", index=index, handle=handle, parent=parent,
@@ -227,42 +249,40 @@ def detach_tc(
     return True
 
 
-def _filters(
-    ipr: IPRoute, index: int, ifname: str, direction: Direction, netns: str | None
-) -> Iterator[TcFilter]:
-    from pyroute2.netlink.exceptions import NetlinkError
-
+def _filters(index: int, ifname: str, direction: Direction, netns: str | None) -> Iterator[TcFilter]:
+    """The cls_bpf filters on the hook, from one filter dump (in the calling thread's namespace)."""
+    tcmsg = struct.pack(TCMSG, socket.AF_UNSPEC, index, 0, _parent(direction), 0)
     try:
-        messages = list(ipr.get_filters(index=index, parent=_parent(direction)))
-    except NetlinkError as exc:
-        if exc.code in (errno.EINVAL, errno.ENOENT):  # no clsact qdisc: no filters
+        replies = _rtnl_request(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, tcmsg)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT):  # no clsact qdisc: no filters
             return
-        raise _netlink_error(f"listing filters on {ifname} {direction}", exc) from None
-    for msg in messages:
-        if msg.get_attr("TCA_KIND") != "bpf" or not msg["handle"]:
+        raise KernelError(f"tc: listing filters on {ifname} {direction}: {exc.strerror}", exc.errno or 0) from None
+    for msg_type, payload in replies:
+        if msg_type != RTM_NEWTFILTER or len(payload) < TCMSG_LEN:
+            continue
+        _, _, handle, _, info = struct.unpack_from(TCMSG, payload)
+        attrs = _parse_attrs(payload[TCMSG_LEN:])
+        if _string(attrs.get(TCA_KIND, b"")) != "bpf" or not handle:
             continue  # the per-priority chain head carries no handle
-        opts = _raw_attrs(msg.get_attr("TCA_OPTIONS"))
+        opts = _parse_attrs(attrs.get(TCA_OPTIONS, b""))
         flags = struct.unpack_from("=I", opts[TCA_BPF_FLAGS])[0] if TCA_BPF_FLAGS in opts else 0
         yield TcFilter(
             ifindex=index,
             ifname=ifname,
             direction=direction,
-            priority=msg["info"] >> 16,
-            handle=msg["handle"],
+            priority=info >> 16,
+            handle=handle,
             prog_id=struct.unpack_from("=I", opts[TCA_BPF_ID])[0] if TCA_BPF_ID in opts else 0,
-            name=opts.get(TCA_BPF_NAME, b"").split(b"\0", 1)[0].decode(errors="replace"),
+            name=_string(opts.get(TCA_BPF_NAME, b"")),
             tag=opts.get(TCA_BPF_TAG, b"").hex(),
             direct_action=bool(flags & TCA_BPF_FLAG_ACT_DIRECT),
             netns=netns,
         )
 
 
-def _raw_attrs(nla: Any) -> dict[int, bytes]:
-    """The nested attributes of a decoded pyroute2 NLA, from its raw bytes: {type: payload}."""
-    if nla is None:
-        return {}
-    raw = bytes(nla.data[nla.offset : nla.offset + nla.length])
-    return _parse_attrs(raw[4:])  # skip the attribute's own header
+def _string(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _parse_attrs(raw: bytes) -> dict[int, bytes]:
