@@ -19,6 +19,10 @@ lint:
 
 bench: install
 	$(VENV)/bin/python bench/loader.py --write docs/benchmarks.md
+	$(VENV)/bin/python bench/latency.py --write docs/benchmarks.md
+	$(VENV)/bin/python bench/scale_node.py --write docs/benchmarks.md
+	$(VENV)/bin/python bench/scale_nodes.py --write docs/benchmarks.md
+	$(VENV)/bin/python bench/idle.py --write docs/benchmarks.md
 
 clean:
 	$(MAKE) -C bpf clean
