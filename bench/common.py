@@ -38,6 +38,7 @@ TAG = f"bsb{os.getpid() % 100000}"  # prefix of every name this run creates (net
 
 # -- running a benchmark -----------------------------------------------------------------------------
 
+
 def run_main(body: Callable[[contextlib.ExitStack], None]) -> None:
     """Run ``body(stack)`` as root with SIGTERM/SIGHUP turned into SystemExit and SIGINT into
     KeyboardInterrupt, so that every cleanup registered on ``stack`` runs on any exit."""
@@ -95,6 +96,7 @@ def median(samples: Iterable[float]) -> float:
 
 # -- example objects ---------------------------------------------------------------------------------
 
+
 def build_objects(stack: contextlib.ExitStack) -> Path:
     out = Path(tempfile.mkdtemp(prefix="bpfshare-bench-objs-"))
     stack.callback(sh, "rm", "-rf", str(out), check=False)
@@ -144,8 +146,12 @@ def kubectl_apply(cp: Any, docs: list[dict[str, Any]], *args: str) -> float:
 
 
 def add_node(cp: Any, name: str, labels: dict[str, str] | None = None) -> None:
-    cp.kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}))
+    cp.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}),
+    )
 
 
 def object_sizes(cp: Any, plural: str) -> dict[str, int]:
@@ -155,6 +161,7 @@ def object_sizes(cp: Any, plural: str) -> dict[str, int]:
 
 
 # -- status watch ------------------------------------------------------------------------------------
+
 
 def node_entry(body: dict[str, Any], node: str) -> dict[str, Any] | None:
     for entry in (body.get("status") or {}).get("nodes") or []:
@@ -168,8 +175,11 @@ def ready_on(body: dict[str, Any] | None, node: str) -> bool:
     if body is None:
         return False
     entry = node_entry(body, node)
-    return (entry is not None and entry.get("phase") == "Ready"
-            and entry.get("observedGeneration") == body["metadata"].get("generation"))
+    return (
+        entry is not None
+        and entry.get("phase") == "Ready"
+        and entry.get("observedGeneration") == body["metadata"].get("generation")
+    )
 
 
 class StatusWatch:
@@ -208,9 +218,15 @@ class StatusWatch:
                     self._cond.notify_all()
                 rv = listing["metadata"]["resourceVersion"]
                 while not self._stop.is_set():
-                    stream = watch.Watch().stream(custom.list_cluster_custom_object, GROUP, VERSION, plural,
-                                                  resource_version=rv, timeout_seconds=20,
-                                                  allow_watch_bookmarks=True)
+                    stream = watch.Watch().stream(
+                        custom.list_cluster_custom_object,
+                        GROUP,
+                        VERSION,
+                        plural,
+                        resource_version=rv,
+                        timeout_seconds=20,
+                        allow_watch_bookmarks=True,
+                    )
                     for event in stream:
                         obj = event["object"]
                         rv = obj["metadata"]["resourceVersion"]
@@ -235,8 +251,14 @@ class StatusWatch:
                     self.errors.append(f"{plural}: {exc!r}")
                     time.sleep(0.5)
 
-    def wait(self, predicate: Callable[[dict[tuple[str, str], dict[str, Any]]], bool], *, timeout: float,
-             what: str, interval: float = 0.0) -> float:
+    def wait(
+        self,
+        predicate: Callable[[dict[tuple[str, str], dict[str, Any]]], bool],
+        *,
+        timeout: float,
+        what: str,
+        interval: float = 0.0,
+    ) -> float:
         """Block until ``predicate(objects)`` holds; the perf_counter() time at which it was seen.
         ``interval``: evaluate at most that often (a costly predicate over a stream of events)."""
         deadline = time.monotonic() + timeout
@@ -274,29 +296,58 @@ class StatusWatch:
 
 # -- resources ---------------------------------------------------------------------------------------
 
-def bpfmap(name: str, *, type_: str = "Array", key_size: int = 4, value_size: int = 8, max_entries: int = 4,
-           **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "BpfMap", "metadata": {"name": name},
-            "spec": {"type": type_, "keySize": key_size, "valueSize": value_size, "maxEntries": max_entries,
-                     **spec}}
+
+def bpfmap(
+    name: str, *, type_: str = "Array", key_size: int = 4, value_size: int = 8, max_entries: int = 4, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BpfMap",
+        "metadata": {"name": name},
+        "spec": {"type": type_, "keySize": key_size, "valueSize": value_size, "maxEntries": max_entries, **spec},
+    }
 
 
-def tc_program(name: str, obj: Path, interfaces: list[str], netns: str | None, *, map_name: str,
-               program: str = "count_ingress", direction: str = "ingress") -> dict[str, Any]:
+def tc_program(
+    name: str,
+    obj: Path,
+    interfaces: list[str],
+    netns: str | None,
+    *,
+    map_name: str,
+    program: str = "count_ingress",
+    direction: str = "ingress",
+) -> dict[str, Any]:
     tc: dict[str, Any] = {"interfaces": interfaces, "direction": direction}
     if netns:
         tc["networkNamespace"] = netns
-    return {"apiVersion": API_VERSION, "kind": "BpfProgram", "metadata": {"name": name},
-            "spec": {"bytecode": {"path": str(obj)}, "program": program, "attach": {"tc": tc},
-                     "maps": {"shared_counts": map_name}}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BpfProgram",
+        "metadata": {"name": name},
+        "spec": {
+            "bytecode": {"path": str(obj)},
+            "program": program,
+            "attach": {"tc": tc},
+            "maps": {"shared_counts": map_name},
+        },
+    }
 
 
-def cgroup_program(name: str, obj: Path, cgroup: str, *, map_name: str, program: str = "count_cgroup_egress",
-                   type_: str = "egress") -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "BpfProgram", "metadata": {"name": name},
-            "spec": {"bytecode": {"path": str(obj)}, "program": program,
-                     "attach": {"cgroup": {"path": cgroup, "type": type_}},
-                     "maps": {"shared_counts": map_name}}}
+def cgroup_program(
+    name: str, obj: Path, cgroup: str, *, map_name: str, program: str = "count_cgroup_egress", type_: str = "egress"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BpfProgram",
+        "metadata": {"name": name},
+        "spec": {
+            "bytecode": {"path": str(obj)},
+            "program": program,
+            "attach": {"cgroup": {"path": cgroup, "type": type_}},
+            "maps": {"shared_counts": map_name},
+        },
+    }
 
 
 def key_of(doc: dict[str, Any]) -> tuple[str, str]:
@@ -304,6 +355,7 @@ def key_of(doc: dict[str, Any]) -> tuple[str, str]:
 
 
 # -- kernel objects: bpffs, netns + veths, cgroups -----------------------------------------------------
+
 
 def bpffs(stack: contextlib.ExitStack, label: str = "") -> Path:
     """A fresh bpffs mount in a temporary directory; unmounted (pins released) on unwind."""
@@ -326,8 +378,11 @@ def netns_with_veths(stack: contextlib.ExitStack, name: str, count: int, prefix:
     stack.callback(sh, "ip", "netns", "del", name, check=False)
     lines = []
     for i in range(count):
-        lines += [f"link add {prefix}{i}a type veth peer name {prefix}{i}b",
-                  f"link set {prefix}{i}a up", f"link set {prefix}{i}b up"]
+        lines += [
+            f"link add {prefix}{i}a type veth peer name {prefix}{i}b",
+            f"link set {prefix}{i}a up",
+            f"link set {prefix}{i}b up",
+        ]
     if lines:
         sh("ip", "-n", name, "-batch", "-", input="\n".join(lines) + "\n")
     return [f"{prefix}{i}a" for i in range(count)]
@@ -372,6 +427,7 @@ def cgroup_tree(stack: contextlib.ExitStack, name: str, children: Iterable[str] 
 
 # -- agents ------------------------------------------------------------------------------------------
 
+
 def proc_cpu_seconds(pid: int) -> float:
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2 :].split()
@@ -407,13 +463,25 @@ class AgentProcess:
         from bpfshare.controlplane.procs import free_ports
 
         self.port = free_ports(1)[0]
-        argv = [sys.executable, "-m", "bpfshare", "agent", "--node", self.node, "--pin-root", str(self.pin_root),
-                "--resync", str(self.resync), "--liveness", f"http://127.0.0.1:{self.port}/healthz"]
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO / "operator"),
-               **self.env}
+        argv = [
+            sys.executable,
+            "-m",
+            "bpfshare",
+            "agent",
+            "--node",
+            self.node,
+            "--pin-root",
+            str(self.pin_root),
+            "--resync",
+            str(self.resync),
+            "--liveness",
+            f"http://127.0.0.1:{self.port}/healthz",
+        ]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO / "operator"), **self.env}
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen([*(self.wrapper or []), *argv], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*(self.wrapper or []), *argv], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         stack.callback(self.stop)
 
     @property
@@ -485,11 +553,15 @@ class AgentProcess:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return []
-        return [line for line in text.splitlines()
-                if " ERROR " in line or " WARNING " in line or " CRITICAL " in line or "Traceback" in line]
+        return [
+            line
+            for line in text.splitlines()
+            if " ERROR " in line or " WARNING " in line or " CRITICAL " in line or "Traceback" in line
+        ]
 
 
 # -- kernel time, in process -------------------------------------------------------------------------
+
 
 class KernelClock:
     """Adds up the time spent in bpf() (libc's syscall(), as the kernel layer calls it) and in the
@@ -565,6 +637,7 @@ class KernelClock:
 
 # -- profiles ----------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def py_spy(pid: int, out: Path | None) -> Iterator[None]:
     """Sample ``pid`` with py-spy (pip install py-spy into the venv) while the block runs, writing
@@ -573,9 +646,24 @@ def py_spy(pid: int, out: Path | None) -> Iterator[None]:
         yield
         return
     exe = Path(sys.executable).with_name("py-spy")
-    proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-                             "--output", str(out), "--nonblocking", "--function"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+            "--function",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)  # attached
         yield

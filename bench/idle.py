@@ -65,10 +65,18 @@ def observe(agent: AgentProcess, watch: StatusWatch, seconds: float) -> dict[str
     events1 = watch.events
     passes1, requests1 = agent.counters()  # waits out kopf's probe cache (up to 10 s more)
     elapsed = t1 - t0
-    return {"seconds": elapsed, "cpu": (cpu1 - cpu0) / elapsed, "cpu_seconds": cpu1 - cpu0,
-            "rss": sum(samples) / len(samples), "rss_max": max(samples), "hwm": agent.peak_rss_mib(),
-            "requests_per_min": (requests1 - requests0) / elapsed * 60, "requests": requests1 - requests0,
-            "passes": passes1 - passes0, "events": events1 - events0}
+    return {
+        "seconds": elapsed,
+        "cpu": (cpu1 - cpu0) / elapsed,
+        "cpu_seconds": cpu1 - cpu0,
+        "rss": sum(samples) / len(samples),
+        "rss_max": max(samples),
+        "hwm": agent.peak_rss_mib(),
+        "requests_per_min": (requests1 - requests0) / elapsed * 60,
+        "requests": requests1 - requests0,
+        "passes": passes1 - passes0,
+        "events": events1 - events0,
+    }
 
 
 def report(window: float, baseline: float, apps: int, resync: float, profile: Path | None) -> str:
@@ -101,8 +109,9 @@ def report(window: float, baseline: float, apps: int, resync: float, profile: Pa
         log(f"applying {len(docs)} resources")
         start = time.perf_counter()
         apply_s = kubectl_apply(cp, docs)
-        ready = watch.wait(watch.all_ready(keys, [node]), timeout=1800, what=f"{len(docs)} resources Ready",
-                           interval=0.2)
+        ready = watch.wait(
+            watch.all_ready(keys, [node]), timeout=1800, what=f"{len(docs)} resources Ready", interval=0.2
+        )
         ready_s = ready - start
         log(f"all Ready after {ready_s:.1f} s (kubectl apply {apply_s:.1f} s); settling")
         settle_deadline = time.monotonic() + 120

@@ -78,8 +78,10 @@ def inprocess_runs(obj: Path, root: Path, netns: str, iface: str, cgroup: str, r
     for i in range(runs + 1):
         pin_root = root / f"inproc{i}"
         start = time.perf_counter()
-        for program, target in (("count_ingress", TcTarget(iface, "ingress", netns)),
-                                ("count_cgroup_egress", CgroupTarget(cgroup, "egress"))):
+        for program, target in (
+            ("count_ingress", TcTarget(iface, "ingress", netns)),
+            ("count_cgroup_egress", CgroupTarget(cgroup, "egress")),
+        ):
             loaded = load_program(read_collection(obj), program, pin_root=pin_root)
             try:
                 attach_program(loaded.program, loaded.spec, target, loaded.pin_path.parent)
@@ -93,8 +95,9 @@ def inprocess_runs(obj: Path, root: Path, netns: str, iface: str, cgroup: str, r
     return samples
 
 
-def agent_runs(cp: object, watch: StatusWatch, agent: AgentProcess, docs: list[dict], runs: int
-               ) -> tuple[list[float], list[float], int, int]:
+def agent_runs(
+    cp: object, watch: StatusWatch, agent: AgentProcess, docs: list[dict], runs: int
+) -> tuple[list[float], list[float], int, int]:
     """Apply-to-ready seconds and kubectl apply seconds per run; reconcile passes and API requests
     over all the runs (applies and deletions)."""
     keys = [key_of(d) for d in docs]
@@ -138,9 +141,11 @@ def report(runs: int) -> str:
         agent.start(stack)
         agent.wait_up()
         watch = StatusWatch(cp, stack)
-        docs = [bpfmap("flow-counts"),
-                tc_program("count-ingress", obj, [iface], netns, map_name="flow-counts"),
-                cgroup_program("count-cgroup", obj, f"{cgroups.name}/agent", map_name="flow-counts")]
+        docs = [
+            bpfmap("flow-counts"),
+            tc_program("count-ingress", obj, [iface], netns, map_name="flow-counts"),
+            cgroup_program("count-cgroup", obj, f"{cgroups.name}/agent", map_name="flow-counts"),
+        ]
         log(f"agent: {runs} runs")
         totals, applies, passes, requests = agent_runs(cp, watch, agent, docs, runs)
         problems = agent.problems()

@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 OBJECTS = ("flow_counter_tc", "features", "cgroup_counter_mapdef", "flow_counter_legacy", "flow_counter")
 BPFTOOL_CANNOT = {
     "flow_counter": "refuses the tcx/ingress section",
-    "cgroup_counter_mapdef": "refuses SEC(\"maps\")",
-    "flow_counter_legacy": "refuses SEC(\"maps\")",
+    "cgroup_counter_mapdef": 'refuses SEC("maps")',
+    "flow_counter_legacy": 'refuses SEC("maps")',
 }
 MARK_BEGIN = "<!-- bench/loader.py begin -->"
 MARK_END = "<!-- bench/loader.py end -->"
@@ -146,8 +146,22 @@ def veth_namespace() -> Iterator[tuple[str, str]]:
     ns, ifname = f"bsbench{os.getpid()}", "bsbench0"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "ip", "link", "add", ifname, "type", "veth",
-                        "peer", "name", "bsbench1"], check=True)
+        subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{ns}",
+                "ip",
+                "link",
+                "add",
+                ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "bsbench1",
+            ],
+            check=True,
+        )
         yield ns, ifname
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -163,19 +177,42 @@ def bench_tc(obj: Path, rounds: int) -> tuple[float, float]:
     with veth_namespace() as (ns, ifname):
         for i in range(rounds + 1):
             with bpffs() as root:
+
                 def load_and_attach() -> None:
                     loaded = load_program(read_collection(obj), "count_ingress", pin_root=root)
                     with loaded.program:
-                        attach_program(loaded.program, loaded.spec, TcTarget(ifname, "ingress", ns),
-                                       loaded.pin_path.parent)
+                        attach_program(
+                            loaded.program, loaded.spec, TcTarget(ifname, "ingress", ns), loaded.pin_path.parent
+                        )
 
                 t = timed(load_and_attach)
                 if i:
                     ours.append(t)
-                subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "tc", "filter", "del", "dev", ifname,
-                                "ingress"], check=False, capture_output=True)
-                cmd = ["nsenter", f"--net=/run/netns/{ns}", "tc", "filter", "replace", "dev", ifname, "ingress",
-                       "prio", "2", "handle", "1", "bpf", "da", "obj", str(obj), "sec", "tc"]
+                subprocess.run(
+                    ["nsenter", f"--net=/run/netns/{ns}", "tc", "filter", "del", "dev", ifname, "ingress"],
+                    check=False,
+                    capture_output=True,
+                )
+                cmd = [
+                    "nsenter",
+                    f"--net=/run/netns/{ns}",
+                    "tc",
+                    "filter",
+                    "replace",
+                    "dev",
+                    ifname,
+                    "ingress",
+                    "prio",
+                    "2",
+                    "handle",
+                    "1",
+                    "bpf",
+                    "da",
+                    "obj",
+                    str(obj),
+                    "sec",
+                    "tc",
+                ]
                 env = {**os.environ, "TC_BPF_MNT": str(root)}
                 t = timed(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env))  # noqa: B023
                 if i:

@@ -88,8 +88,10 @@ def documents(shape: str, obj: Path, netns: str, interfaces: list[str], cgroups:
     else:
         chunks = math.ceil(len(interfaces) / MAX_INTERFACES)
         size = math.ceil(len(interfaces) / chunks) if chunks else 0
-        docs += [tc_program(f"tc-list-{c}", obj, interfaces[c * size : (c + 1) * size], netns, map_name="shared")
-                 for c in range(chunks)]
+        docs += [
+            tc_program(f"tc-list-{c}", obj, interfaces[c * size : (c + 1) * size], netns, map_name="shared")
+            for c in range(chunks)
+        ]
     docs += [cgroup_program(f"cg-{j}", obj, cg, map_name="shared") for j, cg in enumerate(cgroups)]
     for doc in docs:
         doc["metadata"]["generation"] = 1  # for the in-process engine run (the API server sets its own)
@@ -120,8 +122,15 @@ def engine_pass(stack: contextlib.ExitStack, docs: list[dict[str, Any]], result:
         engine.reconcile([], [], complete=True)  # detach every tc filter and link it made
 
 
-def agent_run(stack: contextlib.ExitStack, cp: Any, watch: StatusWatch, docs: list[dict[str, Any]],
-              result: Result, resync: float, profile: Path | None) -> None:
+def agent_run(
+    stack: contextlib.ExitStack,
+    cp: Any,
+    watch: StatusWatch,
+    docs: list[dict[str, Any]],
+    result: Result,
+    resync: float,
+    profile: Path | None,
+) -> None:
     node = f"{TAG}-{result.shape}-{result.interfaces}"
     add_node(cp, node)
     keys = [key_of(d) for d in docs]
@@ -198,8 +207,10 @@ def report(sizes: list[int], shapes: list[str], resync: float, profile: Path | N
                 engine_pass(stack, docs, result)
                 log(f"{shape}: kernel {result.kernel:.2f} s, engine {result.engine_wall:.2f} s; agent")
                 agent_run(stack, cp, watch, docs, result, resync, profile)
-                log(f"{shape}: ready after {result.ready_seconds:.2f} s (apply {result.apply_seconds:.2f} s), "
-                    f"{result.passes} passes, {result.requests} requests")
+                log(
+                    f"{shape}: ready after {result.ready_seconds:.2f} s (apply {result.apply_seconds:.2f} s), "
+                    f"{result.passes} passes, {result.requests} requests"
+                )
                 results.append(result)
     return render(results, sizes, shapes, resync)
 
@@ -225,7 +236,8 @@ def render(results: list[Result], sizes: list[int], shapes: list[str], resync: f
             f"| {r.kernel:.2f} ({r.kernel_bpf:.2f} + {r.kernel_netlink:.2f}) | {r.engine_wall:.2f} "
             f"| {r.api_floor:.2f} | {r.ready_seconds:.2f} | {r.ready_seconds / r.kernel:.1f}x "
             f"| {r.ready_seconds / (r.kernel + r.api_floor):.1f}x | {r.ready_seconds / attachments * 1000:.1f} "
-            f"| {r.apply_seconds:.2f} | {r.cpu_seconds:.2f} | {r.peak_rss_mib:.0f} | {r.passes} | {r.requests} |")
+            f"| {r.apply_seconds:.2f} | {r.cpu_seconds:.2f} | {r.peak_rss_mib:.0f} | {r.passes} | {r.requests} |"
+        )
     lines += [
         "",
         "| target | measured | |",
@@ -234,12 +246,16 @@ def render(results: list[Result], sizes: list[int], shapes: list[str], resync: f
     for shape in shapes:
         top = max((r for r in results if r.shape == shape), key=lambda r: r.interfaces)
         ratio = top.ready_seconds / top.kernel
-        lines.append(f"| {shape}, {top.interfaces} + {top.cgroups}: all Ready within {TARGET_RATIO:.0f}x the kernel "
-                     f"time | {ratio:.1f}x | {ok(ratio <= TARGET_RATIO)} |")
+        lines.append(
+            f"| {shape}, {top.interfaces} + {top.cgroups}: all Ready within {TARGET_RATIO:.0f}x the kernel "
+            f"time | {ratio:.1f}x | {ok(ratio <= TARGET_RATIO)} |"
+        )
     worst_passes = max(r.passes for r in results)
     most = max(results, key=lambda r: r.resources)
-    lines.append(f"| a burst coalesces (not one pass per event) | at most {worst_passes} passes for up to "
-                 f"{most.resources} resources | {ok(worst_passes < most.resources / 10)} |")
+    lines.append(
+        f"| a burst coalesces (not one pass per event) | at most {worst_passes} passes for up to "
+        f"{most.resources} resources | {ok(worst_passes < most.resources / 10)} |"
+    )
     if any(r.problems for r in results):
         lines.append(f"| agent log lines at WARNING or above | {sum(r.problems for r in results)} | **check** |")
     lines += ["", MARK_END]
@@ -253,8 +269,12 @@ def main() -> None:
     parser.add_argument("--resync", type=float, default=60.0, help="the agent's resync period (its default: 60)")
     parser.add_argument("--quick", action="store_true", help="sizes 12,24 (cgroups 2, 4)")
     parser.add_argument("--write", type=Path, help="update this markdown file's section")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy the agent from apply to Ready into DIR (slows it down; for diagnosis)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the agent from apply to Ready into DIR (slows it down; for diagnosis)",
+    )
     args = parser.parse_args()
     sizes = [12, 24] if args.quick else [int(s) for s in args.sizes.split(",")]
     shapes = args.shapes.split(",")

@@ -138,10 +138,14 @@ def verify_attachments(top: Path, nodes: int, n_cg: int, n_tc: int) -> int:
     cgroups (bpftool cgroup show) and a bpf filter on each of the veths in its own namespace."""
     good = 0
     for i in range(nodes):
-        cgroups_ok = all(json.loads(sh("bpftool", "-j", "cgroup", "show", str(top / f"n{i}/bench/p{j}")).stdout
-                                    or "[]") for j in range(n_cg))
-        filters_ok = all("bpf" in sh("tc", "-n", f"{TAG}n{i}", "filter", "show", "dev", f"e{k}a", "ingress").stdout
-                         for k in range(n_tc))
+        cgroups_ok = all(
+            json.loads(sh("bpftool", "-j", "cgroup", "show", str(top / f"n{i}/bench/p{j}")).stdout or "[]")
+            for j in range(n_cg)
+        )
+        filters_ok = all(
+            "bpf" in sh("tc", "-n", f"{TAG}n{i}", "filter", "show", "dev", f"e{k}a", "ingress").stdout
+            for k in range(n_tc)
+        )
         good += cgroups_ok and filters_ok
     return good
 
@@ -167,8 +171,9 @@ class Burst:
         return (sum(self.cpu) + self.cp_cpu + self.own_cpu) / (self.ready_s * (os.cpu_count() or 1))
 
 
-def burst(cp: Any, watch: StatusWatch, agents: list[AgentProcess], docs: list[dict[str, Any]],
-          profile: Path | None) -> Burst:
+def burst(
+    cp: Any, watch: StatusWatch, agents: list[AgentProcess], docs: list[dict[str, Any]], profile: Path | None
+) -> Burst:
     keys = [key_of(d) for d in docs]
     names = [a.node for a in agents]
     result = Burst(len(agents))
@@ -179,8 +184,9 @@ def burst(cp: Any, watch: StatusWatch, agents: list[AgentProcess], docs: list[di
     with py_spy(agents[0].pid, profile):
         start = time.perf_counter()
         result.apply_s = kubectl_apply(cp, docs)
-        ready = watch.wait(watch.all_ready(keys, names), timeout=1800, what="every entry Ready on every node",
-                           interval=0.05)
+        ready = watch.wait(
+            watch.all_ready(keys, names), timeout=1800, what="every entry Ready on every node", interval=0.05
+        )
     result.ready_s = ready - start
     result.cp_cpu, result.own_cpu = control_plane_cpu(cp) - cp0, time.process_time() - own0
     result.cpu = [a.cpu_seconds() - c for a, c in zip(agents, cpu0, strict=True)]
@@ -222,9 +228,14 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
 
         def start_agent(i: int) -> AgentProcess:
             add_node(cp, names[i], {"bench": TAG})
-            agent = AgentProcess(names[i], Path("/sys/fs/bpf/bpfshare"), cp.kubeconfig, tmp / f"agent-{i}.log",
-                                 resync=resync,
-                                 wrapper=["sh", str(wrapper), str(top / f"n{i}"), f"{TAG}n{i}", str(netns_path)])
+            agent = AgentProcess(
+                names[i],
+                Path("/sys/fs/bpf/bpfshare"),
+                cp.kubeconfig,
+                tmp / f"agent-{i}.log",
+                resync=resync,
+                wrapper=["sh", str(wrapper), str(top / f"n{i}"), f"{TAG}n{i}", str(netns_path)],
+            )
             agent.start(stack)
             return agent
 
@@ -262,27 +273,57 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
     per = lambda b, xs: f"{median(xs):.{b}f} ({min(xs):.{b}f}..{max(xs):.{b}f})"  # noqa: E731
     total_problems = sum(len(v) for v in problems.values())
     rows = [
-        ("`kubectl apply` → every entry Ready on every node (s)", f"{single.ready_s:.1f}", f"{many.ready_s:.1f}",
-         many.ready_s / single.ready_s),
-        ("of which the `kubectl apply` process (s)", f"{single.apply_s:.1f}", f"{many.apply_s:.1f}",
-         many.apply_s / single.apply_s),
-        ("API requests per agent, median (min..max)", per(0, single.requests), per(0, many.requests),
-         median(many.requests) / median(single.requests)),
+        (
+            "`kubectl apply` → every entry Ready on every node (s)",
+            f"{single.ready_s:.1f}",
+            f"{many.ready_s:.1f}",
+            many.ready_s / single.ready_s,
+        ),
+        (
+            "of which the `kubectl apply` process (s)",
+            f"{single.apply_s:.1f}",
+            f"{many.apply_s:.1f}",
+            many.apply_s / single.apply_s,
+        ),
+        (
+            "API requests per agent, median (min..max)",
+            per(0, single.requests),
+            per(0, many.requests),
+            median(many.requests) / median(single.requests),
+        ),
         ("reconcile passes per agent, median (min..max)", per(0, single.passes), per(0, many.passes), None),
-        ("watch events on the resources, delivered to every agent", f"{single.events}", f"{many.events}",
-         many.events / single.events),
-        ("CPU per agent for the burst, median (s)", per(2, single.cpu), per(2, many.cpu),
-         median(many.cpu) / median(single.cpu)),
-        ("CPU of all agents / API server + etcd (s)", f"{sum(single.cpu):.1f} / {single.cp_cpu:.1f}",
-         f"{sum(many.cpu):.1f} / {many.cp_cpu:.1f}", None),
+        (
+            "watch events on the resources, delivered to every agent",
+            f"{single.events}",
+            f"{many.events}",
+            many.events / single.events,
+        ),
+        (
+            "CPU per agent for the burst, median (s)",
+            per(2, single.cpu),
+            per(2, many.cpu),
+            median(many.cpu) / median(single.cpu),
+        ),
+        (
+            "CPU of all agents / API server + etcd (s)",
+            f"{sum(single.cpu):.1f} / {single.cp_cpu:.1f}",
+            f"{sum(many.cpu):.1f} / {many.cp_cpu:.1f}",
+            None,
+        ),
         (f"machine busy during the burst ({os.cpu_count()} CPUs)", f"{single.busy:.0%}", f"{many.busy:.0%}", None),
-        ("agent RSS, median (MiB)", f"{median(single.rss):.0f}", f"{median(many.rss):.0f}",
-         median(many.rss) / median(single.rss)),
+        (
+            "agent RSS, median (MiB)",
+            f"{median(single.rss):.0f}",
+            f"{median(many.rss):.0f}",
+            median(many.rss) / median(single.rss),
+        ),
     ]
     size_rows = []
-    for label, key in ((f"BpfMap `shared` (usedBy: {len(docs) - 1} names per node)", (MAPS, "shared")),
-                       ("BpfProgram `cg-0` (cgroup, one link)", (PROGS, "cg-0")),
-                       ("BpfProgram `tc-0` (tc, one filter)", (PROGS, "tc-0"))):
+    for label, key in (
+        (f"BpfMap `shared` (usedBy: {len(docs) - 1} names per node)", (MAPS, "shared")),
+        ("BpfProgram `cg-0` (cgroup, one link)", (PROGS, "cg-0")),
+        ("BpfProgram `tc-0` (tc, one filter)", (PROGS, "tc-0")),
+    ):
         obj_ = final[key]
         stored_shares, printed_shares, base_stored, base_printed = per_node_bytes(obj_, names)
         mean_stored = sum(stored_shares) / len(stored_shares)
@@ -290,7 +331,8 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
         size_rows.append(
             f"| {label} | {printed_size(obj_)} | {stored_size(obj_)} | {base_printed} / {base_stored} "
             f"| {per(0, printed_shares)} | {per(0, stored_shares)} "
-            f"| {(max(stored_shares) - min(stored_shares)) / mean_stored:.1%} | {limit:,.0f} |")
+            f"| {(max(stored_shares) - min(stored_shares)) / mean_stored:.1%} | {limit:,.0f} |"
+        )
     lines = [
         MARK_BEGIN,
         f"Command: `sudo .venv/bin/python bench/scale_nodes.py --nodes {nodes} --programs {programs} "

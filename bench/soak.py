@@ -29,9 +29,13 @@ MARK_END = "<!-- bench/soak.py end -->"
 
 def run_pytest(selection: list[str], env: dict[str, str]) -> tuple[bool, float, str]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
-                          cwd=REPO, env={**os.environ, "BPFSHARE_REQUIRE_ALL": "1", **env},
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
+        cwd=REPO,
+        env={**os.environ, "BPFSHARE_REQUIRE_ALL": "1", **env},
+        capture_output=True,
+        text=True,
+    )
     tail = (proc.stdout.strip().splitlines() or [""])[-1]
     return proc.returncode == 0, time.monotonic() - start, tail
 
@@ -47,15 +51,30 @@ def main() -> None:
     record = Path(tempfile.mkstemp(prefix="bpfshare-soak-", suffix=".jsonl")[1])
     faults = "tests/reliability/test_faults.py"
     runs = [
-        ("upgrades under traffic", [f"{faults}::test_upgrades_under_traffic_drop_nothing"],
-         {"BPFSHARE_FAULT_CYCLES": str(upgrades)}),
-        ("SIGKILL mid-reconcile", [f"{faults}::test_sigkill_mid_reconcile_never_disturbs_the_datapath"],
-         {"BPFSHARE_FAULT_CYCLES": str(kills)}),
-        ("API server outage", [f"{faults}::test_api_server_outage_leaves_the_datapath_and_recovers"],
-         {"BPFSHARE_OUTAGE_SECONDS": str(outage)}),
+        (
+            "upgrades under traffic",
+            [f"{faults}::test_upgrades_under_traffic_drop_nothing"],
+            {"BPFSHARE_FAULT_CYCLES": str(upgrades)},
+        ),
+        (
+            "SIGKILL mid-reconcile",
+            [f"{faults}::test_sigkill_mid_reconcile_never_disturbs_the_datapath"],
+            {"BPFSHARE_FAULT_CYCLES": str(kills)},
+        ),
+        (
+            "API server outage",
+            [f"{faults}::test_api_server_outage_leaves_the_datapath_and_recovers"],
+            {"BPFSHARE_OUTAGE_SECONDS": str(outage)},
+        ),
         ("object reader fuzz", ["tests/unit/test_fuzz.py"], {"BPFSHARE_FUZZ_EXAMPLES": str(fuzz)}),
-        ("drift repair", [f"{faults}::test_drift_is_repaired_by_the_resync_with_events",
-                          "tests/integration/test_apply.py::test_drift_is_repaired_without_losing_data"], {}),
+        (
+            "drift repair",
+            [
+                f"{faults}::test_drift_is_repaired_by_the_resync_with_events",
+                "tests/integration/test_apply.py::test_drift_is_repaired_without_losing_data",
+            ],
+            {},
+        ),
         ("node reboot model", [f"{faults}::test_emptied_bpffs_recreates_maps_says_so_and_reattaches"], {}),
         ("hostile input", ["tests/reliability/test_hostile.py"], {}),
     ]
@@ -70,16 +89,18 @@ def main() -> None:
         rows.append(f"| {name} | {'passed' if ok else 'FAILED'} | {seconds:.0f} | {detail} |")
         print(rows[-1], flush=True)
     record.unlink(missing_ok=True)
-    section = "\n".join([
-        MARK_BEGIN,
-        f"Command: `sudo .venv/bin/python bench/soak.py{' --quick' if args.quick else ''} --write docs/reliability.md` "
-        f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, kernel {os.uname().release}).",
-        "",
-        "| scenario | result | seconds | figures |",
-        "|---|---|---:|---|",
-        *rows,
-        MARK_END,
-    ])
+    section = "\n".join(
+        [
+            MARK_BEGIN,
+            f"Command: `sudo .venv/bin/python bench/soak.py{' --quick' if args.quick else ''} --write docs/reliability.md` "
+            f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, kernel {os.uname().release}).",
+            "",
+            "| scenario | result | seconds | figures |",
+            "|---|---|---:|---|",
+            *rows,
+            MARK_END,
+        ]
+    )
     print(section)
     if args.write:
         text = args.write.read_text() if args.write.exists() else "# Reliability\n"

@@ -117,8 +117,7 @@ def parse_attach(spec: str) -> AttachTarget:
             raise BpfshareError(f"attach {spec!r}: expected cgroup:DIR:TYPE")
         if type_ not in CGROUP_ATTACH_TYPES:
             raise BpfshareError(
-                f"attach {spec!r}: unknown cgroup attach type {type_!r} "
-                f"(one of {', '.join(CGROUP_ATTACH_TYPES)})"
+                f"attach {spec!r}: unknown cgroup attach type {type_!r} (one of {', '.join(CGROUP_ATTACH_TYPES)})"
             )
         return CgroupTarget(path, type_)
     raise BpfshareError(f"attach {spec!r}: kind must be tc, tcx or cgroup")
@@ -138,9 +137,7 @@ def check_fits(program: ProgramSpec, target: AttachTarget) -> None:
         )
     expected = program.expected_attach_type
     if expected is not None and expected is not target.attach_type:
-        raise BpfshareError(
-            f"{where} was built for {expected.name}, not {target.attach_type.name} ({target.key})"
-        )
+        raise BpfshareError(f"{where} was built for {expected.name}, not {target.attach_type.name} ({target.key})")
 
 
 def link_pin_path(pin_dir: Path, target: AttachTarget) -> Path:
@@ -160,8 +157,13 @@ def attach_program(program: Program, spec: ProgramSpec, target: AttachTarget, pi
         from bpfshare.kernel.tc import attach_tc
 
         tc = attach_tc(
-            target.interface, target.direction, program,
-            priority=target.priority, handle=target.handle, netns=target.netns, name=spec.name,
+            target.interface,
+            target.direction,
+            program,
+            priority=target.priority,
+            handle=target.handle,
+            netns=target.netns,
+            name=spec.name,
         )
         return Attachment(target, handle=f"{tc.priority}:{tc.handle}")
     return _attach_link(program, target, link_pin_path(pin_dir, target))

@@ -58,8 +58,13 @@ def pin_root_option(func):  # type: ignore[no-untyped-def]
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--pin-root", metavar="DIR", envvar="BPFSHARE_PIN_ROOT", default=None,
-              help=f"bpffs directory under which bpfshare pins (default {DEFAULT_PIN_ROOT})")
+@click.option(
+    "--pin-root",
+    metavar="DIR",
+    envvar="BPFSHARE_PIN_ROOT",
+    default=None,
+    help=f"bpffs directory under which bpfshare pins (default {DEFAULT_PIN_ROOT})",
+)
 @click.version_option(package_name="bpfshare")
 @click.pass_context
 def cli(ctx: click.Context, pin_root: str | None) -> None:

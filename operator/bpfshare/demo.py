@@ -30,8 +30,9 @@ COUNTER_NAMES = ("tc ingress", "tc egress", "cgroup ingress", "cgroup egress")
 Say = Callable[[str], None]
 
 
-def sh(*argv: str, check: bool = True, env: dict[str, str] | None = None,
-       input: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(
+    *argv: str, check: bool = True, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, input=input)
     if check and proc.returncode:
         raise BpfshareError(f"{' '.join(argv[:4])} failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -52,8 +53,9 @@ def _answers(kubeconfig: Path, kubectl: str) -> bool:
     if not kubeconfig.exists():
         return False
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    proc = subprocess.run([kubectl, "get", "--raw", "/readyz", "--request-timeout=3s"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [kubectl, "get", "--raw", "/readyz", "--request-timeout=3s"], capture_output=True, text=True, env=env
+    )
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
@@ -136,8 +138,12 @@ def cleanup_network() -> None:
 def agent(kube: Kube, node: str, pin_root: Path, log: Path, say: Say) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "NODE_NAME": node}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bpfshare", "agent", "--pin-root", str(pin_root)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bpfshare", "agent", "--pin-root", str(pin_root)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     say(f"agent: node {node}, pin root {pin_root}, log {log}")
     try:
         yield proc
@@ -158,8 +164,10 @@ def wait_ready(kube: Kube, node: str, names: list[tuple[str, str]], timeout: flo
             obj = json.loads(kube("get", plural, name, "-o", "json").stdout)
             entry = next((e for e in (obj.get("status") or {}).get("nodes") or [] if e.get("node") == node), None)
             if entry is None or entry.get("phase") != "Ready":
-                pending.append(f"{plural}/{name}: {entry.get('phase') if entry else 'no status'}"
-                               + (f" ({entry['message']})" if entry and entry.get("message") else ""))
+                pending.append(
+                    f"{plural}/{name}: {entry.get('phase') if entry else 'no status'}"
+                    + (f" ({entry['message']})" if entry and entry.get("message") else "")
+                )
         if not pending:
             return
         time.sleep(0.3)
@@ -175,9 +183,11 @@ def make_traffic(packets: int = 10) -> None:
             with contextlib.suppress(OSError):
                 sock.sendto(b"bpfshare-demo", (ADDR_B, 9))
     procs = cgroup2_root() / CGROUP / "cgroup.procs"
-    code = (f"import os,socket; open({str(procs)!r},'w').write(str(os.getpid()));"
-            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-            f"[s.sendto(b'x',('127.0.0.1',9)) for _ in range({packets})]")
+    code = (
+        f"import os,socket; open({str(procs)!r},'w').write(str(os.getpid()));"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        f"[s.sendto(b'x',('127.0.0.1',9)) for _ in range({packets})]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -216,19 +226,25 @@ def _run_demo(pin_root: Path, keep: bool, say: Say) -> None:
     for res in examples.glob("*.yaml"):
         for line in res.read_text().splitlines():
             if line.strip().startswith("path: /opt/") and not Path(line.split(":", 1)[1].strip()).exists():
-                raise BpfshareError(f"{res.name} needs {line.split(':', 1)[1].strip()}: run `make demo` "
-                                    "(it builds bpf/ and installs the objects there)")
+                raise BpfshareError(
+                    f"{res.name} needs {line.split(':', 1)[1].strip()}: run `make demo` "
+                    "(it builds bpf/ and installs the objects there)"
+                )
     ensure_bpffs(pin_root)
     node = socket.gethostname()
     names = [("bpfmaps", "flow-counts"), ("bpfprograms", "count-ingress"), ("bpfprograms", "count-cgroup-egress")]
     with cluster(say) as kube, network(say):
         kube("apply", "-f", str(REPO / "crds"))
-        kube("wait", "--for=condition=Established", "--timeout=60s",
-             "crd/bpfmaps.bpfshare.io", "crd/bpfprograms.bpfshare.io")
+        kube(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/bpfmaps.bpfshare.io",
+            "crd/bpfprograms.bpfshare.io",
+        )
         created_node = kube("get", "node", node, check=False).returncode != 0
         if created_node:
-            kube("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node",
-                                                       "metadata": {"name": node}}))
+            kube("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfshare-demo-agent-{os.getpid()}.log"
         try:
             with agent(kube, node, pin_root, log, say):

@@ -75,29 +75,40 @@ def parse_address(address: str) -> tuple[str, int]:
 class AgentMetrics:
     """The agent's registry. ``observe_pass`` after every engine pass; the rest is read at scrape time."""
 
-    def __init__(self, node: str, *, requests: Callable[[], int] = lambda: 0, entry_ttl: float = 30.0,
-                 entry_limit: int = 65536) -> None:
+    def __init__(
+        self, node: str, *, requests: Callable[[], int] = lambda: 0, entry_ttl: float = 30.0, entry_limit: int = 65536
+    ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         from bpfshare import __version__
 
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.resources = Gauge("bpfshare_resources", "BpfMaps and BpfPrograms selecting this node, by phase",
-                               ["kind", "phase"], registry=r)
-        self.loads = Counter("bpfshare_program_loads", "Programs loaded into the kernel (first load or upgrade)",
-                             ["reason"], registry=r)
-        self.failures = Counter("bpfshare_failures", "Failed attempts to reconcile a resource (Failed events)",
-                                ["kind"], registry=r)
-        self.events = Counter("bpfshare_events", "Events produced by the engine", ["kind", "type", "reason"],
-                              registry=r)
-        self.reconcile = Histogram("bpfshare_reconcile_duration_seconds",
-                                   "One engine pass (bpffs and kernel work, without API writes)",
-                                   buckets=DURATION_BUCKETS, registry=r)
+        self.resources = Gauge(
+            "bpfshare_resources", "BpfMaps and BpfPrograms selecting this node, by phase", ["kind", "phase"], registry=r
+        )
+        self.loads = Counter(
+            "bpfshare_program_loads", "Programs loaded into the kernel (first load or upgrade)", ["reason"], registry=r
+        )
+        self.failures = Counter(
+            "bpfshare_failures", "Failed attempts to reconcile a resource (Failed events)", ["kind"], registry=r
+        )
+        self.events = Counter(
+            "bpfshare_events", "Events produced by the engine", ["kind", "type", "reason"], registry=r
+        )
+        self.reconcile = Histogram(
+            "bpfshare_reconcile_duration_seconds",
+            "One engine pass (bpffs and kernel work, without API writes)",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.reconcile_errors = Counter("bpfshare_reconcile_errors", "Reconcile passes that raised", registry=r)
-        self.kernel_load = Histogram("bpfshare_kernel_load_seconds",
-                                     "BPF_PROG_LOAD system calls of one successful program load",
-                                     buckets=DURATION_BUCKETS, registry=r)
+        self.kernel_load = Histogram(
+            "bpfshare_kernel_load_seconds",
+            "BPF_PROG_LOAD system calls of one successful program load",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         info = Gauge("bpfshare_agent_info", "The agent's node and version", ["node", "version"], registry=r)
         info.labels(node, __version__).set(1)
         for kind in KINDS:
@@ -175,13 +186,12 @@ class _ScrapeTime:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        yield CounterMetricFamily("bpfshare_api_requests", "API requests beyond the watches",
-                                  value=self.requests())
+        yield CounterMetricFamily("bpfshare_api_requests", "API requests beyond the watches", value=self.requests())
         maps = self._read_maps()
-        max_entries = GaugeMetricFamily("bpfshare_map_max_entries", "max_entries of each BpfMap Ready on this node",
-                                        labels=["map"])
-        entries = GaugeMetricFamily("bpfshare_map_entries", "Distinct keys in each hash-like BpfMap",
-                                    labels=["map"])
+        max_entries = GaugeMetricFamily(
+            "bpfshare_map_max_entries", "max_entries of each BpfMap Ready on this node", labels=["map"]
+        )
+        entries = GaugeMetricFamily("bpfshare_map_entries", "Distinct keys in each hash-like BpfMap", labels=["map"])
         for name, (maximum, count) in sorted(maps.items()):
             max_entries.add_metric([name], maximum)
             if count is not None:
@@ -193,8 +203,9 @@ class _ScrapeTime:
         with self._lock:
             now = time.monotonic()
             if now - self._cached_at >= self.ttl:
-                self._maps = {name: read for name, pin in self.metrics.pins().items()
-                              if (read := self._read_map(pin)) is not None}
+                self._maps = {
+                    name: read for name, pin in self.metrics.pins().items() if (read := self._read_map(pin)) is not None
+                }
                 self._cached_at = now
             return dict(self._maps)
 

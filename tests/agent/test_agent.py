@@ -16,12 +16,16 @@ pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
 MAPS, PROGS = "bpfmaps", "bpfprograms"
 
 
-def test_kubectl_apply_shares_one_map_and_reports_ids(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
-                                                      cgroup_dir: Path) -> None:
+def test_kubectl_apply_shares_one_map_and_reports_ids(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
-    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                  cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    cluster.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     m = cluster.wait_phase(MAPS, "flow-counts", node)
     tc = cluster.wait_phase(PROGS, "count-ingress", node)
     cg = cluster.wait_phase(PROGS, "count-cgroup", node)
@@ -30,8 +34,13 @@ def test_kubectl_apply_shares_one_map_and_reports_ids(cluster: Cluster, bpf_obje
     assert tc["maps"] == {"shared_counts": m["mapId"]} == cg["maps"]
     for prog in (tc, cg):
         assert bpftool("prog", "show", "id", str(prog["programId"]))["map_ids"] == [m["mapId"]]  # type: ignore[index]
-    assert cluster.wait(lambda: sorted((cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy", []))
-                        == ["count-cgroup", "count-ingress"], "usedBy on the map")
+    assert cluster.wait(
+        lambda: (
+            sorted((cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy", []))
+            == ["count-cgroup", "count-ingress"]
+        ),
+        "usedBy on the map",
+    )
     obj = cluster.get(PROGS, "count-ingress") or {}
     assert f"bpfshare.io/node-{node}" in obj["metadata"]["finalizers"]
     assert not any(k.startswith("kopf") for k in (obj["metadata"].get("annotations") or {}))
@@ -49,8 +58,9 @@ def test_kubectl_apply_shares_one_map_and_reports_ids(cluster: Cluster, bpf_obje
     assert str(tc["programId"]) in progs_table and str(cg["programId"]) in progs_table
 
     # Events were posted for the loads.
-    events = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
-                             "involvedObject.name=count-ingress", "-o", "name").stdout
+    events = cluster.kubectl(
+        "get", "events", "-n", "default", "--field-selector", "involvedObject.name=count-ingress", "-o", "name"
+    ).stdout
     assert events.strip()
 
 
@@ -59,23 +69,24 @@ def test_idle_agent_writes_nothing(cluster: Cluster, bpf_objects, cgroup_dir: Pa
     cluster.start_agent(node)  # resync every 2 s
     cluster.apply(bpfmap(), cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
     cluster.wait_phase(PROGS, "count-cgroup", node)
-    cluster.wait(lambda: (cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy") == ["count-cgroup"],
-                 "usedBy")
+    cluster.wait(lambda: (cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy") == ["count-cgroup"], "usedBy")
     time.sleep(2.5)
-    before = {(p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"]
-              for p, n in ((MAPS, "flow-counts"), (PROGS, "count-cgroup"))}
+    before = {
+        (p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"]
+        for p, n in ((MAPS, "flow-counts"), (PROGS, "count-cgroup"))
+    }
     time.sleep(5)  # two resync passes or more
     after = {(p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"] for p, n in before}
     assert after == before
 
 
-def test_two_agents_share_resources_each_with_its_own_entry(cluster: Cluster, bpf_objects,
-                                                           cgroup_dir: Path) -> None:
+def test_two_agents_share_resources_each_with_its_own_entry(cluster: Cluster, bpf_objects, cgroup_dir: Path) -> None:
     node_a = cluster.add_node({"role": "edge"})
     node_b = cluster.add_node({"role": "core"})
     agent_a, agent_b = cluster.start_agent(node_a), cluster.start_agent(node_b)
-    edge_only = cgroup_program(bpf_objects["flow_counter"], cgroup_dir, name="edge-only",
-                               nodeSelector={"matchLabels": {"role": "edge"}})
+    edge_only = cgroup_program(
+        bpf_objects["flow_counter"], cgroup_dir, name="edge-only", nodeSelector={"matchLabels": {"role": "edge"}}
+    )
     cluster.apply(bpfmap(), cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir), edge_only)
     entries = {n: cluster.wait_phase(PROGS, "count-cgroup", n) for n in (node_a, node_b)}
     maps = {n: cluster.wait_phase(MAPS, "flow-counts", n) for n in (node_a, node_b)}
@@ -108,12 +119,16 @@ def test_two_agents_share_resources_each_with_its_own_entry(cluster: Cluster, bp
     assert bpftool("cgroup", "show", str(cgroup_dir)) == []
 
 
-def test_sigkill_and_restart_keeps_ids_and_attachments(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
-                                                       cgroup_dir: Path) -> None:
+def test_sigkill_and_restart_keeps_ids_and_attachments(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
-    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                  cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    cluster.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     before = {n: cluster.wait_phase(PROGS, n, node) for n in ("count-ingress", "count-cgroup")}
     map_id = cluster.wait_phase(MAPS, "flow-counts", node)["mapId"]
     agent.kill()
@@ -131,21 +146,30 @@ def test_sigkill_and_restart_keeps_ids_and_attachments(cluster: Cluster, bpf_obj
     assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup_dir))] == [before["count-cgroup"]["programId"]]  # type: ignore[union-attr,index]
 
 
-def test_bad_resources_are_errors_in_status_and_disturb_nothing(cluster: Cluster, bpf_objects,
-                                                                netns_pair: NetnsPair, cgroup_dir: Path) -> None:
+def test_bad_resources_are_errors_in_status_and_disturb_nothing(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     node = cluster.add_node()
     cluster.start_agent(node)
     cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair))
     good = cluster.wait_phase(PROGS, "count-ingress", node)
     cluster.apply(
         bpfmap("flow-counts-2", type="Hash", keySize=8, maxEntries=16, pinName="flow-counts"),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map",
-                       maps={"shared_counts": "does-not-exist"}),
-        tc_program(bpf_objects["flow_counter"], netns_pair, name="no-iface",
-                   attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress",
-                                   "networkNamespace": netns_pair.ns_b}}),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="bad-digest",
-                       bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64}),
+        cgroup_program(
+            bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map", maps={"shared_counts": "does-not-exist"}
+        ),
+        tc_program(
+            bpf_objects["flow_counter"],
+            netns_pair,
+            name="no-iface",
+            attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress", "networkNamespace": netns_pair.ns_b}},
+        ),
+        cgroup_program(
+            bpf_objects["cgroup_counter_mapdef"],
+            cgroup_dir,
+            name="bad-digest",
+            bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64},
+        ),
     )
     m2 = cluster.wait_phase(MAPS, "flow-counts-2", node, "Error")
     assert "Type: Array changed to Hash" in m2["message"] and "KeySize: 4 changed to 8" in m2["message"]
@@ -160,19 +184,34 @@ def test_bad_resources_are_errors_in_status_and_disturb_nothing(cluster: Cluster
     cluster.wait_phase(PROGS, "no-map", node)
 
 
-def test_a_lasting_failure_is_one_warning_not_one_per_resync(cluster: Cluster, bpf_objects,
-                                                             netns_pair: NetnsPair) -> None:
+def test_a_lasting_failure_is_one_warning_not_one_per_resync(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair
+) -> None:
     node = cluster.add_node()
     cluster.start_agent(node)  # resync every 2 s
-    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair, name="lasting-failure",
-                                       attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress",
-                                                      "networkNamespace": netns_pair.ns_b}}))
+    cluster.apply(
+        bpfmap(),
+        tc_program(
+            bpf_objects["flow_counter"],
+            netns_pair,
+            name="lasting-failure",
+            attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress", "networkNamespace": netns_pair.ns_b}},
+        ),
+    )
     cluster.wait_phase(PROGS, "lasting-failure", node, "Error")
     time.sleep(7)  # three resyncs or more, each failing the same way
 
     def warnings() -> list[str]:
-        out = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
-                              "involvedObject.name=lasting-failure,type=Warning", "-o", "name").stdout
+        out = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=lasting-failure,type=Warning",
+            "-o",
+            "name",
+        ).stdout
         return out.split()
 
     assert len(warnings()) == 1

@@ -21,8 +21,13 @@ def test_demo_shares_one_map_and_cleans_up(crds, bpffs: Path) -> None:
     if not all(o.exists() for o in objects):
         subprocess.run(["make", "-s", "-C", str(REPO / "bpf"), "install"], check=True)
     env = {**os.environ, "KUBECONFIG": str(crds.kubeconfig)}
-    proc = subprocess.run([sys.executable, "-m", "bpfshare", "demo", "--pin-root", str(bpffs / "bpfshare")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bpfshare", "demo", "--pin-root", str(bpffs / "bpfshare")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "using the current kubeconfig" in out

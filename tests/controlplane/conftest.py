@@ -27,4 +27,3 @@ def custom(crds: ControlPlane) -> Iterator[Any]:
 
     with crds.api_client() as api_client:
         yield client.CustomObjectsApi(api_client)
-

@@ -23,9 +23,15 @@ def test_watch_delivers_added_modified_deleted(custom: Any, name: str) -> None:
     custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)
 
     seen: list[tuple[str, int]] = []
-    stream = watch.Watch().stream(custom.list_cluster_custom_object, GROUP, VERSION, "bpfmaps",
-                                  resource_version=start, field_selector=f"metadata.name={name}",
-                                  timeout_seconds=20)
+    stream = watch.Watch().stream(
+        custom.list_cluster_custom_object,
+        GROUP,
+        VERSION,
+        "bpfmaps",
+        resource_version=start,
+        field_selector=f"metadata.name={name}",
+        timeout_seconds=20,
+    )
     for event in stream:
         seen.append((event["type"], event["object"]["spec"]["maxEntries"]))
         if event["type"] == "DELETED":
@@ -33,13 +39,21 @@ def test_watch_delivers_added_modified_deleted(custom: Any, name: str) -> None:
     assert seen == [("ADDED", 1024), ("MODIFIED", 2048), ("DELETED", 2048)]
 
 
-def apply_status(custom: Any, plural: str, kind: str, name: str, manager: str,
-                 status: dict[str, Any]) -> dict[str, Any]:
+def apply_status(
+    custom: Any, plural: str, kind: str, name: str, manager: str, status: dict[str, Any]
+) -> dict[str, Any]:
     """Server-side apply of ``status`` through the status subresource, as field manager ``manager``."""
     body = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "status": status}
     return custom.patch_cluster_custom_object_status(  # type: ignore[no-any-return]
-        GROUP, VERSION, plural, name, body, field_manager=manager, force=True,
-        _content_type="application/apply-patch+yaml")
+        GROUP,
+        VERSION,
+        plural,
+        name,
+        body,
+        field_manager=manager,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
 
 
 def test_status_and_spec_are_updated_separately(custom: Any, name: str) -> None:
@@ -48,15 +62,23 @@ def test_status_and_spec_are_updated_separately(custom: Any, name: str) -> None:
         assert created["metadata"]["generation"] == 1
         # Through /status: the status changes, the spec part of the patch is ignored.
         patched = custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, "bpfmaps", name,
-            {"spec": {"maxEntries": 7}, "status": {"nodes": [{"node": "n1", "phase": "Pending"}]}})
+            GROUP,
+            VERSION,
+            "bpfmaps",
+            name,
+            {"spec": {"maxEntries": 7}, "status": {"nodes": [{"node": "n1", "phase": "Pending"}]}},
+        )
         assert patched["spec"]["maxEntries"] == 1024
         assert patched["status"]["nodes"] == [{"node": "n1", "phase": "Pending"}]
         assert patched["metadata"]["generation"] == 1
         # Through the main resource: the spec changes (and the generation), the status part is ignored.
         patched = custom.patch_cluster_custom_object(
-            GROUP, VERSION, "bpfmaps", name,
-            {"spec": {"maxEntries": 7}, "status": {"nodes": [{"node": "n1", "phase": "Ready"}]}})
+            GROUP,
+            VERSION,
+            "bpfmaps",
+            name,
+            {"spec": {"maxEntries": 7}, "status": {"nodes": [{"node": "n1", "phase": "Ready"}]}},
+        )
         assert patched["spec"]["maxEntries"] == 7
         assert patched["status"]["nodes"] == [{"node": "n1", "phase": "Pending"}]
         assert patched["metadata"]["generation"] == 2
@@ -70,8 +92,7 @@ def test_status_is_validated_too(custom: Any, name: str) -> None:
     custom.create_cluster_custom_object(GROUP, VERSION, "bpfmaps", bpfmap(name))
     try:
         with pytest.raises(ApiException) as info:
-            apply_status(custom, "bpfmaps", "BpfMap", name, "agent-n1",
-                         {"nodes": [{"node": "n1", "phase": "Happy"}]})
+            apply_status(custom, "bpfmaps", "BpfMap", name, "agent-n1", {"nodes": [{"node": "n1", "phase": "Happy"}]})
         assert info.value.status == 422 and "status.nodes[0].phase" in info.value.body
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)
@@ -81,12 +102,26 @@ def test_each_agent_applies_its_own_node_entry(custom: Any, name: str) -> None:
     """Two field managers (two nodes' agents) server-side-apply different entries: both survive."""
     custom.create_cluster_custom_object(GROUP, VERSION, "bpfprograms", bpfprogram(name))
     try:
+
         def entry(node: str, prog_id: int, phase: str) -> dict[str, Any]:
-            return {"nodes": [{"node": node, "phase": phase, "programId": prog_id, "tag": "0123456789abcdef",
-                               "maps": {"shared_counts": prog_id + 100}, "observedGeneration": 1,
-                               "attachments": [{"target": "eth0/ingress", "handle": "1:0x1"},
-                                               {"target": "eth1/ingress", "linkId": 3, "pinPath": "/x"}]}],
-                    "programIds": {node: prog_id}, "phases": {node: phase}}
+            return {
+                "nodes": [
+                    {
+                        "node": node,
+                        "phase": phase,
+                        "programId": prog_id,
+                        "tag": "0123456789abcdef",
+                        "maps": {"shared_counts": prog_id + 100},
+                        "observedGeneration": 1,
+                        "attachments": [
+                            {"target": "eth0/ingress", "handle": "1:0x1"},
+                            {"target": "eth1/ingress", "linkId": 3, "pinPath": "/x"},
+                        ],
+                    }
+                ],
+                "programIds": {node: prog_id},
+                "phases": {node: phase},
+            }
 
         apply = functools.partial(apply_status, custom, "bpfprograms", "BpfProgram", name)
         apply("bpfshare-agent/node-a", entry("node-a", 41, "Ready"))
@@ -126,14 +161,19 @@ def test_rbac_denies_a_user_without_bindings(crds: ControlPlane, name: str) -> N
         assert info.value.status == 403
 
         # The token does authenticate: a binding grants exactly what it says.
-        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": name},
-                "rules": [{"apiGroups": [GROUP], "resources": ["bpfmaps"], "verbs": ["list"]}]}
-        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                   "metadata": {"name": name},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                                 "name": "bpfshare-nobody"}]}
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": [GROUP], "resources": ["bpfmaps"], "verbs": ["list"]}],
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bpfshare-nobody"}],
+        }
         with crds.api_client() as admin_client:
             rbac = client.RbacAuthorizationV1Api(admin_client)
             rbac.create_cluster_role(role)
@@ -165,12 +205,25 @@ def test_map_status_fields_are_kept(custom: Any, name: str) -> None:
     """Everything the agent reports for a map round-trips (a structural schema prunes unknown fields)."""
     custom.create_cluster_custom_object(GROUP, VERSION, "bpfmaps", bpfmap(name))
     try:
-        entry = {"node": "n1", "phase": "Error", "message": "Type: Hash changed to Array",
-                 "observedGeneration": 1, "lastUpdated": "2026-01-02T03:04:05Z", "mapId": 12,
-                 "pinPath": "/sys/fs/bpf/bpfshare/maps/x", "usedBy": ["a", "b"],
-                 "adoptedFrom": "/sys/fs/bpf/tc/globals/x"}
-        obj = apply_status(custom, "bpfmaps", "BpfMap", name, "agent-n1",
-                           {"nodes": [entry], "mapIds": {"n1": 12}, "phases": {"n1": "Error"}})
+        entry = {
+            "node": "n1",
+            "phase": "Error",
+            "message": "Type: Hash changed to Array",
+            "observedGeneration": 1,
+            "lastUpdated": "2026-01-02T03:04:05Z",
+            "mapId": 12,
+            "pinPath": "/sys/fs/bpf/bpfshare/maps/x",
+            "usedBy": ["a", "b"],
+            "adoptedFrom": "/sys/fs/bpf/tc/globals/x",
+        }
+        obj = apply_status(
+            custom,
+            "bpfmaps",
+            "BpfMap",
+            name,
+            "agent-n1",
+            {"nodes": [entry], "mapIds": {"n1": 12}, "phases": {"n1": "Error"}},
+        )
         assert obj["status"] == {"nodes": [entry], "mapIds": {"n1": 12}, "phases": {"n1": "Error"}}
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)

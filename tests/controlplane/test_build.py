@@ -42,8 +42,12 @@ def test_staging_version_follows_the_kubernetes_version() -> None:
 
 def test_version_key_changes_with_every_version() -> None:
     base = b.DEFAULT_VERSIONS
-    keys = {b.version_key(base), b.version_key(replace(base, kubernetes="v1.34.5")),
-            b.version_key(replace(base, etcd="v3.6.17")), b.version_key(replace(base, go_directive="1.25"))}
+    keys = {
+        b.version_key(base),
+        b.version_key(replace(base, kubernetes="v1.34.5")),
+        b.version_key(replace(base, etcd="v3.6.17")),
+        b.version_key(replace(base, go_directive="1.25")),
+    }
     assert len(keys) == 4
     assert b.version_key(base) == b.version_key(b.Versions())  # and is stable
     assert b.version_key(base).startswith("k8s-v1.34.4-etcd-v3.6.16-")

@@ -30,8 +30,7 @@ def test_up_env_down(control_plane_bin_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "BPFSHARE_CLUSTER_DIR": str(state)}
 
     def bpfshare(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([BPFSHARE, "cluster", *args], env=env, capture_output=True, text=True,
-                              timeout=180)
+        return subprocess.run([BPFSHARE, "cluster", *args], env=env, capture_output=True, text=True, timeout=180)
 
     try:
         up = bpfshare("up")

@@ -33,8 +33,13 @@ def test_short_names_and_category(crds: ControlPlane) -> None:
 
 
 def create(custom: Any, plural: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
-    return custom.create_cluster_custom_object(GROUP, VERSION, plural, body,  # type: ignore[no-any-return]
-                                               dry_run="All" if dry_run else None)
+    return custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        plural,
+        body,  # type: ignore[no-any-return]
+        dry_run="All" if dry_run else None,
+    )
 
 
 def rejection(custom: Any, plural: str, body: dict[str, Any]) -> str:
@@ -47,9 +52,17 @@ def rejection(custom: Any, plural: str, body: dict[str, Any]) -> str:
 
 
 def test_spec_examples_are_accepted_with_defaults(custom: Any, name: str) -> None:
-    created = create(custom, "bpfmaps", bpfmap(name, flags=["NoPrealloc"], pinName="flow_counts",
-                                               adopt="/sys/fs/bpf/tc/globals/flow_counts",
-                                               nodeSelector={"matchLabels": {"bpf": "yes"}}))
+    created = create(
+        custom,
+        "bpfmaps",
+        bpfmap(
+            name,
+            flags=["NoPrealloc"],
+            pinName="flow_counts",
+            adopt="/sys/fs/bpf/tc/globals/flow_counts",
+            nodeSelector={"matchLabels": {"bpf": "yes"}},
+        ),
+    )
     assert created["spec"]["reclaimPolicy"] == "Delete"
     prog = create(custom, "bpfprograms", bpfprogram(name, maps={"shared_counts": name}))
     assert prog["spec"]["attach"]["tc"]["priority"] == 1
@@ -65,8 +78,13 @@ VALID_MAPS: list[dict[str, Any]] = [
     {"type": "BloomFilter", "keySize": 0, "valueSize": 4, "maxEntries": 100},
     {"type": "LpmTrie", "keySize": 8, "valueSize": 4, "maxEntries": 255, "flags": ["NoPrealloc"]},
     {"type": "ProgArray", "keySize": 4, "valueSize": 4, "maxEntries": 8},
-    {"type": "Hash", "keySize": 4, "valueSize": 8, "maxEntries": 8,
-     "nodeSelector": {"matchExpressions": [{"key": "k", "operator": "Exists"}]}},
+    {
+        "type": "Hash",
+        "keySize": 4,
+        "valueSize": 8,
+        "maxEntries": 8,
+        "nodeSelector": {"matchExpressions": [{"key": "k", "operator": "Exists"}]},
+    },
 ]
 
 
@@ -81,12 +99,9 @@ INVALID_MAPS: list[tuple[str, dict[str, Any], str]] = [
     ("array-key-8", {"type": "Array", "keySize": 8}, "spec.keySize"),
     ("hash-key-0", {"keySize": 0}, "spec.keySize"),
     ("queue-key-4", {"type": "Queue", "keySize": 4}, "spec.keySize"),
-    ("ringbuf-value", {"type": "RingBuf", "keySize": 0, "valueSize": 8, "maxEntries": 4096},
-     "spec.valueSize"),
-    ("ringbuf-not-pow2", {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 12288},
-     "spec.maxEntries"),
-    ("ringbuf-small", {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 2048},
-     "spec.maxEntries"),
+    ("ringbuf-value", {"type": "RingBuf", "keySize": 0, "valueSize": 8, "maxEntries": 4096}, "spec.valueSize"),
+    ("ringbuf-not-pow2", {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 12288}, "spec.maxEntries"),
+    ("ringbuf-small", {"type": "RingBuf", "keySize": 0, "valueSize": 0, "maxEntries": 2048}, "spec.maxEntries"),
     ("progarray-value-8", {"type": "ProgArray", "valueSize": 8}, "spec.valueSize"),
     ("unknown-type", {"type": "Nope"}, "spec.type"),
     ("unknown-flag", {"flags": ["Fast"]}, "spec.flags"),
@@ -95,15 +110,16 @@ INVALID_MAPS: list[tuple[str, dict[str, Any], str]] = [
     ("adopt-relative", {"adopt": "tc/globals/x"}, "spec.adopt"),
     ("adopt-escape", {"adopt": "/sys/fs/bpf/tc/../../x"}, "spec.adopt"),
     ("reclaim", {"reclaimPolicy": "Keep"}, "spec.reclaimPolicy"),
-    ("selector-in-without-values",
-     {"nodeSelector": {"matchExpressions": [{"key": "k", "operator": "In"}]}},
-     "spec.nodeSelector.matchExpressions[0]"),
+    (
+        "selector-in-without-values",
+        {"nodeSelector": {"matchExpressions": [{"key": "k", "operator": "In"}]}},
+        "spec.nodeSelector.matchExpressions[0]",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("spec", "field"), [c[1:] for c in INVALID_MAPS], ids=[c[0] for c in INVALID_MAPS])
-def test_invalid_maps_are_rejected_naming_the_field(custom: Any, name: str, spec: dict[str, Any],
-                                                    field: str) -> None:
+def test_invalid_maps_are_rejected_naming_the_field(custom: Any, name: str, spec: dict[str, Any], field: str) -> None:
     body = bpfmap(name, **spec)
     assert field in rejection(custom, "bpfmaps", body)
 
@@ -128,25 +144,28 @@ INVALID_PROGRAMS: list[tuple[str, dict[str, Any], str]] = [
     ("bad-sha256", {"bytecode": {"path": "/a.o", "sha256": "ABC"}}, "spec.bytecode.sha256"),
     ("inline-not-base64", {"bytecode": {"inline": "not base64!"}}, "spec.bytecode.inline"),
     ("relative-path", {"bytecode": {"path": "a.o"}}, "spec.bytecode.path"),
-    ("no-interfaces", {"attach": {"tc": {"interfaces": [], "direction": "ingress"}}},
-     "spec.attach.tc.interfaces"),
-    ("bad-direction", {"attach": {"tcx": {"interfaces": ["eth0"], "direction": "up"}}},
-     "spec.attach.tcx.direction"),
-    ("priority-0", {"attach": {"tc": {"interfaces": ["eth0"], "direction": "ingress", "priority": 0}}},
-     "spec.attach.tc.priority"),
-    ("cgroup-escape", {"attach": {"cgroup": {"path": "/a/../..", "type": "egress"}}},
-     "spec.attach.cgroup.path"),
+    ("no-interfaces", {"attach": {"tc": {"interfaces": [], "direction": "ingress"}}}, "spec.attach.tc.interfaces"),
+    ("bad-direction", {"attach": {"tcx": {"interfaces": ["eth0"], "direction": "up"}}}, "spec.attach.tcx.direction"),
+    (
+        "priority-0",
+        {"attach": {"tc": {"interfaces": ["eth0"], "direction": "ingress", "priority": 0}}},
+        "spec.attach.tc.priority",
+    ),
+    ("cgroup-escape", {"attach": {"cgroup": {"path": "/a/../..", "type": "egress"}}}, "spec.attach.cgroup.path"),
     ("cgroup-type", {"attach": {"cgroup": {"path": "/", "type": "xdp"}}}, "spec.attach.cgroup.type"),
     ("map-target-not-a-name", {"maps": {"m": "Not_A_Name"}}, "spec.maps.m"),
-    ("configmap-incomplete", {"bytecode": {"configMap": {"name": "x", "key": "y"}}},
-     "spec.bytecode.configMap.namespace"),
+    (
+        "configmap-incomplete",
+        {"bytecode": {"configMap": {"name": "x", "key": "y"}}},
+        "spec.bytecode.configMap.namespace",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("spec", "field"), [c[1:] for c in INVALID_PROGRAMS],
-                         ids=[c[0] for c in INVALID_PROGRAMS])
-def test_invalid_programs_are_rejected_naming_the_field(custom: Any, name: str, spec: dict[str, Any],
-                                                        field: str) -> None:
+@pytest.mark.parametrize(("spec", "field"), [c[1:] for c in INVALID_PROGRAMS], ids=[c[0] for c in INVALID_PROGRAMS])
+def test_invalid_programs_are_rejected_naming_the_field(
+    custom: Any, name: str, spec: dict[str, Any], field: str
+) -> None:
     assert field in rejection(custom, "bpfprograms", bpfprogram(name, **spec))
 
 
@@ -156,20 +175,28 @@ def test_program_without_program_name_is_rejected(custom: Any, name: str) -> Non
     assert "spec.program" in rejection(custom, "bpfprograms", body)
 
 
-@pytest.mark.parametrize("bytecode", [
-    {"path": "/opt/x.o", "sha256": "a" * 64},
-    {"configMap": {"namespace": "default", "name": "objs", "key": "x.o"}},
-    {"inline": "f0VMRg==", "sha256": ""},
-    # Standard base64 with '/' and '+' (a real object's encoding has them; see the CRD's comment).
-    {"inline": "f0VMRgIBAQAAAAAAAAAAAAEA9wABAAAAAAAAAAAAAAAAAAAAAAAAAIgtAAAAAAAAAAAAAEAAAAAA"
-               "AEAAIgABALcBAAAAAAAAYxr8/wAA+w=="},
-])
-@pytest.mark.parametrize("attach", [
-    ATTACH_TC, ATTACH_CGROUP,
-    {"tcx": {"interfaces": ["eth0", "veth1"], "direction": "egress", "networkNamespace": "ns1"}},
-])
-def test_valid_programs_are_accepted(custom: Any, name: str, bytecode: dict[str, Any],
-                                     attach: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "bytecode",
+    [
+        {"path": "/opt/x.o", "sha256": "a" * 64},
+        {"configMap": {"namespace": "default", "name": "objs", "key": "x.o"}},
+        {"inline": "f0VMRg==", "sha256": ""},
+        # Standard base64 with '/' and '+' (a real object's encoding has them; see the CRD's comment).
+        {
+            "inline": "f0VMRgIBAQAAAAAAAAAAAAEA9wABAAAAAAAAAAAAAAAAAAAAAAAAAIgtAAAAAAAAAAAAAEAAAAAA"
+            "AEAAIgABALcBAAAAAAAAYxr8/wAA+w=="
+        },
+    ],
+)
+@pytest.mark.parametrize(
+    "attach",
+    [
+        ATTACH_TC,
+        ATTACH_CGROUP,
+        {"tcx": {"interfaces": ["eth0", "veth1"], "direction": "egress", "networkNamespace": "ns1"}},
+    ],
+)
+def test_valid_programs_are_accepted(custom: Any, name: str, bytecode: dict[str, Any], attach: dict[str, Any]) -> None:
     create(custom, "bpfprograms", bpfprogram(name, bytecode=bytecode, attach=attach), dry_run=True)
 
 
@@ -178,12 +205,20 @@ def test_printer_columns(crds: ControlPlane, custom: Any, name: str) -> None:
     create(custom, "bpfprograms", bpfprogram(name, attach=ATTACH_CGROUP, program="count_egress"))
     try:
         for node, map_id, phase in (("node-a", 17, "Ready"), ("node-b", 4, "Error")):
-            status = {"nodes": [{"node": node, "phase": phase, "mapId": map_id}],
-                      "mapIds": {node: map_id}, "phases": {node: phase}}
+            status = {
+                "nodes": [{"node": node, "phase": phase, "mapId": map_id}],
+                "mapIds": {node: map_id},
+                "phases": {node: phase},
+            }
             custom.patch_cluster_custom_object_status(
-                GROUP, VERSION, "bpfmaps", name, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BpfMap",
-                                                  "metadata": {"name": name}, "status": status},
-                field_manager=f"agent-{node}", _content_type="application/apply-patch+yaml")
+                GROUP,
+                VERSION,
+                "bpfmaps",
+                name,
+                {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BpfMap", "metadata": {"name": name}, "status": status},
+                field_manager=f"agent-{node}",
+                _content_type="application/apply-patch+yaml",
+            )
 
         lines = crds.kubectl("get", "bpfmaps", name).stdout.splitlines()
         assert lines[0].split() == ["NAME", "TYPE", "KEY", "VALUE", "MAXENTRIES", "MAPIDS", "PHASES", "AGE"]
@@ -193,11 +228,24 @@ def test_printer_columns(crds: ControlPlane, custom: Any, name: str) -> None:
         assert json.loads(row[6]) == {"node-a": "Ready", "node-b": "Error"}
 
         custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, "bpfprograms", name,
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BpfProgram", "metadata": {"name": name},
-             "status": {"attach": "cgroup/egress /", "programIds": {"node-a": 9}, "phases": {"node-a": "Ready"},
-                        "nodes": [{"node": "node-a", "phase": "Ready", "programId": 9}]}},
-            field_manager="agent-node-a", _content_type="application/apply-patch+yaml")
+            GROUP,
+            VERSION,
+            "bpfprograms",
+            name,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "BpfProgram",
+                "metadata": {"name": name},
+                "status": {
+                    "attach": "cgroup/egress /",
+                    "programIds": {"node-a": 9},
+                    "phases": {"node-a": "Ready"},
+                    "nodes": [{"node": "node-a", "phase": "Ready", "programId": 9}],
+                },
+            },
+            field_manager="agent-node-a",
+            _content_type="application/apply-patch+yaml",
+        )
         lines = crds.kubectl("get", "bpfprogs", name).stdout.splitlines()
         assert lines[0].split() == ["NAME", "ATTACH", "PROGRAM", "PROGRAMIDS", "PHASES", "AGE"]
         row = lines[1].split()

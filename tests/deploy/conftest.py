@@ -83,9 +83,12 @@ class Deployed:
     def kubeconfig(self, path: Path) -> Path:
         """A kubeconfig that authenticates as the agent's service account, as in the pod."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "local", "cluster": {"server": self.cp.server,
-                                                       "certificate-authority": str(self.cp.ca_file)}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [
+                {"name": "local", "cluster": {"server": self.cp.server, "certificate-authority": str(self.cp.ca_file)}}
+            ],
             "users": [{"name": "agent", "user": {"token": self.token()}}],
             "contexts": [{"name": "agent", "context": {"cluster": "local", "user": "agent"}}],
             "current-context": "agent",
@@ -102,10 +105,17 @@ def deployed(crds: Any) -> Iterator[Deployed]:
     rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
     as_list = lambda docs: json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})  # noqa: E731
     try:
-        crds.kubectl("apply", "--server-side", "--field-manager=bpfshare-deploy-test", "-f", "-",
-                     input=as_list(rest))
-        crds.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
-                     "--field-manager=bpfshare-deploy-test", "-f", "-", input=as_list(crd_docs))
+        crds.kubectl("apply", "--server-side", "--field-manager=bpfshare-deploy-test", "-f", "-", input=as_list(rest))
+        crds.kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--force-conflicts",
+            "--field-manager=bpfshare-deploy-test",
+            "-f",
+            "-",
+            input=as_list(crd_docs),
+        )
         yield Deployed(crds, objects)
     finally:
         for obj in reversed(rest):
@@ -117,6 +127,7 @@ def deployed(crds: Any) -> Iterator[Deployed]:
 
 
 # -- agents run as the DaemonSet runs them -------------------------------------------------------------
+
 
 def setpriv_argv(caps: list[str]) -> list[str]:
     """Run as root with exactly ``caps``: a root execve gets permitted = inheritable | bounding, so both
@@ -139,13 +150,21 @@ class DeployedAgent(AgentProcess):
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "NODE_NAME": self.node}
-        argv = [*setpriv_argv(self.caps), sys.executable, "-m", "bpfshare", "agent",
-                "--pin-root", str(self.pin_root), "--resync", str(self.resync),
-                f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
-                f"--metrics=127.0.0.1:{self.metrics_port}"]
+        argv = [
+            *setpriv_argv(self.caps),
+            sys.executable,
+            "-m",
+            "bpfshare",
+            "agent",
+            "--pin-root",
+            str(self.pin_root),
+            "--resync",
+            str(self.resync),
+            f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+            f"--metrics=127.0.0.1:{self.metrics_port}",
+        ]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def effective_caps(self) -> int:
         assert self.proc is not None
@@ -182,9 +201,16 @@ class DeployCluster(Cluster):
         mount = Path(tempfile.mkdtemp(prefix=f"bpfshare-{node}-"))
         subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True)
         kubeconfig = self.deployed.kubeconfig(self.tmp / f"kubeconfig-{node}")
-        agent = DeployedAgent(node, mount / "bpfshare", mount, kubeconfig, self.tmp / f"agent-{node}.log",
-                              caps=daemonset_caps(self.deployed.objects) if caps is None else caps,
-                              health_port=free_port(), metrics_port=free_port())
+        agent = DeployedAgent(
+            node,
+            mount / "bpfshare",
+            mount,
+            kubeconfig,
+            self.tmp / f"agent-{node}.log",
+            caps=daemonset_caps(self.deployed.objects) if caps is None else caps,
+            health_port=free_port(),
+            metrics_port=free_port(),
+        )
         self.agents.append(agent)  # Cluster.cleanup kills it and unmounts its bpffs
         agent.start()
         return agent

@@ -31,15 +31,19 @@ def assert_no_denials(agent: DeployedAgent) -> None:
 
 
 def test_agent_with_the_daemonsets_capabilities_and_rbac_shares_one_map(
-        deploy_cluster: DeployCluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path) -> None:
+    deploy_cluster: DeployCluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     caps = daemonset_caps(deploy_cluster.deployed.objects)  # type: ignore[union-attr]
     node = deploy_cluster.add_node()
     agent = deploy_cluster.start_deployed_agent(node)
     agent.wait_serving()
     assert agent.effective_caps() == mask(caps)  # the drop is real: nothing but the DaemonSet's list
 
-    deploy_cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                         cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    deploy_cluster.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     m = deploy_cluster.wait_phase(MAPS, "flow-counts", node)
     tc = deploy_cluster.wait_phase(PROGS, "count-ingress", node)
     cg = deploy_cluster.wait_phase(PROGS, "count-cgroup", node)
@@ -53,14 +57,24 @@ def test_agent_with_the_daemonsets_capabilities_and_rbac_shares_one_map(
     # Its writes went through with the service account's rights: finalizer, status, events.
     obj = deploy_cluster.get(PROGS, "count-ingress") or {}
     assert f"bpfshare.io/node-{node}" in obj["metadata"]["finalizers"]
-    events = deploy_cluster.kubectl("get", "events", "-n", "default", "--field-selector",
-                                    "involvedObject.name=count-cgroup", "-o", "jsonpath={.items[*].reason}").stdout
+    events = deploy_cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=count-cgroup",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ).stdout
     assert "Loaded" in events.split()
     assert_no_denials(agent)
 
     # Metrics: the documented series with the values of this scenario.
-    deploy_cluster.wait(lambda: (sample(parse_metrics(agent.metrics()), "bpfshare_resources",
-                                        kind="BpfProgram", phase="Ready") == 2), "2 programs Ready in the metrics")
+    deploy_cluster.wait(
+        lambda: sample(parse_metrics(agent.metrics()), "bpfshare_resources", kind="BpfProgram", phase="Ready") == 2,
+        "2 programs Ready in the metrics",
+    )
     s = parse_metrics(agent.metrics())
     assert sample(s, "bpfshare_resources", kind="BpfMap", phase="Ready") == 1
     for kind in ("BpfMap", "BpfProgram"):
@@ -82,22 +96,29 @@ def test_agent_with_the_daemonsets_capabilities_and_rbac_shares_one_map(
     assert set(health) == {"reconcilePasses", "apiRequests"} and health["apiRequests"] <= requests
 
 
-def test_metrics_count_hash_entries_and_failures(deploy_cluster: DeployCluster, bpf_objects,
-                                                 cgroup_dir: Path) -> None:
+def test_metrics_count_hash_entries_and_failures(deploy_cluster: DeployCluster, bpf_objects, cgroup_dir: Path) -> None:
     node = deploy_cluster.add_node()
     agent = deploy_cluster.start_deployed_agent(node)
     deploy_cluster.apply(bpfmap("conn-table", type="Hash", keySize=4, valueSize=8, maxEntries=16))
     pin = deploy_cluster.wait_phase(MAPS, "conn-table", node)["pinPath"]
     for key in range(3):  # before the first scrape: entries are counted at scrape time, then cached
-        subprocess.run(["bpftool", "map", "update", "pinned", pin, "key", str(key), "0", "0", "0",
-                        "value", *["0"] * 8], check=True)
-    deploy_cluster.apply(cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="bad-digest",
-                                        maps={"shared_counts": "conn-table"},
-                                        bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]),
-                                                  "sha256": "0" * 64}))
+        subprocess.run(
+            ["bpftool", "map", "update", "pinned", pin, "key", str(key), "0", "0", "0", "value", *["0"] * 8], check=True
+        )
+    deploy_cluster.apply(
+        cgroup_program(
+            bpf_objects["cgroup_counter_mapdef"],
+            cgroup_dir,
+            name="bad-digest",
+            maps={"shared_counts": "conn-table"},
+            bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64},
+        )
+    )
     assert "sha256" in deploy_cluster.wait_phase(PROGS, "bad-digest", node, "Error")["message"]
-    deploy_cluster.wait(lambda: sample(parse_metrics(agent.metrics()), "bpfshare_resources", kind="BpfProgram",
-                                       phase="Error") == 1, "the Error program in the metrics")
+    deploy_cluster.wait(
+        lambda: sample(parse_metrics(agent.metrics()), "bpfshare_resources", kind="BpfProgram", phase="Error") == 1,
+        "the Error program in the metrics",
+    )
     s = parse_metrics(agent.metrics())
     assert sample(s, "bpfshare_map_entries", map="conn-table") == 3
     assert sample(s, "bpfshare_map_max_entries", map="conn-table") == 16
@@ -107,8 +128,9 @@ def test_metrics_count_hash_entries_and_failures(deploy_cluster: DeployCluster, 
     assert_no_denials(agent)
 
 
-def test_a_program_applied_before_its_map_waits_then_loads(deploy_cluster: DeployCluster, bpf_objects,
-                                                           cgroup_dir: Path) -> None:
+def test_a_program_applied_before_its_map_waits_then_loads(
+    deploy_cluster: DeployCluster, bpf_objects, cgroup_dir: Path
+) -> None:
     """GitOps applies in any order: the program first, its map a while later."""
     node = deploy_cluster.add_node()
     agent = deploy_cluster.start_deployed_agent(node)
@@ -135,14 +157,18 @@ def test_without_any_capability_the_agent_cannot_create_a_map(deploy_cluster: De
     assert "BPF_MAP_CREATE" in message and "EPERM" in message
 
 
-def test_without_net_admin_tc_attachment_is_refused(deploy_cluster: DeployCluster, bpf_objects,
-                                                    netns_pair: NetnsPair, cgroup_dir: Path) -> None:
+def test_without_net_admin_tc_attachment_is_refused(
+    deploy_cluster: DeployCluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     """NET_ADMIN is what rtnetlink checks for tc qdiscs and filters (SYS_ADMIN does not replace it)."""
     caps = [c for c in daemonset_caps(deploy_cluster.deployed.objects) if c != "NET_ADMIN"]  # type: ignore[union-attr]
     node = deploy_cluster.add_node()
     agent = deploy_cluster.start_deployed_agent(node, caps=caps)
-    deploy_cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                         cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    deploy_cluster.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     error = deploy_cluster.wait_phase(PROGS, "count-ingress", node, "Error")["message"]
     assert "Operation not permitted" in error
     deploy_cluster.wait_phase(PROGS, "count-cgroup", node)  # the cgroup attach does not need it here
@@ -150,7 +176,8 @@ def test_without_net_admin_tc_attachment_is_refused(deploy_cluster: DeployCluste
 
 
 def test_without_sys_admin_entering_a_pods_network_namespace_is_refused(
-        deploy_cluster: DeployCluster, bpf_objects, netns_pair: NetnsPair) -> None:
+    deploy_cluster: DeployCluster, bpf_objects, netns_pair: NetnsPair
+) -> None:
     """SYS_ADMIN is what setns(2) needs to reach an interface in another network namespace."""
     caps = [c for c in daemonset_caps(deploy_cluster.deployed.objects) if c != "SYS_ADMIN"]  # type: ignore[union-attr]
     node = deploy_cluster.add_node()

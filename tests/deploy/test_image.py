@@ -22,8 +22,7 @@ SCRIPT = REPO / "scripts" / "image-build.sh"
 
 
 def step(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env={**os.environ, **env},
-                          timeout=600)
+    proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
     assert proc.returncode == 0, f"image-build.sh {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -68,18 +67,31 @@ def test_install_step_gives_a_working_bpfshare_in_a_fresh_environment(image_root
     step("install-wheel", str(image_root / "wheels"), PIP=str(venv / "bin" / "pip"))
     bpfshare = venv / "bin" / "bpfshare"
     objects = image_root / "opt" / "bpfshare" / "bpf"
-    report = json.loads(subprocess.run([str(bpfshare), "inspect", str(objects / "flow_counter.o")],
-                                       capture_output=True, text=True, check=True).stdout)
+    report = json.loads(
+        subprocess.run(
+            [str(bpfshare), "inspect", str(objects / "flow_counter.o")], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert {p["name"] for p in report["programs"]} >= {"count_ingress"}
     assert "shared_counts" in {m["name"] for m in report["maps"]}
-    legacy = json.loads(subprocess.run([str(bpfshare), "inspect", str(objects / "cgroup_counter_mapdef.o")],
-                                       capture_output=True, text=True, check=True).stdout)
+    legacy = json.loads(
+        subprocess.run(
+            [str(bpfshare), "inspect", str(objects / "cgroup_counter_mapdef.o")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert {m["name"]: m["style"] for m in legacy["maps"]}["shared_counts"] == "libbpf-legacy"
     help_text = subprocess.run([str(bpfshare), "agent", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--metrics" in help_text and "--liveness" in help_text
     # The installed package is the wheel's, not this checkout's.
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import bpfshare, prometheus_client, kopf; "
-                            "print(bpfshare.__file__)"], capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import bpfshare, prometheus_client, kopf; print(bpfshare.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(venv))
 
 
@@ -97,8 +109,12 @@ def test_apt_step_fails_on_a_missing_package(tmp_path: Path) -> None:
     fake = tmp_path / "apt-get"
     fake.write_text("#!/bin/sh\necho 'E: Unable to locate package' >&2\nexit 100\n")
     fake.chmod(0o755)
-    proc = subprocess.run([str(SCRIPT), "runtime-deps"], capture_output=True, text=True,
-                          env={**os.environ, "APT_GET": str(fake), "APT_UPDATE": "0"})
+    proc = subprocess.run(
+        [str(SCRIPT), "runtime-deps"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APT_GET": str(fake), "APT_UPDATE": "0"},
+    )
     assert proc.returncode == 100 and "Unable to locate" in proc.stderr
 
 
@@ -114,8 +130,7 @@ def test_mount_bpffs_script_mounts_once_and_is_idempotent() -> None:
         assert fstype.strip() == "bpf_fs"
         second = subprocess.run([str(script), str(target)], capture_output=True, text=True)
         assert second.returncode == 0 and second.stdout.startswith("bpffs already mounted")
-        mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if f" {target} " in line]
+        mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if f" {target} " in line]
         assert len(mounts) == 1  # not mounted twice
     finally:
         subprocess.run(["umount", str(target)], check=False, capture_output=True)

@@ -28,22 +28,25 @@ pytestmark = pytest.mark.cluster
 def test_deploy_copies_of_the_crds_are_identical_to_crds() -> None:
     for name in ("bpfmap.yaml", "bpfprogram.yaml"):
         assert (DEPLOY / "base" / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
-            f"deploy/base/crds/{name} differs from crds/{name}: run scripts/sync-deploy-crds.sh")
+            f"deploy/base/crds/{name} differs from crds/{name}: run scripts/sync-deploy-crds.sh"
+        )
 
 
 def test_base_builds_with_every_object_the_install_needs(deployed: Deployed) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in deployed.objects)
-    assert kinds == sorted([
-        ("Namespace", NAMESPACE),
-        ("CustomResourceDefinition", "bpfmaps.bpfshare.io"),
-        ("CustomResourceDefinition", "bpfprograms.bpfshare.io"),
-        ("ServiceAccount", SERVICE_ACCOUNT),
-        ("ClusterRole", "bpfshare-agent"),
-        ("ClusterRoleBinding", "bpfshare-agent"),
-        ("Role", "bpfshare-agent-events"),
-        ("RoleBinding", "bpfshare-agent-events"),
-        ("DaemonSet", "bpfshare-agent"),
-    ])
+    assert kinds == sorted(
+        [
+            ("Namespace", NAMESPACE),
+            ("CustomResourceDefinition", "bpfmaps.bpfshare.io"),
+            ("CustomResourceDefinition", "bpfprograms.bpfshare.io"),
+            ("ServiceAccount", SERVICE_ACCOUNT),
+            ("ClusterRole", "bpfshare-agent"),
+            ("ClusterRoleBinding", "bpfshare-agent"),
+            ("Role", "bpfshare-agent-events"),
+            ("RoleBinding", "bpfshare-agent-events"),
+            ("DaemonSet", "bpfshare-agent"),
+        ]
+    )
     assert deployed.objects[0]["kind"] == "Namespace"  # kustomize orders it first: one apply suffices
 
 
@@ -72,17 +75,30 @@ def test_example_overlay_builds_and_is_accepted(deployed: Deployed) -> None:
     assert init["image"] == agent["image"]
     assert daemonset_caps(objects) == daemonset_caps(deployed.objects)  # the patch keeps the security context
     items = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
-    deployed.cp.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
-                        "--field-manager=bpfshare-overlay-test", "-f", "-",
-                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    deployed.cp.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--force-conflicts",
+        "--field-manager=bpfshare-overlay-test",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+    )
 
 
 def _pod_from_template(deployed: Deployed, node: str = "any-node") -> dict[str, Any]:
     template = find(deployed.objects, "DaemonSet", "bpfshare-agent")["spec"]["template"]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "bpfshare-agent-admission-test", "namespace": NAMESPACE,
-                         "labels": template["metadata"]["labels"]},
-            "spec": {**template["spec"], "nodeName": node}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bpfshare-agent-admission-test",
+            "namespace": NAMESPACE,
+            "labels": template["metadata"]["labels"],
+        },
+        "spec": {**template["spec"], "nodeName": node},
+    }
 
 
 def test_a_pod_from_the_daemonset_template_passes_admission(deployed: Deployed) -> None:
@@ -99,9 +115,18 @@ def test_a_pod_from_the_daemonset_template_passes_admission(deployed: Deployed) 
 def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: Deployed) -> None:
     """The namespace label is what lets the pod in: the same pod in a 'baseline' namespace is refused."""
     name = "bpfshare-psa-baseline-test"
-    deployed.cp.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}))
+    deployed.cp.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}},
+            }
+        ),
+    )
     try:
         pod = _pod_from_template(deployed)
         pod["metadata"]["namespace"] = name
@@ -116,8 +141,11 @@ def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: D
 def test_the_examples_are_accepted_by_the_installed_crds(deployed: Deployed) -> None:
     """`kubectl apply -k deploy/` then `kubectl apply -f examples/` is the whole install."""
     out = deployed.cp.kubectl("apply", "--dry-run=server", "-f", str(REPO / "examples"), "-o", "name").stdout
-    assert sorted(out.split()) == ["bpfmap.bpfshare.io/flow-counts", "bpfprogram.bpfshare.io/count-cgroup-egress",
-                                   "bpfprogram.bpfshare.io/count-ingress"]
+    assert sorted(out.split()) == [
+        "bpfmap.bpfshare.io/flow-counts",
+        "bpfprogram.bpfshare.io/count-cgroup-egress",
+        "bpfprogram.bpfshare.io/count-ingress",
+    ]
 
 
 def _arg(container: dict[str, Any], flag: str) -> str:
@@ -187,8 +215,14 @@ def test_dockerfile_uses_only_the_tested_build_steps_and_existing_paths() -> Non
     assert 'ENTRYPOINT ["bpfshare", "agent"]' in text
     assert "/usr/local/bin/bpfshare-mount-bpffs" in text
     ignore = (REPO / ".dockerignore").read_text().splitlines()
-    for source in ("pyproject.toml", "README.md", "operator/bpfshare/", "bpf/", "scripts/image-build.sh",
-                   "scripts/mount-bpffs.sh"):
+    for source in (
+        "pyproject.toml",
+        "README.md",
+        "operator/bpfshare/",
+        "bpf/",
+        "scripts/image-build.sh",
+        "scripts/mount-bpffs.sh",
+    ):
         assert f"!{source}" in ignore
 
 

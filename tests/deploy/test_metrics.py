@@ -15,8 +15,14 @@ from tests.deploy.conftest import parse_metrics, sample
 
 
 def snapshot(*keys: tuple[str, str], invalid: dict[tuple[str, str], str] | None = None) -> Snapshot:
-    return Snapshot(maps=[], programs=[], labels={}, only_programs=None,
-                    bodies={k: {"metadata": {"name": k[1]}} for k in keys}, invalid=invalid or {})
+    return Snapshot(
+        maps=[],
+        programs=[],
+        labels={},
+        only_programs=None,
+        bodies={k: {"metadata": {"name": k[1]}} for k in keys},
+        invalid=invalid or {},
+    )
 
 
 def scrape(metrics: AgentMetrics) -> dict:
@@ -25,10 +31,15 @@ def scrape(metrics: AgentMetrics) -> dict:
     return parse_metrics(generate_latest(metrics.registry).decode())
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("0.0.0.0:9477", ("0.0.0.0", 9477)), (":9477", ("0.0.0.0", 9477)), ("127.0.0.1:0", ("127.0.0.1", 0)),
-    ("[::]:9477", ("::", 9477)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0.0.0:9477", ("0.0.0.0", 9477)),
+        (":9477", ("0.0.0.0", 9477)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::]:9477", ("::", 9477)),
+    ],
+)
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected
 
@@ -42,14 +53,22 @@ def test_parse_address_refuses(text: str) -> None:
 def test_phases_survive_partial_passes_and_leave_with_the_resource() -> None:
     metrics = AgentMetrics("n1", requests=lambda: 7)
     a, b, m = ("BpfProgram", "a"), ("BpfProgram", "b"), ("BpfMap", "m")
-    first = Report(maps={"m": StatusEntry(Phase.Ready, fields={"pinPath": "/nonexistent"})},
-                   programs={"a": StatusEntry(Phase.Ready), "b": StatusEntry(Phase.Pending)},
-                   events=[Event("BpfProgram", "a", "Normal", "Loaded", "")], seconds=0.02)
+    first = Report(
+        maps={"m": StatusEntry(Phase.Ready, fields={"pinPath": "/nonexistent"})},
+        programs={"a": StatusEntry(Phase.Ready), "b": StatusEntry(Phase.Pending)},
+        events=[Event("BpfProgram", "a", "Normal", "Loaded", "")],
+        seconds=0.02,
+    )
     metrics.observe_pass(snapshot(a, b, m), first)
     # A pass that re-checked only b (only_programs): a keeps its phase.
-    metrics.observe_pass(snapshot(a, b, m), Report(maps={"m": StatusEntry(Phase.Ready)},
-                                                   programs={"b": StatusEntry(Phase.Error, "x")},
-                                                   events=[Event("BpfProgram", "b", "Warning", "Failed", "x")]))
+    metrics.observe_pass(
+        snapshot(a, b, m),
+        Report(
+            maps={"m": StatusEntry(Phase.Ready)},
+            programs={"b": StatusEntry(Phase.Error, "x")},
+            events=[Event("BpfProgram", "b", "Warning", "Failed", "x")],
+        ),
+    )
     s = scrape(metrics)
     assert sample(s, "bpfshare_resources", kind="BpfProgram", phase="Ready") == 1
     assert sample(s, "bpfshare_resources", kind="BpfProgram", phase="Error") == 1
@@ -60,8 +79,10 @@ def test_phases_survive_partial_passes_and_leave_with_the_resource() -> None:
     assert sample(s, "bpfshare_api_requests_total") == 7
     # b released (deselected), a deleted from the cluster, an unparsable resource in Error.
     bad = ("BpfMap", "bad")
-    metrics.observe_pass(snapshot(b, m, bad, invalid={bad: "spec.keySize: required"}),
-                         Report(maps={"m": StatusEntry(Phase.Ready)}, released={b}))
+    metrics.observe_pass(
+        snapshot(b, m, bad, invalid={bad: "spec.keySize: required"}),
+        Report(maps={"m": StatusEntry(Phase.Ready)}, released={b}),
+    )
     s = scrape(metrics)
     assert sample(s, "bpfshare_resources", kind="BpfProgram", phase="Ready") == 0
     assert sample(s, "bpfshare_resources", kind="BpfProgram", phase="Error") == 0
@@ -76,8 +97,10 @@ def test_entry_counts_of_real_maps(bpffs: Path) -> None:
     from bpfshare.spec import MapSpec
     from bpfshare.types import MapType
 
-    specs = {"hash": MapSpec(name="h", type=MapType.Hash, key_size=4, value_size=4, max_entries=8),
-             "array": MapSpec(name="a", type=MapType.Array, key_size=4, value_size=4, max_entries=8)}
+    specs = {
+        "hash": MapSpec(name="h", type=MapType.Hash, key_size=4, value_size=4, max_entries=8),
+        "array": MapSpec(name="a", type=MapType.Array, key_size=4, value_size=4, max_entries=8),
+    }
     metrics = AgentMetrics("n1", entry_ttl=0)
     fields = {}
     for name, spec in specs.items():

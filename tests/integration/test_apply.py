@@ -26,24 +26,44 @@ pytestmark = pytest.mark.kernel
 
 
 def bpfmap(name: str = "flow-counts", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfMap", "metadata": {"name": name},
-            "spec": {"type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4, **spec}}
+    return {
+        "apiVersion": "bpfshare.io/v1alpha1",
+        "kind": "BpfMap",
+        "metadata": {"name": name},
+        "spec": {"type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4, **spec},
+    }
 
 
-def tc_program(obj: Path, pair: NetnsPair, name: str = "count-ingress", program: str = "count_ingress",
-               **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram", "metadata": {"name": name},
-            "spec": {"bytecode": {"path": str(obj)}, "program": program,
-                     "attach": {"tc": {"interfaces": [pair.if_b], "direction": "ingress",
-                                       "networkNamespace": pair.ns_b}},
-                     "maps": {"shared_counts": "flow-counts"}, **spec}}
+def tc_program(
+    obj: Path, pair: NetnsPair, name: str = "count-ingress", program: str = "count_ingress", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "bpfshare.io/v1alpha1",
+        "kind": "BpfProgram",
+        "metadata": {"name": name},
+        "spec": {
+            "bytecode": {"path": str(obj)},
+            "program": program,
+            "attach": {"tc": {"interfaces": [pair.if_b], "direction": "ingress", "networkNamespace": pair.ns_b}},
+            "maps": {"shared_counts": "flow-counts"},
+            **spec,
+        },
+    }
 
 
 def cgroup_program(obj: Path, cgroup: Path, name: str = "count-cgroup", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram", "metadata": {"name": name},
-            "spec": {"bytecode": {"path": str(obj)}, "program": "count_cgroup_egress",
-                     "attach": {"cgroup": {"path": cgroup.name, "type": "egress"}},
-                     "maps": {"shared_counts": "flow-counts"}, **spec}}
+    return {
+        "apiVersion": "bpfshare.io/v1alpha1",
+        "kind": "BpfProgram",
+        "metadata": {"name": name},
+        "spec": {
+            "bytecode": {"path": str(obj)},
+            "program": "count_cgroup_egress",
+            "attach": {"cgroup": {"path": cgroup.name, "type": "egress"}},
+            "maps": {"shared_counts": "flow-counts"},
+            **spec,
+        },
+    }
 
 
 class Node:
@@ -81,10 +101,14 @@ def node(bpffs: Path, tmp_path: Path) -> Node:
     return Node(bpffs / "bpfshare", tmp_path)
 
 
-def test_apply_shares_one_map_between_tc_and_cgroup(node: Node, bpf_objects, netns_pair: NetnsPair,
-                                                   cgroup_dir: Path) -> None:
-    docs = (bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-            cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+def test_apply_shares_one_map_between_tc_and_cgroup(
+    node: Node, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
+    docs = (
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     status = node.apply(*docs)
     m, tc, cg = status["flow-counts"], status["count-ingress"], status["count-cgroup"]
     assert [m["phase"], tc["phase"], cg["phase"]] == ["Ready"] * 3, status
@@ -121,18 +145,25 @@ def test_apply_shares_one_map_between_tc_and_cgroup(node: Node, bpf_objects, net
     assert list((node.root / "programs").iterdir()) == []
 
 
-def test_upgrade_in_place_keeps_map_contents_and_one_attachment(node: Node, bpf_objects, netns_pair: NetnsPair,
-                                                               cgroup_dir: Path) -> None:
-    first = node.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                       cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+def test_upgrade_in_place_keeps_map_contents_and_one_attachment(
+    node: Node, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
+    first = node.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     pin = Path(first["flow-counts"]["pinPath"])
     netns_pair.send_udp(5)
     before = counters(pin)
     assert before[TC_INGRESS] >= 5
 
     # New bytecode for both: a legacy-style tc object, a BTF cgroup object.
-    second = node.apply(bpfmap(), tc_program(bpf_objects["flow_counter_legacy"], netns_pair),
-                        cgroup_program(bpf_objects["flow_counter"], cgroup_dir))
+    second = node.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter_legacy"], netns_pair),
+        cgroup_program(bpf_objects["flow_counter"], cgroup_dir),
+    )
     for name in ("count-ingress", "count-cgroup"):
         assert second[name]["phase"] == "Ready"
         assert second[name]["programId"] != first[name]["programId"]
@@ -146,8 +177,9 @@ def test_upgrade_in_place_keeps_map_contents_and_one_attachment(node: Node, bpf_
     assert counters(pin)[TC_INGRESS] >= before[TC_INGRESS] + 3
 
 
-def test_errors_are_reported_per_resource_and_disturb_nothing(node: Node, bpf_objects, netns_pair: NetnsPair,
-                                                              cgroup_dir: Path, tmp_path: Path) -> None:
+def test_errors_are_reported_per_resource_and_disturb_nothing(
+    node: Node, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path, tmp_path: Path
+) -> None:
     good = node.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair))
     prog_id = good["count-ingress"]["programId"]
     not_elf = tmp_path / "not-elf.o"
@@ -158,16 +190,25 @@ def test_errors_are_reported_per_resource_and_disturb_nothing(node: Node, bpf_ob
         tc_program(bpf_objects["flow_counter"], netns_pair),
         # A map whose spec differs from what is already pinned under its name.
         bpfmap("flow-counts-2", type="Hash", keySize=8, maxEntries=16, pinName="flow-counts"),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="wrong-map",
-                       maps={"shared_counts": "flow-counts-2"}),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map",
-                       maps={"shared_counts": "does-not-exist"}),
-        tc_program(bpf_objects["flow_counter"], netns_pair, name="no-iface",
-                   attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress",
-                                   "networkNamespace": netns_pair.ns_b}}),
+        cgroup_program(
+            bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="wrong-map", maps={"shared_counts": "flow-counts-2"}
+        ),
+        cgroup_program(
+            bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="no-map", maps={"shared_counts": "does-not-exist"}
+        ),
+        tc_program(
+            bpf_objects["flow_counter"],
+            netns_pair,
+            name="no-iface",
+            attach={"tc": {"interfaces": ["nosuchif0"], "direction": "ingress", "networkNamespace": netns_pair.ns_b}},
+        ),
         cgroup_program(not_elf, cgroup_dir, name="bad-bytecode"),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, name="bad-digest",
-                       bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64}),
+        cgroup_program(
+            bpf_objects["cgroup_counter_mapdef"],
+            cgroup_dir,
+            name="bad-digest",
+            bytecode={"path": str(bpf_objects["cgroup_counter_mapdef"]), "sha256": "0" * 64},
+        ),
         ok=False,
     )
     m2 = status["flow-counts-2"]
@@ -208,15 +249,38 @@ def test_program_waits_for_its_map_and_deletion_waits_for_users(node: Node, bpf_
 def test_retain_keeps_pin_and_contents(node: Node) -> None:
     status = node.apply(bpfmap(reclaimPolicy="Retain"))
     pin = Path(status["flow-counts"]["pinPath"])
-    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "1", "0", "0", "0",
-                    "value", "9", "0", "0", "0", "0", "0", "0", "0"], check=True)
+    subprocess.run(
+        [
+            "bpftool",
+            "map",
+            "update",
+            "pinned",
+            str(pin),
+            "key",
+            "1",
+            "0",
+            "0",
+            "0",
+            "value",
+            "9",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+        ],
+        check=True,
+    )
     node.delete(bpfmap(reclaimPolicy="Retain"))
     assert pin.exists()
     assert counters(pin)[1] == 9
 
 
-def test_adopt_takes_over_a_tc_pinned_map_after_the_check(node: Node, bpffs: Path, bpf_objects,
-                                                          netns_pair: NetnsPair) -> None:
+def test_adopt_takes_over_a_tc_pinned_map_after_the_check(
+    node: Node, bpffs: Path, bpf_objects, netns_pair: NetnsPair
+) -> None:
     loaded = tc_load(netns_pair, bpffs, bpf_objects["flow_counter_tc"], "classifier/egress", "egress")
     assert loaded.returncode == 0, loaded.stderr
     tc_pin = bpffs / "tc" / "globals" / "shared_counts"
@@ -234,10 +298,14 @@ def test_adopt_takes_over_a_tc_pinned_map_after_the_check(node: Node, bpffs: Pat
     assert not (node.root / "maps" / "adopted").exists()
 
 
-def test_drift_is_repaired_without_losing_data(node: Node, bpf_objects, netns_pair: NetnsPair,
-                                               cgroup_dir: Path) -> None:
-    docs = (bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-            cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+def test_drift_is_repaired_without_losing_data(
+    node: Node, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
+    docs = (
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     first = node.apply(*docs)
     pin = Path(first["flow-counts"]["pinPath"])
     netns_pair.send_udp(4)
@@ -263,10 +331,25 @@ def test_drift_is_repaired_without_losing_data(node: Node, bpf_objects, netns_pa
     assert node.apply(*docs)["count-ingress"]["phase"] == "Ready"
     assert len(filters_on(netns_pair)) == 1
     run("ip", "link", "del", netns_pair.if_a, netns=netns_pair.ns_a)
-    run("ip", "link", "add", netns_pair.if_a, "netns", netns_pair.ns_a, "type", "veth", "peer", "name",
-        netns_pair.if_b, "netns", netns_pair.ns_b)
-    for ns, ifname, addr in ((netns_pair.ns_a, netns_pair.if_a, netns_pair.addr_a),
-                             (netns_pair.ns_b, netns_pair.if_b, netns_pair.addr_b)):
+    run(
+        "ip",
+        "link",
+        "add",
+        netns_pair.if_a,
+        "netns",
+        netns_pair.ns_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        netns_pair.if_b,
+        "netns",
+        netns_pair.ns_b,
+    )
+    for ns, ifname, addr in (
+        (netns_pair.ns_a, netns_pair.if_a, netns_pair.addr_a),
+        (netns_pair.ns_b, netns_pair.if_b, netns_pair.addr_b),
+    ):
         run("ip", "addr", "add", f"{addr}/24", "dev", ifname, netns=ns)
         run("ip", "link", "set", ifname, "up", netns=ns)
     after = node.apply(*docs)

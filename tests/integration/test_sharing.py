@@ -64,26 +64,52 @@ def send_from_cgroup(cgroup: Path, count: int, port: int = 9) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def tc_load(pair: NetnsPair, bpffs: Path, obj: Path, section: str, direction: str = "ingress"
-            ) -> subprocess.CompletedProcess[str]:
+def tc_load(
+    pair: NetnsPair, bpffs: Path, obj: Path, section: str, direction: str = "ingress"
+) -> subprocess.CompletedProcess[str]:
     """iproute2's tc loads ``obj`` on if_b; TC_BPF_MNT points it at the test's own bpffs."""
     run("tc", "qdisc", "add", "dev", pair.if_b, "clsact", netns=pair.ns_b)
-    cmd = ["nsenter", f"--net=/run/netns/{pair.ns_b}", "tc", "filter", "add", "dev", pair.if_b, direction,
-           "bpf", "da", "obj", str(obj), "sec", section]
+    cmd = [
+        "nsenter",
+        f"--net=/run/netns/{pair.ns_b}",
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        pair.if_b,
+        direction,
+        "bpf",
+        "da",
+        "obj",
+        str(obj),
+        "sec",
+        section,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TC_BPF_MNT": str(bpffs)})
 
 
-def test_map_pinned_by_tc_is_shared_by_a_cgroup_program(bpffs: Path, bpf_objects, netns_pair: NetnsPair,
-                                                        cgroup_dir: Path) -> None:
+def test_map_pinned_by_tc_is_shared_by_a_cgroup_program(
+    bpffs: Path, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     tc = tc_load(netns_pair, bpffs, bpf_objects["flow_counter_tc"], "classifier/ingress")
     assert tc.returncode == 0, tc.stderr
     pin = bpffs / "tc" / "globals" / "shared_counts"
     tc_map_id = bpftool("map", "show", "pinned", str(pin))["id"]  # type: ignore[index]
 
     cgroup_rel = cgroup_dir.name
-    out = bpfshare("load", str(bpf_objects["cgroup_counter_mapdef"]), "--program", "count_cgroup_egress",
-                   "--map", f"shared_counts={pin}", "--attach", f"cgroup:{cgroup_rel}:egress",
-                   "--pin-root", str(bpffs / "bpfshare"), "--json")
+    out = bpfshare(
+        "load",
+        str(bpf_objects["cgroup_counter_mapdef"]),
+        "--program",
+        "count_cgroup_egress",
+        "--map",
+        f"shared_counts={pin}",
+        "--attach",
+        f"cgroup:{cgroup_rel}:egress",
+        "--pin-root",
+        str(bpffs / "bpfshare"),
+        "--json",
+    )
     result = json.loads(out.stdout)
     assert result["maps"]["shared_counts"] == {"id": tc_map_id, "pinPath": str(pin), "reused": True}
     prog = bpftool("prog", "show", "id", str(result["programId"]))
@@ -111,17 +137,38 @@ def test_legacy_object_that_tc_refuses_shares_its_map_with_a_btf_object(
     assert "legacy map definitions" in refused.stderr
 
     root = bpffs / "bpfshare"
-    first = json.loads(bpfshare("load", str(legacy), "--program", "count_ingress",
-                                "--attach", f"tc:{netns_pair.if_b}:ingress@{netns_pair.ns_b}",
-                                "--pin-root", str(root), "--json").stdout)
+    first = json.loads(
+        bpfshare(
+            "load",
+            str(legacy),
+            "--program",
+            "count_ingress",
+            "--attach",
+            f"tc:{netns_pair.if_b}:ingress@{netns_pair.ns_b}",
+            "--pin-root",
+            str(root),
+            "--json",
+        ).stdout
+    )
     # PIN_GLOBAL_NS follows iproute2's convention under the pin root.
     pin = root / "tc" / "globals" / "shared_counts"
     assert first["maps"]["shared_counts"]["pinPath"] == str(pin)
     assert first["maps"]["shared_counts"]["reused"] is False
-    second = json.loads(bpfshare("load", str(bpf_objects["flow_counter"]), "--program", "count_cgroup_egress",
-                                 "--map", f"shared_counts={pin}",
-                                 "--attach", f"cgroup:{cgroup_dir.name}:egress",
-                                 "--pin-root", str(root), "--json").stdout)
+    second = json.loads(
+        bpfshare(
+            "load",
+            str(bpf_objects["flow_counter"]),
+            "--program",
+            "count_cgroup_egress",
+            "--map",
+            f"shared_counts={pin}",
+            "--attach",
+            f"cgroup:{cgroup_dir.name}:egress",
+            "--pin-root",
+            str(root),
+            "--json",
+        ).stdout
+    )
     map_id = first["maps"]["shared_counts"]["id"]
     assert second["maps"]["shared_counts"]["id"] == map_id
     assert bpftool("map", "show", "pinned", str(pin))["id"] == map_id  # type: ignore[index]
@@ -146,16 +193,45 @@ def filters_on(pair: NetnsPair) -> list[int]:
 
 def test_incompatible_reuse_names_every_field_and_touches_nothing(bpffs: Path, bpf_objects) -> None:
     pin = bpffs / "other"
-    subprocess.run(["bpftool", "map", "create", str(pin), "type", "hash", "key", "8", "value", "4",
-                    "entries", "16", "name", "other"], check=True)
-    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", *["1"] * 8, "value", *["2"] * 4],
-                   check=True)
+    subprocess.run(
+        [
+            "bpftool",
+            "map",
+            "create",
+            str(pin),
+            "type",
+            "hash",
+            "key",
+            "8",
+            "value",
+            "4",
+            "entries",
+            "16",
+            "name",
+            "other",
+        ],
+        check=True,
+    )
+    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", *["1"] * 8, "value", *["2"] * 4], check=True)
     before = bpftool("map", "show", "pinned", str(pin))
-    proc = bpfshare("load", str(bpf_objects["cgroup_counter_mapdef"]), "--program", "count_cgroup_egress",
-                    "--map", f"shared_counts={pin}", "--pin-root", str(bpffs / "bpfshare"), check=False)
+    proc = bpfshare(
+        "load",
+        str(bpf_objects["cgroup_counter_mapdef"]),
+        "--program",
+        "count_cgroup_egress",
+        "--map",
+        f"shared_counts={pin}",
+        "--pin-root",
+        str(bpffs / "bpfshare"),
+        check=False,
+    )
     assert proc.returncode == 1
-    for words in ("Type: Hash changed to Array", "KeySize: 8 changed to 4", "ValueSize: 4 changed to 8",
-                  "MaxEntries: 16 changed to 4"):
+    for words in (
+        "Type: Hash changed to Array",
+        "KeySize: 8 changed to 4",
+        "ValueSize: 4 changed to 8",
+        "MaxEntries: 16 changed to 4",
+    ):
         assert words in proc.stderr
     assert "Traceback" not in proc.stderr
     assert bpftool("map", "show", "pinned", str(pin)) == before
@@ -164,8 +240,17 @@ def test_incompatible_reuse_names_every_field_and_touches_nothing(bpffs: Path, b
 
 
 def test_bound_pin_that_does_not_exist_is_an_error_not_a_new_map(bpffs: Path, bpf_objects) -> None:
-    proc = bpfshare("load", str(bpf_objects["cgroup_counter_mapdef"]), "--program", "count_cgroup_egress",
-                    "--map", f"shared_counts={bpffs}/nope", "--pin-root", str(bpffs), check=False)
+    proc = bpfshare(
+        "load",
+        str(bpf_objects["cgroup_counter_mapdef"]),
+        "--program",
+        "count_cgroup_egress",
+        "--map",
+        f"shared_counts={bpffs}/nope",
+        "--pin-root",
+        str(bpffs),
+        check=False,
+    )
     assert proc.returncode == 1
     assert f"{bpffs}/nope: no such pin" in proc.stderr
     assert pins_in(bpffs) == []
@@ -205,8 +290,17 @@ def test_missing_interface_namespace_and_cgroup_are_clear_errors(bpffs: Path, bp
 
 
 def test_program_type_that_does_not_fit_the_attach_kind(bpffs: Path, bpf_objects) -> None:
-    proc = bpfshare("load", str(bpf_objects["flow_counter"]), "--program", "count_cgroup_egress",
-                    "--attach", "tc:lo:ingress", "--pin-root", str(bpffs), check=False)
+    proc = bpfshare(
+        "load",
+        str(bpf_objects["flow_counter"]),
+        "--program",
+        "count_cgroup_egress",
+        "--attach",
+        "tc:lo:ingress",
+        "--pin-root",
+        str(bpffs),
+        check=False,
+    )
     assert proc.returncode == 1
     assert "tc needs a SchedCls program" in proc.stderr
 
@@ -215,8 +309,17 @@ def test_concurrent_loaders_converge_on_one_map(bpffs: Path, bpf_objects) -> Non
     obj = str(bpf_objects["flow_counter"])
 
     def load(i: int) -> dict:  # type: ignore[type-arg]
-        out = bpfshare("load", obj, "--program", "count_ingress", "--pin-root", str(bpffs),
-                       "--pin-dir", str(bpffs / f"loader{i}"), "--json")
+        out = bpfshare(
+            "load",
+            obj,
+            "--program",
+            "count_ingress",
+            "--pin-root",
+            str(bpffs),
+            "--pin-dir",
+            str(bpffs / f"loader{i}"),
+            "--json",
+        )
         return json.loads(out.stdout)
 
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -40,35 +40,45 @@ COUNTER_RELOC_INSN = 3
 
 def counter(ret: int) -> bytes:
     """``counter[0] += 1`` (atomically) then ``return ret``; the map is bound by relocation."""
-    return b"".join([
-        insn(ST_MEM_W, R10, off=-4, imm=0),  # key = 0 on the stack
-        insn(MOV64_REG, 2, R10),
-        insn(ADD64_IMM, 2, imm=-4),  # r2 = &key
-        insn(LD_IMM64, 1), insn(0),  # r1 = map (insn 3, patched with the fd)
-        insn(CALL, imm=HELPER_MAP_LOOKUP),
-        insn(JEQ_IMM, 0, off=2, imm=0),  # if !value skip the add
-        insn(MOV64_IMM, 1, imm=1),
-        insn(ATOMIC_DW, 0, 1, off=0, imm=0),  # lock *(u64 *)(r0 + 0) += r1
-        insn(MOV64_IMM, 0, imm=ret),
-        insn(EXIT),
-    ])
+    return b"".join(
+        [
+            insn(ST_MEM_W, R10, off=-4, imm=0),  # key = 0 on the stack
+            insn(MOV64_REG, 2, R10),
+            insn(ADD64_IMM, 2, imm=-4),  # r2 = &key
+            insn(LD_IMM64, 1),
+            insn(0),  # r1 = map (insn 3, patched with the fd)
+            insn(CALL, imm=HELPER_MAP_LOOKUP),
+            insn(JEQ_IMM, 0, off=2, imm=0),  # if !value skip the add
+            insn(MOV64_IMM, 1, imm=1),
+            insn(ATOMIC_DW, 0, 1, off=0, imm=0),  # lock *(u64 *)(r0 + 0) += r1
+            insn(MOV64_IMM, 0, imm=ret),
+            insn(EXIT),
+        ]
+    )
 
 
 COUNTER_MAP = MapSpec(name="counter", type=MapType.Array, key_size=4, value_size=8, max_entries=1)
 
 
-def counter_spec(prog_type: ProgType, attach: AttachType | None = None, ret: int = 0,
-                 name: str = "count") -> ProgramSpec:
+def counter_spec(
+    prog_type: ProgType, attach: AttachType | None = None, ret: int = 0, name: str = "count"
+) -> ProgramSpec:
     return ProgramSpec(
-        name=name, section="test", type=prog_type, expected_attach_type=attach,
-        instructions=counter(ret), relocations=(MapRelocation(COUNTER_RELOC_INSN, "counter"),),
+        name=name,
+        section="test",
+        type=prog_type,
+        expected_attach_type=attach,
+        instructions=counter(ret),
+        relocations=(MapRelocation(COUNTER_RELOC_INSN, "counter"),),
     )
 
 
-def simple_spec(prog_type: ProgType, instructions: bytes, attach: AttachType | None = None,
-                name: str = "simple") -> ProgramSpec:
-    return ProgramSpec(name=name, section="test", type=prog_type, expected_attach_type=attach,
-                       instructions=instructions)
+def simple_spec(
+    prog_type: ProgType, instructions: bytes, attach: AttachType | None = None, name: str = "simple"
+) -> ProgramSpec:
+    return ProgramSpec(
+        name=name, section="test", type=prog_type, expected_attach_type=attach, instructions=instructions
+    )
 
 
 def u32(value: int) -> bytes:

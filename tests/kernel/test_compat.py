@@ -15,8 +15,15 @@ from bpfshare.types import MapFlag, MapType, ProgType
 
 
 def info_like(spec: MapSpec, **changes: object) -> MapInfo:
-    base = MapInfo(id=1, type=spec.type, key_size=spec.key_size, value_size=spec.value_size,
-                   max_entries=spec.max_entries, flags=spec.flags, name=spec.name[:15])
+    base = MapInfo(
+        id=1,
+        type=spec.type,
+        key_size=spec.key_size,
+        value_size=spec.value_size,
+        max_entries=spec.max_entries,
+        flags=spec.flags,
+        name=spec.name[:15],
+    )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -29,8 +36,7 @@ def test_identical_is_compatible() -> None:
 
 
 def test_every_difference_named_at_once() -> None:
-    want = MapSpec(name="m", type=MapType.Array, key_size=8, value_size=8, max_entries=16,
-                   flags=MapFlag.NoPrealloc)
+    want = MapSpec(name="m", type=MapType.Array, key_size=8, value_size=8, max_entries=16, flags=MapFlag.NoPrealloc)
     with pytest.raises(IncompatibleMapError) as exc:
         check_compatible(want, info_like(HASH), "map 'm' pinned at /x")
     assert exc.value.differences == [
@@ -61,9 +67,7 @@ def test_devmap_rdonly_prog_added_by_kernel_is_ignored() -> None:
     spec = MapSpec(name="tx", type=MapType.DevMap, key_size=4, value_size=4, max_entries=8)
     assert map_differences(spec, info_like(spec, flags=MapFlag.RdonlyProg)) == []
     # ...but not for other types.
-    assert map_differences(HASH, info_like(HASH, flags=MapFlag.RdonlyProg)) == [
-        "Flags: RdonlyProg changed to 0"
-    ]
+    assert map_differences(HASH, info_like(HASH, flags=MapFlag.RdonlyProg)) == ["Flags: RdonlyProg changed to 0"]
 
 
 def test_fd_only_flags_are_ignored() -> None:

@@ -115,15 +115,31 @@ def test_object_name_sanitized_and_truncated() -> None:
 
 
 def test_global_data_contents_and_rodata_frozen() -> None:
-    data = MapSpec(name=".data", type=MapType.Array, key_size=4, value_size=16, max_entries=1,
-                   style=DefinitionStyle.GLOBAL_DATA, section=".data", contents=b"hello")
+    data = MapSpec(
+        name=".data",
+        type=MapType.Array,
+        key_size=4,
+        value_size=16,
+        max_entries=1,
+        style=DefinitionStyle.GLOBAL_DATA,
+        section=".data",
+        contents=b"hello",
+    )
     with Map.create(data) as m:
         assert m.lookup(u32(0)) == b"hello".ljust(16, b"\0")
         m.update(u32(0), b"x" * 16)  # .data stays writable
 
-    rodata = MapSpec(name=".rodata", type=MapType.Array, key_size=4, value_size=8, max_entries=1,
-                     flags=MapFlag.RdonlyProg, style=DefinitionStyle.GLOBAL_DATA, section=".rodata",
-                     contents=b"\x2a")
+    rodata = MapSpec(
+        name=".rodata",
+        type=MapType.Array,
+        key_size=4,
+        value_size=8,
+        max_entries=1,
+        flags=MapFlag.RdonlyProg,
+        style=DefinitionStyle.GLOBAL_DATA,
+        section=".rodata",
+        contents=b"\x2a",
+    )
     with Map.create(rodata) as m:
         assert m.lookup(u32(0)) == b"\x2a".ljust(8, b"\0")
         with pytest.raises(KernelError) as exc:
@@ -133,8 +149,7 @@ def test_global_data_contents_and_rodata_frozen() -> None:
 
 def test_map_of_maps_uses_inner_spec() -> None:
     inner = MapSpec(name="inner", type=MapType.Array, key_size=4, value_size=4, max_entries=1)
-    outer = MapSpec(name="outer", type=MapType.ArrayOfMaps, key_size=4, value_size=0, max_entries=2,
-                    inner=inner)
+    outer = MapSpec(name="outer", type=MapType.ArrayOfMaps, key_size=4, value_size=0, max_entries=2, inner=inner)
     with Map.create(outer) as m, Map.create(inner) as child:
         assert m.info().value_size == 4  # value size 0 means "a map": 4
         m.update(u32(0), u32(child.fd))

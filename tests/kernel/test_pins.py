@@ -43,7 +43,9 @@ def test_refused_reuse_leaves_existing_map_untouched(bpffs: Path) -> None:
     with pytest.raises(IncompatibleMapError) as exc:
         get_or_create_pinned(other, path, f"map 'flow_counts' pinned at {path}")
     assert exc.value.differences == [
-        "Type: Hash changed to Array", "KeySize: 4 changed to 8", "MaxEntries: 1024 changed to 16",
+        "Type: Hash changed to Array",
+        "KeySize: 4 changed to 8",
+        "MaxEntries: 1024 changed to 16",
     ]
     assert str(path) in str(exc.value)
     with Map.from_pin(path) as after:

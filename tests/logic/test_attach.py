@@ -76,8 +76,11 @@ def test_fit_accepts_matching_types() -> None:
     [
         (_spec(ProgType.CgroupSkb), TcTarget("eth0", "ingress"), "tc needs a SchedCls program"),
         (_spec(ProgType.SchedCls), CgroupTarget("/", "egress"), "cgroup egress needs a CgroupSkb program"),
-        (_spec(ProgType.CgroupSkb, AttachType.CgroupInetEgress), CgroupTarget("/", "ingress"),
-         "built for CgroupInetEgress, not CgroupInetIngress"),
+        (
+            _spec(ProgType.CgroupSkb, AttachType.CgroupInetEgress),
+            CgroupTarget("/", "ingress"),
+            "built for CgroupInetEgress, not CgroupInetIngress",
+        ),
     ],
 )
 def test_fit_refuses_mismatches(spec: ProgramSpec, target: object, words: str) -> None:

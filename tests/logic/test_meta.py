@@ -13,9 +13,14 @@ from bpfshare.loader import MapBinding
 
 
 def test_meta_round_trip() -> None:
-    meta = ProgramMeta(fingerprint="f", program="count_ingress", digest="d", generation=4,
-                       bindings={"shared_counts": "/sys/fs/bpf/bpfshare/maps/flow-counts"},
-                       tc=[{"interface": "eth0", "direction": "ingress", "netns": None, "priority": 1, "handle": 1}])
+    meta = ProgramMeta(
+        fingerprint="f",
+        program="count_ingress",
+        digest="d",
+        generation=4,
+        bindings={"shared_counts": "/sys/fs/bpf/bpfshare/maps/flow-counts"},
+        tc=[{"interface": "eth0", "direction": "ingress", "netns": None, "priority": 1, "handle": 1}],
+    )
     raw = meta.encode()
     assert len(raw) == META_VALUE_SIZE
     assert ProgramMeta.decode(raw) == meta

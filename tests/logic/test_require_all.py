@@ -20,9 +20,22 @@ def run_pytest(tmp_path: Path, require_all: str) -> subprocess.CompletedProcess[
     )
     env = {**os.environ, "BPFSHARE_REQUIRE_ALL": require_all}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.conftest",
-         "--rootdir", str(tmp_path), str(tmp_path / "test_skips.py")],
-        cwd=REPO, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_skips.py"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -12,12 +12,14 @@ from bpfshare.resources import NodeSelector, ResourceError, parse_map, parse_pro
 from bpfshare.types import MapFlag, MapType
 
 MAP: dict[str, Any] = {
-    "apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfMap",
+    "apiVersion": "bpfshare.io/v1alpha1",
+    "kind": "BpfMap",
     "metadata": {"name": "flow-counts", "generation": 3},
     "spec": {"type": "Hash", "keySize": 4, "valueSize": 8, "maxEntries": 1024, "flags": ["NoPrealloc"]},
 }
 PROG: dict[str, Any] = {
-    "apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram",
+    "apiVersion": "bpfshare.io/v1alpha1",
+    "kind": "BpfProgram",
     "metadata": {"name": "count-ingress"},
     "spec": {
         "bytecode": {"path": "/opt/bpfshare/bpf/flow_counter.o"},
@@ -75,8 +77,9 @@ def test_program_targets_one_per_interface() -> None:
 
 
 def test_program_tcx_and_cgroup() -> None:
-    tcx = parse_program(with_spec(PROG, attach={"tcx": {"interfaces": ["veth0"], "direction": "egress",
-                                                        "networkNamespace": "ns1"}}))
+    tcx = parse_program(
+        with_spec(PROG, attach={"tcx": {"interfaces": ["veth0"], "direction": "egress", "networkNamespace": "ns1"}})
+    )
     assert tcx.targets == (TcxTarget("veth0", "egress", "ns1"),)
     cg = parse_program(with_spec(PROG, attach={"cgroup": {"path": "/kubepods", "type": "connect4"}}))
     assert cg.targets == (CgroupTarget("/kubepods", "connect4"),)
@@ -89,8 +92,10 @@ def test_program_tcx_and_cgroup() -> None:
         ({"bytecode": {}}, "spec.bytecode"),
         ({"bytecode": {"path": "/x.o", "sha256": "XYZ"}}, "spec.bytecode.sha256"),
         ({"bytecode": {"configMap": {"name": "x"}}}, "spec.bytecode.configMap"),
-        ({"attach": {"tc": {"interfaces": ["a"], "direction": "ingress"}, "cgroup": {"type": "egress"}}},
-         "spec.attach"),
+        (
+            {"attach": {"tc": {"interfaces": ["a"], "direction": "ingress"}, "cgroup": {"type": "egress"}}},
+            "spec.attach",
+        ),
         ({"attach": {"tc": {"interfaces": [], "direction": "ingress"}}}, "spec.attach.tc.interfaces"),
         ({"attach": {"tc": {"interfaces": ["a"]}}}, "spec.attach.tc.direction"),
         ({"attach": {"tc": {"interfaces": ["a"], "direction": "sideways"}}}, "spec.attach.tc.direction"),

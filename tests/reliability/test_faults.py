@@ -32,9 +32,12 @@ def programs(obj: Path, pair: NetnsPair, cgroup: Path, salt: int) -> list[dict[s
     inline = {"inline": salted_inline(obj, salt)}
 
     def prog(name: str, program: str, attach: dict[str, Any], bpfmap_name: str) -> dict[str, Any]:
-        return {"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram", "metadata": {"name": name},
-                "spec": {"bytecode": inline, "program": program, "attach": attach,
-                         "maps": {"shared_counts": bpfmap_name}}}
+        return {
+            "apiVersion": "bpfshare.io/v1alpha1",
+            "kind": "BpfProgram",
+            "metadata": {"name": name},
+            "spec": {"bytecode": inline, "program": program, "attach": attach, "maps": {"shared_counts": bpfmap_name}},
+        }
 
     veth = {"interfaces": [pair.if_b], "direction": "ingress", "networkNamespace": pair.ns_b}
     return [
@@ -49,6 +52,7 @@ MAP_DOCS = [bpfmap("tc-counts"), bpfmap("tcx-counts"), bpfmap("cg-counts")]
 
 def wait_rolled_out(cluster: Cluster, node: str, names: list[str], timeout: float = 60.0) -> dict[str, dict]:
     """Every program Ready on ``node`` at its current generation; their entries."""
+
     def done() -> dict[str, dict] | None:
         out = {}
         for name in names:
@@ -85,8 +89,9 @@ def quiet_pair(netns_pair: NetnsPair) -> NetnsPair:
     return netns_pair
 
 
-def test_upgrades_under_traffic_drop_nothing(cluster: Cluster, bpf_objects, quiet_pair: NetnsPair,
-                                             cgroup_dir: Path) -> None:
+def test_upgrades_under_traffic_drop_nothing(
+    cluster: Cluster, bpf_objects, quiet_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
     obj = bpf_objects["flow_counter"]
@@ -102,8 +107,16 @@ def test_upgrades_under_traffic_drop_nothing(cluster: Cluster, bpf_objects, quie
                 assert now[name]["programId"] != previous[name]["programId"], f"{name} was not upgraded"
             previous = now
     seen = {n: counters(pins[f"{n}-counts"])[CG_EGRESS if n == "cg" else TC_INGRESS] for n in ("tc", "tcx", "cg")}
-    record("upgrades under traffic", cycles=CYCLES, upgrades=3 * CYCLES, veth_sent=veth.sent, tc_seen=seen["tc"],
-           tcx_seen=seen["tcx"], cgroup_sent=cg.sent, cgroup_seen=seen["cg"])
+    record(
+        "upgrades under traffic",
+        cycles=CYCLES,
+        upgrades=3 * CYCLES,
+        veth_sent=veth.sent,
+        tc_seen=seen["tc"],
+        tcx_seen=seen["tcx"],
+        cgroup_sent=cg.sent,
+        cgroup_seen=seen["cg"],
+    )
     assert seen == {"tc": veth.sent, "tcx": veth.sent, "cg": cg.sent}
     assert veth.sent > 100 and cg.sent > 100
     # Links were updated in place, never re-created.
@@ -113,8 +126,9 @@ def test_upgrades_under_traffic_drop_nothing(cluster: Cluster, bpf_objects, quie
     assert_no_leaks(agent)
 
 
-def test_sigkill_mid_reconcile_never_disturbs_the_datapath(cluster: Cluster, bpf_objects, quiet_pair: NetnsPair,
-                                                           cgroup_dir: Path) -> None:
+def test_sigkill_mid_reconcile_never_disturbs_the_datapath(
+    cluster: Cluster, bpf_objects, quiet_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
     obj = bpf_objects["flow_counter"]
@@ -130,15 +144,25 @@ def test_sigkill_mid_reconcile_never_disturbs_the_datapath(cluster: Cluster, bpf
             time.sleep(rng.uniform(0.0, 0.6))  # somewhere inside the reconcile it triggers
             agent.kill()
             time.sleep(0.2)
-            now = [counters(pins["tc-counts"])[TC_INGRESS], counters(pins["tcx-counts"])[TC_INGRESS],
-                   counters(pins["cg-counts"])[CG_EGRESS]]
+            now = [
+                counters(pins["tc-counts"])[TC_INGRESS],
+                counters(pins["tcx-counts"])[TC_INGRESS],
+                counters(pins["cg-counts"])[CG_EGRESS],
+            ]
             assert all(n > p for n, p in zip(now, last, strict=True)), (now, last)  # counting on, agent dead
             last = now
             agent.start()
         entries = wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"])
     seen = {n: counters(pins[f"{n}-counts"])[CG_EGRESS if n == "cg" else TC_INGRESS] for n in ("tc", "tcx", "cg")}
-    record("SIGKILL mid-reconcile", kills=CYCLES, veth_sent=veth.sent, tc_seen=seen["tc"], tcx_seen=seen["tcx"],
-           cgroup_sent=cg.sent, cgroup_seen=seen["cg"])
+    record(
+        "SIGKILL mid-reconcile",
+        kills=CYCLES,
+        veth_sent=veth.sent,
+        tc_seen=seen["tc"],
+        tcx_seen=seen["tcx"],
+        cgroup_sent=cg.sent,
+        cgroup_seen=seen["cg"],
+    )
     assert seen == {"tc": veth.sent, "tcx": veth.sent, "cg": cg.sent}
     for name, map_id in map_ids.items():
         assert cluster.wait_phase(MAPS, name, node)["mapId"] == map_id
@@ -147,8 +171,9 @@ def test_sigkill_mid_reconcile_never_disturbs_the_datapath(cluster: Cluster, bpf
     assert_no_leaks(agent)
 
 
-def test_api_server_outage_leaves_the_datapath_and_recovers(cluster: Cluster, bpf_objects, quiet_pair: NetnsPair,
-                                                            cgroup_dir: Path) -> None:
+def test_api_server_outage_leaves_the_datapath_and_recovers(
+    cluster: Cluster, bpf_objects, quiet_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     from bpfshare.controlplane.run import start_apiserver, stop_apiserver
 
     node = cluster.add_node()
@@ -178,14 +203,18 @@ def test_api_server_outage_leaves_the_datapath_and_recovers(cluster: Cluster, bp
     assert all(after[n]["programId"] != before[n]["programId"] for n in after)
 
 
-def test_drift_is_repaired_by_the_resync_with_events(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
-                                                     cgroup_dir: Path) -> None:
+def test_drift_is_repaired_by_the_resync_with_events(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     from tests.integration.test_apply import cgroup_program, tc_program
 
     node = cluster.add_node()
     agent = cluster.start_agent(node)  # resync every 2 s
-    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                  cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    cluster.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     tc = cluster.wait_phase(PROGS, "count-ingress", node)
     cg = cluster.wait_phase(PROGS, "count-cgroup", node)
     m = cluster.wait_phase(MAPS, "flow-counts", node)
@@ -195,8 +224,15 @@ def test_drift_is_repaired_by_the_resync_with_events(cluster: Cluster, bpf_objec
     subprocess.run(["bpftool", "link", "detach", "id", str(cg["attachments"][0]["linkId"])], check=True)
     assert filters_on(netns_pair) == [] and bpftool("cgroup", "show", str(cgroup_dir)) == []
 
-    cluster.wait(lambda: Path(m["pinPath"]).exists() and filters_on(netns_pair) == [tc["programId"]]
-                 and bpftool("cgroup", "show", str(cgroup_dir)) != [], "drift repaired", timeout=15)
+    cluster.wait(
+        lambda: (
+            Path(m["pinPath"]).exists()
+            and filters_on(netns_pair) == [tc["programId"]]
+            and bpftool("cgroup", "show", str(cgroup_dir)) != []
+        ),
+        "drift repaired",
+        timeout=15,
+    )
     assert counters(Path(m["pinPath"]))[TC_INGRESS] >= 3  # the same map, contents kept
     assert cluster.wait_phase(MAPS, "flow-counts", node)["mapId"] == m["mapId"]
     events = cluster.kubectl("get", "events", "-n", "default", "-o", "json").stdout
@@ -206,14 +242,18 @@ def test_drift_is_repaired_by_the_resync_with_events(cluster: Cluster, bpf_objec
     assert agent.alive()
 
 
-def test_emptied_bpffs_recreates_maps_says_so_and_reattaches(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
-                                                             cgroup_dir: Path) -> None:
+def test_emptied_bpffs_recreates_maps_says_so_and_reattaches(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
+) -> None:
     from tests.integration.test_apply import cgroup_program, tc_program
 
     node = cluster.add_node()
     agent = cluster.start_agent(node)
-    cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair),
-                  cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    cluster.apply(
+        bpfmap(),
+        tc_program(bpf_objects["flow_counter"], netns_pair),
+        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
+    )
     old_map = cluster.wait_phase(MAPS, "flow-counts", node)["mapId"]
     cluster.wait_phase(PROGS, "count-cgroup", node)
     cluster.wait_phase(PROGS, "count-ingress", node)
@@ -229,8 +269,16 @@ def test_emptied_bpffs_recreates_maps_says_so_and_reattaches(cluster: Cluster, b
 
     entry = cluster.wait(recreated, "the map re-created", timeout=20)
     assert "contents lost" in entry["message"]
-    tc = cluster.wait(lambda: (e := cluster.entry(PROGS, "count-ingress", node)) and e["phase"] == "Ready"
-                      and e["maps"]["shared_counts"] == entry["mapId"] and e, "tc program re-bound", timeout=20)
+    tc = cluster.wait(
+        lambda: (
+            (e := cluster.entry(PROGS, "count-ingress", node))
+            and e["phase"] == "Ready"
+            and e["maps"]["shared_counts"] == entry["mapId"]
+            and e
+        ),
+        "tc program re-bound",
+        timeout=20,
+    )
     cluster.wait(lambda: filters_on(netns_pair) == [tc["programId"]], "tc filter back")
     cluster.wait(lambda: len(bpftool("cgroup", "show", str(cgroup_dir))) == 1, "cgroup program back")  # type: ignore[arg-type]
     events = json.loads(cluster.kubectl("get", "events", "-n", "default", "-o", "json").stdout)["items"]

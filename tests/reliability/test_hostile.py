@@ -38,13 +38,15 @@ def refused(cluster: Cluster, doc: dict[str, Any]) -> str:
         ({"type": "Array", "keySize": 8}, "keySize"),
     ],
 )
-def test_the_api_server_refuses_what_the_schema_can_express(crds: Any, cluster: Cluster, spec: dict[str, Any],
-                                                            field: str) -> None:
+def test_the_api_server_refuses_what_the_schema_can_express(
+    crds: Any, cluster: Cluster, spec: dict[str, Any], field: str
+) -> None:
     assert field in refused(cluster, bpfmap("hostile", **spec))
 
 
-def test_the_agent_reports_the_rest_and_disturbs_nothing(cluster: Cluster, bpf_objects, netns_pair: NetnsPair,
-                                                         cgroup_dir: Path, tmp_path: Path) -> None:
+def test_the_agent_reports_the_rest_and_disturbs_nothing(
+    cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path, tmp_path: Path
+) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
     cluster.apply(bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair))
@@ -55,15 +57,17 @@ def test_the_agent_reports_the_rest_and_disturbs_nothing(cluster: Cluster, bpf_o
     cm_ns = "default"
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"\xff\xfe" + os.urandom(500))  # binary (so binaryData), but no ELF
-    cluster.kubectl("create", "configmap", "bpf-objects", "-n", cm_ns, f"--from-file=counter.o={obj}",
-                    f"--from-file=junk.o={junk}")
+    cluster.kubectl(
+        "create", "configmap", "bpf-objects", "-n", cm_ns, f"--from-file=counter.o={obj}", f"--from-file=junk.o={junk}"
+    )
     cluster.kubectl("create", "configmap", "bpf-text", "-n", cm_ns, "--from-literal=counter.o=hello")
     try:
         garbage = base64.b64encode(b"\x7fELF" + os.urandom(2000)).decode()
 
         def from_cm(name: str, key: str, cm: str = "bpf-objects") -> dict[str, Any]:
-            return cgroup_program(obj, cgroup_dir, name=name,
-                                  bytecode={"configMap": {"namespace": cm_ns, "name": cm, "key": key}})
+            return cgroup_program(
+                obj, cgroup_dir, name=name, bytecode={"configMap": {"namespace": cm_ns, "name": cm, "key": key}}
+            )
 
         cluster.apply(
             bpfmap("too-big", type="Hash", keySize=64, valueSize=1 << 20, maxEntries=1 << 30),
@@ -72,8 +76,12 @@ def test_the_agent_reports_the_rest_and_disturbs_nothing(cluster: Cluster, bpf_o
             from_cm("cm-not-elf", "junk.o"),
             from_cm("cm-text-key", "counter.o", cm="bpf-text"),
             cgroup_program(obj, cgroup_dir, name="garbage", bytecode={"inline": garbage}),
-            cgroup_program(obj, cgroup_dir, name="no-cgroup",
-                           attach={"cgroup": {"path": "bpfshare-no-such-cgroup", "type": "egress"}}),
+            cgroup_program(
+                obj,
+                cgroup_dir,
+                name="no-cgroup",
+                attach={"cgroup": {"path": "bpfshare-no-such-cgroup", "type": "egress"}},
+            ),
             tc_program(bpf_objects["flow_counter"], netns_pair, name="wrong-kind", program="count_cgroup_egress"),
         )
         too_big = cluster.wait_phase(MAPS, "too-big", node, "Error")

@@ -29,12 +29,36 @@ def quiet_link(pair: NetnsPair) -> None:
         run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", netns=ns)
         run("sysctl", "-qw", f"net.ipv6.conf.{ifname}.disable_ipv6=1", netns=ns)
     # (/sys/class/net shows the host's namespace under nsenter: ask ip instead.)
-    mac = {ns: json.loads(run("ip", "-j", "link", "show", "dev", ifname, netns=ns).stdout)[0]["address"]
-           for ns, ifname in ((pair.ns_a, pair.if_a), (pair.ns_b, pair.if_b))}
-    run("ip", "neigh", "replace", pair.addr_b, "lladdr", mac[pair.ns_b], "dev", pair.if_a, "nud", "permanent",
-        netns=pair.ns_a)
-    run("ip", "neigh", "replace", pair.addr_a, "lladdr", mac[pair.ns_a], "dev", pair.if_b, "nud", "permanent",
-        netns=pair.ns_b)
+    mac = {
+        ns: json.loads(run("ip", "-j", "link", "show", "dev", ifname, netns=ns).stdout)[0]["address"]
+        for ns, ifname in ((pair.ns_a, pair.if_a), (pair.ns_b, pair.if_b))
+    }
+    run(
+        "ip",
+        "neigh",
+        "replace",
+        pair.addr_b,
+        "lladdr",
+        mac[pair.ns_b],
+        "dev",
+        pair.if_a,
+        "nud",
+        "permanent",
+        netns=pair.ns_a,
+    )
+    run(
+        "ip",
+        "neigh",
+        "replace",
+        pair.addr_a,
+        "lladdr",
+        mac[pair.ns_a],
+        "dev",
+        pair.if_b,
+        "nud",
+        "permanent",
+        netns=pair.ns_b,
+    )
     # b answers each datagram with ICMP port unreachable, which leaves by b's egress: not counted at
     # b's ingress. A listener would be quieter, but this keeps b free of processes.
 
@@ -95,8 +119,11 @@ class CgroupTraffic:
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> CgroupTraffic:
-        self.proc = subprocess.Popen([sys.executable, "-c", SENDER, str(self.cgroup / "cgroup.procs"),
-                                      str(self.interval)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SENDER, str(self.cgroup / "cgroup.procs"), str(self.interval)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 5
         while str(self.proc.pid) not in (self.cgroup / "cgroup.procs").read_text().split():
             if time.monotonic() > deadline:

@@ -58,11 +58,13 @@ def check_against_bpftool(path: Path) -> set[str]:
         if t.kind in (Kind.STRUCT, Kind.UNION):
             members = want["members"]
             assert [(m.name or "(anon)", m.type, m.offset) for m in btf.members(t)] == [
-                (m["name"], m["type_id"], m["bits_offset"]) for m in members  # type: ignore[attr-defined]
+                (m["name"], m["type_id"], m["bits_offset"])
+                for m in members  # type: ignore[attr-defined]
             ]
         if t.kind is Kind.DATASEC:
             assert [(v.type, v.offset, v.size) for v in btf.secinfo(t)] == [
-                (v["type_id"], v["offset"], v["size"]) for v in want["vars"]  # type: ignore[attr-defined]
+                (v["type_id"], v["offset"], v["size"])
+                for v in want["vars"]  # type: ignore[attr-defined]
             ]
     return {str(w["kind"]) for w in expected}
 
@@ -74,8 +76,26 @@ def test_examples_match_bpftool(bpf_objects: BpfObjects) -> None:
 
 def test_every_kind_matches_bpftool(compile_bpf: CompileBpf) -> None:
     kinds = check_against_bpftool(compile_bpf(KINDS))
-    assert {"INT", "PTR", "ARRAY", "STRUCT", "UNION", "ENUM", "FWD", "TYPEDEF", "VOLATILE", "CONST",
-            "RESTRICT", "FUNC", "FUNC_PROTO", "VAR", "DATASEC", "FLOAT", "DECL_TAG", "TYPE_TAG"} <= kinds
+    assert {
+        "INT",
+        "PTR",
+        "ARRAY",
+        "STRUCT",
+        "UNION",
+        "ENUM",
+        "FWD",
+        "TYPEDEF",
+        "VOLATILE",
+        "CONST",
+        "RESTRICT",
+        "FUNC",
+        "FUNC_PROTO",
+        "VAR",
+        "DATASEC",
+        "FLOAT",
+        "DECL_TAG",
+        "TYPE_TAG",
+    } <= kinds
 
 
 def test_sizes_through_modifiers(compile_bpf: CompileBpf) -> None:

@@ -43,8 +43,7 @@ def test_legacy_flavours(bpf_objects: BpfObjects) -> None:
     legacy = read_collection(bpf_objects["flow_counter_legacy"])
     shared = legacy.maps["shared_counts"]
     assert layout(shared) == SHARED_COUNTS
-    assert (shared.pinning, shared.style, shared.section) == (
-        Pinning.GlobalNS, DefinitionStyle.IPROUTE2_LEGACY, "maps")
+    assert (shared.pinning, shared.style, shared.section) == (Pinning.GlobalNS, DefinitionStyle.IPROUTE2_LEGACY, "maps")
     assert dict(shared.extra) == {"id": 0, "inner_id": 0, "inner_idx": 0}
     assert {n: (p.section, p.type) for n, p in legacy.programs.items()} == {
         "count_ingress": ("classifier/ingress", ProgType.SchedCls),
@@ -148,9 +147,10 @@ def test_binding_fds(bpf_objects: BpfObjects) -> None:
 
 
 def test_shared_counts_is_compatible_across_styles(bpf_objects: BpfObjects) -> None:
-    layouts = {name: layout(read_collection(bpf_objects[name]).maps["shared_counts"])
-               for name in ("flow_counter", "flow_counter_legacy", "cgroup_counter_mapdef", "flow_counter_tc",
-                            "features")}
+    layouts = {
+        name: layout(read_collection(bpf_objects[name]).maps["shared_counts"])
+        for name in ("flow_counter", "flow_counter_legacy", "cgroup_counter_mapdef", "flow_counter_tc", "features")
+    }
     assert set(layouts.values()) == {SHARED_COUNTS}, layouts
 
 

@@ -25,8 +25,7 @@ from tests.fixtures.objects import BpfObjects
 from tests.unit.bpfasm import CALL, LD_IMM64, decode
 
 EXAMPLES = int(os.environ.get("BPFSHARE_FUZZ_EXAMPLES", "300"))
-INTERESTING = [0, 1, 2, 3, 4, 7, 8, 20, 24, 36, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000,
-               0xFFFFFFFF]
+INTERESTING = [0, 1, 2, 3, 4, 7, 8, 20, 24, 36, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 
 
 @cache
@@ -107,8 +106,7 @@ def check_consistent(spec: CollectionSpec) -> None:
 def test_mutated_objects(bpf_objects: BpfObjects) -> None:
     paths = bpf_objects.paths()
 
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-              database=None)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(mutations(paths))
     def run(mutated: Mutated) -> None:
         try:

@@ -22,15 +22,33 @@ def test_inspect_flow_counter(bpf_objects: BpfObjects) -> None:
     assert out["license"] == "GPL"
     assert out["object"] == str(path)
     assert [p["name"] for p in out["programs"]] == [
-        "count_ingress", "count_egress", "count_tcx_ingress", "count_cgroup_ingress", "count_cgroup_egress"]
+        "count_ingress",
+        "count_egress",
+        "count_tcx_ingress",
+        "count_cgroup_ingress",
+        "count_cgroup_egress",
+    ]
     tcx = out["programs"][2]
     assert {k: tcx[k] for k in ("section", "type", "attachType", "maps")} == {
-        "section": "tcx/ingress", "type": "SchedCls", "attachType": "TcxIngress", "maps": ["shared_counts"]}
+        "section": "tcx/ingress",
+        "type": "SchedCls",
+        "attachType": "TcxIngress",
+        "maps": ["shared_counts"],
+    }
     assert out["programs"][0]["attachType"] is None
-    assert out["maps"] == [{
-        "name": "shared_counts", "type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4, "flags": [],
-        "pinning": "ByName", "style": "btf", "section": ".maps",
-    }]
+    assert out["maps"] == [
+        {
+            "name": "shared_counts",
+            "type": "Array",
+            "keySize": 4,
+            "valueSize": 8,
+            "maxEntries": 4,
+            "flags": [],
+            "pinning": "ByName",
+            "style": "btf",
+            "section": ".maps",
+        }
+    ]
 
 
 def test_inspect_styles(bpf_objects: BpfObjects) -> None:

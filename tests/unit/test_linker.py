@@ -23,7 +23,9 @@ struct {
 } counts SEC(".maps");
 """
 
-PING_PONG = MAP + """
+PING_PONG = (
+    MAP
+    + """
 static __noinline int pong(int x);
 static __noinline int ping(int x) {
     __u32 k = x;
@@ -39,15 +41,24 @@ SEC("tc") int second(struct __sk_buff *skb) { return global_helper(skb->len) + p
 SEC("xdp") int third(struct xdp_md *ctx) { return global_helper(ctx->ingress_ifindex); }
 char LICENSE[] SEC("license") = "GPL";
 """
+)
 
 
 def test_mutual_calls_appended_once(compile_bpf: CompileBpf) -> None:
     path = compile_bpf(PING_PONG)
     spec = read_collection(path)
     assert set(spec.programs) == {"first", "second", "third"}
-    code = {name: function_code(path, sec, name) for sec, name in
-            [("tc", "first"), ("tc", "second"), ("xdp", "third"), (".text", "ping"), (".text", "pong"),
-             (".text", "global_helper")]}
+    code = {
+        name: function_code(path, sec, name)
+        for sec, name in [
+            ("tc", "first"),
+            ("tc", "second"),
+            ("xdp", "third"),
+            (".text", "ping"),
+            (".text", "pong"),
+            (".text", "global_helper"),
+        ]
+    }
 
     first = spec.programs["first"].instructions
     # first, then ping and pong (each once, although they call each other), and nothing else
@@ -135,7 +146,10 @@ def test_custom_data_sections_and_strings(compile_bpf: CompileBpf) -> None:
     strings = [m for m in spec.maps.values() if m.name.startswith(".rodata.str")]
     assert strings and b"len %d\n\0" in strings[0].contents
     assert {r.map_name for r in spec.programs["custom"].relocations} == {
-        ".data.tuning", ".rodata.limits", strings[0].name}
+        ".data.tuning",
+        ".rodata.limits",
+        strings[0].name,
+    }
 
 
 def test_core_relocations_are_refused(compile_bpf: CompileBpf) -> None:

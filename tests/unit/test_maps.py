@@ -60,15 +60,27 @@ def test_btf_maps(compile_bpf: CompileBpf) -> None:
     assert set(spec.maps) == {"typed", "sized", "events", "per_cpu"}
     m = spec.maps
     assert (m["typed"].type, m["typed"].key_size, m["typed"].value_size, m["typed"].max_entries) == (
-        MapType.LruHash, 4, 16, 1024)
+        MapType.LruHash,
+        4,
+        16,
+        1024,
+    )
     assert m["typed"].flags == MapFlag.NoCommonLru
     assert (m["sized"].type, m["sized"].key_size, m["sized"].value_size, m["sized"].max_entries) == (
-        MapType.Hash, 12, 3, 7)
+        MapType.Hash,
+        12,
+        3,
+        7,
+    )
     assert m["sized"].flags == MapFlag.NoPrealloc | MapFlag.RdonlyProg
     assert m["sized"].pinning is Pinning.NONE
     assert dict(m["sized"].extra) == {"numa_node": 1}
     assert (m["events"].type, m["events"].key_size, m["events"].value_size, m["events"].pinning) == (
-        MapType.RingBuf, 0, 0, Pinning.ByName)
+        MapType.RingBuf,
+        0,
+        0,
+        Pinning.ByName,
+    )
     assert (m["per_cpu"].key_size, m["per_cpu"].value_size) == (4, 32)
     assert all(x.style is DefinitionStyle.BTF for x in m.values())
     assert spec.programs["use"].map_names == ["typed", "sized", "per_cpu"]
@@ -100,11 +112,22 @@ def test_btf_map_in_map_and_prog_array(compile_bpf: CompileBpf) -> None:
     spec = read_collection(compile_bpf(src))
     outer = spec.maps["outer"]
     assert (outer.type, outer.key_size, outer.value_size, outer.max_entries, outer.pinning) == (
-        MapType.HashOfMaps, 4, 4, 4, Pinning.ByName)
+        MapType.HashOfMaps,
+        4,
+        4,
+        4,
+        Pinning.ByName,
+    )
     inner = outer.inner
     assert inner is not None
     assert (inner.name, inner.type, inner.key_size, inner.value_size, inner.max_entries, inner.flags) == (
-        "outer.inner", MapType.Array, 4, 8, 8, MapFlag.InnerMap)
+        "outer.inner",
+        MapType.Array,
+        4,
+        8,
+        8,
+        MapFlag.InnerMap,
+    )
     jumps = spec.maps["jumps"]
     assert (jumps.type, jumps.key_size, jumps.value_size, jumps.inner) == (MapType.ProgArray, 4, 4, None)
 
@@ -127,8 +150,11 @@ def test_btf_map_static_initialisation_is_refused(compile_bpf: CompileBpf) -> No
 @pytest.mark.parametrize(
     ("body", "error", "match"),
     [
-        ("__uint(type, BPF_MAP_TYPE_ARRAY); __uint(key_size, 8); __type(key, __u32); __uint(max_entries, 1);",
-         ObjectError, r"map 'bad' key: size 8 conflicts with its type's size 4"),
+        (
+            "__uint(type, BPF_MAP_TYPE_ARRAY); __uint(key_size, 8); __type(key, __u32); __uint(max_entries, 1);",
+            ObjectError,
+            r"map 'bad' key: size 8 conflicts with its type's size 4",
+        ),
         ("__uint(type, BPF_MAP_TYPE_ARRAY); __uint(colour, 3);", UnsupportedError, r"unknown field 'colour'"),
         ("__uint(type, BPF_MAP_TYPE_ARRAY); __uint(pinning, 2);", ObjectError, r"invalid pinning 2"),
         ("__uint(type, 4242);", UnsupportedError, r"map 'bad': unknown map type 4242"),
@@ -136,13 +162,13 @@ def test_btf_map_static_initialisation_is_refused(compile_bpf: CompileBpf) -> No
     ],
 )
 def test_bad_btf_maps(compile_bpf: CompileBpf, body: str, error: type[Exception], match: str) -> None:
-    src = f"struct {{ {body} }} bad SEC(\".maps\");" + lookups("bad")
+    src = f'struct {{ {body} }} bad SEC(".maps");' + lookups("bad")
     with pytest.raises(error, match=match):
         read_collection(compile_bpf(src))
 
 
 def test_btf_maps_need_btf(compile_bpf: CompileBpf) -> None:
-    src = "struct { __uint(type, BPF_MAP_TYPE_ARRAY); } nobtf SEC(\".maps\");" + lookups("nobtf")
+    src = 'struct { __uint(type, BPF_MAP_TYPE_ARRAY); } nobtf SEC(".maps");' + lookups("nobtf")
     with pytest.raises(ObjectError, match=r"no \.BTF section"):
         read_collection(compile_bpf(src, debug=False))
 
@@ -153,7 +179,9 @@ LEGACY = """
 
 
 def test_bpf_map_def(compile_bpf: CompileBpf) -> None:
-    src = LEGACY + """
+    src = (
+        LEGACY
+        + """
     struct bpf_map_def SEC("maps") first = {
         .type = BPF_MAP_TYPE_PERCPU_HASH, .key_size = 16, .value_size = 24, .max_entries = 100,
         .map_flags = BPF_F_NO_PREALLOC,
@@ -161,14 +189,20 @@ def test_bpf_map_def(compile_bpf: CompileBpf) -> None:
     struct bpf_map_def SEC("maps") second = {
         .type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 2,
     };
-    """ + lookups("second", "first")
+    """
+        + lookups("second", "first")
+    )
     for debug in (True, False):
         spec = read_collection(compile_bpf(src, debug=debug))
         first, second = spec.maps["first"], spec.maps["second"]
         assert (first.type, first.key_size, first.value_size, first.max_entries, first.flags) == (
-            MapType.PercpuHash, 16, 24, 100, MapFlag.NoPrealloc)
-        assert (second.type, second.key_size, second.value_size, second.max_entries) == (
-            MapType.Array, 4, 8, 2)
+            MapType.PercpuHash,
+            16,
+            24,
+            100,
+            MapFlag.NoPrealloc,
+        )
+        assert (second.type, second.key_size, second.value_size, second.max_entries) == (MapType.Array, 4, 8, 2)
         assert {first.style, second.style} == {DefinitionStyle.LIBBPF_LEGACY}
         assert first.pinning is second.pinning is Pinning.NONE
         assert spec.programs["use"].map_names == ["second", "first"]
@@ -200,7 +234,9 @@ def test_odd_legacy_definition_size(compile_bpf: CompileBpf) -> None:
 
 
 def test_bpf_elf_map(compile_bpf: CompileBpf) -> None:
-    src = LEGACY + """
+    src = (
+        LEGACY
+        + """
     struct bpf_elf_map SEC("maps") inner_tpl = {
         .type = BPF_MAP_TYPE_HASH, .size_key = 4, .size_value = 4, .max_elem = 16,
         .id = 7, .inner_idx = 0,
@@ -213,12 +249,19 @@ def test_bpf_elf_map(compile_bpf: CompileBpf) -> None:
         .type = BPF_MAP_TYPE_LPM_TRIE, .size_key = 8, .size_value = 4, .max_elem = 64,
         .flags = BPF_F_NO_PREALLOC, .pinning = PIN_GLOBAL_NS,
     };
-    """ + lookups("global", "outer")
+    """
+        + lookups("global", "outer")
+    )
     spec = read_collection(compile_bpf(src))
     m = spec.maps
     assert {x.style for x in m.values()} == {DefinitionStyle.IPROUTE2_LEGACY}
-    assert (m["global"].type, m["global"].key_size, m["global"].max_entries, m["global"].flags,
-            m["global"].pinning) == (MapType.LpmTrie, 8, 64, MapFlag.NoPrealloc, Pinning.GlobalNS)
+    assert (
+        m["global"].type,
+        m["global"].key_size,
+        m["global"].max_entries,
+        m["global"].flags,
+        m["global"].pinning,
+    ) == (MapType.LpmTrie, 8, 64, MapFlag.NoPrealloc, Pinning.GlobalNS)
     assert m["outer"].pinning is Pinning.ObjectNS
     assert m["outer"].inner == m["inner_tpl"]
     assert dict(m["inner_tpl"].extra) == {"id": 7, "inner_id": 0, "inner_idx": 0}
@@ -227,28 +270,40 @@ def test_bpf_elf_map(compile_bpf: CompileBpf) -> None:
 
 
 def test_bpf_elf_map_refusals(compile_bpf: CompileBpf) -> None:
-    custom = LEGACY + """
+    custom = (
+        LEGACY
+        + """
     struct bpf_elf_map SEC("maps") custom = { .type = BPF_MAP_TYPE_ARRAY, .size_key = 4, .size_value = 4,
                                               .max_elem = 1, .pinning = 42 };
-    """ + lookups("custom")
+    """
+        + lookups("custom")
+    )
     with pytest.raises(UnsupportedError, match="custom pinning 42"):
         read_collection(compile_bpf(custom))
-    dangling = LEGACY + """
+    dangling = (
+        LEGACY
+        + """
     struct bpf_elf_map SEC("maps") outer = { .type = BPF_MAP_TYPE_ARRAY_OF_MAPS, .size_key = 4,
                                              .size_value = 4, .max_elem = 1, .inner_id = 9 };
-    """ + lookups("outer")
+    """
+        + lookups("outer")
+    )
     with pytest.raises(ObjectError, match="names inner_id 9, but no other map has that id"):
         read_collection(compile_bpf(dangling))
 
 
 def test_btf_and_legacy_maps_in_one_object(compile_bpf: CompileBpf) -> None:
-    src = LEGACY + """
+    src = (
+        LEGACY
+        + """
     struct {
         __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u32);
     } btf SEC(".maps");
     struct bpf_map_def SEC("maps") legacy = { .type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 4,
                                                     .max_entries = 1 };
-    """ + lookups("btf", "legacy")
+    """
+        + lookups("btf", "legacy")
+    )
     spec = read_collection(compile_bpf(src))
     assert spec.maps["btf"].style is DefinitionStyle.BTF
     assert spec.maps["legacy"].style is DefinitionStyle.LIBBPF_LEGACY

@@ -32,8 +32,15 @@ def node_entry(body: dict[str, Any], node: str) -> dict[str, Any] | None:
 
 
 class Agent:
-    def __init__(self, node: str, pin_root: Path, api_client: Any, *, resync_seconds: float = 60.0,
-                 debounce_seconds: float = 0.05) -> None:
+    def __init__(
+        self,
+        node: str,
+        pin_root: Path,
+        api_client: Any,
+        *,
+        resync_seconds: float = 60.0,
+        debounce_seconds: float = 0.05,
+    ) -> None:
         self.node = node
         self.state = ClusterState()
         self.writer = Writer(api_client, node)
@@ -89,8 +96,12 @@ class Agent:
             snapshot = self.state.take()
             try:
                 report = await asyncio.to_thread(
-                    self.engine.reconcile, snapshot.maps, snapshot.programs, snapshot.labels,
-                    only_programs=snapshot.only_programs, complete=self.synced,
+                    self.engine.reconcile,
+                    snapshot.maps,
+                    snapshot.programs,
+                    snapshot.labels,
+                    only_programs=snapshot.only_programs,
+                    complete=self.synced,
                     map_ids=self._reported_map_ids(snapshot),
                 )
                 if self.metrics is not None:
@@ -177,8 +188,9 @@ class Agent:
             return False
         return True
 
-    def _remember_status(self, kind: str, name: str, entry: dict[str, Any] | None,
-                         shared: dict[str, Any] | None = None) -> None:
+    def _remember_status(
+        self, kind: str, name: str, entry: dict[str, Any] | None, shared: dict[str, Any] | None = None
+    ) -> None:
         """Record our write in the cached body, so the next pass does not write it again before the
         watch event carrying it arrives."""
         bodies = self.state.maps if kind == MAP_KIND else self.state.programs

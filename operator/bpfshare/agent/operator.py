@@ -120,8 +120,9 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     return registry
 
 
-def run_agent(node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None,
-              metrics: str | None = None) -> None:
+def run_agent(
+    node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None, metrics: str | None = None
+) -> None:
     api_client = make_api_client()
     agent = Agent(node, pin_root, api_client, resync_seconds=resync_seconds)
     registry = build_registry(agent)

@@ -27,7 +27,9 @@ def _makes_work(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         return True
     before, after = old.get("metadata") or {}, new.get("metadata") or {}
     if (before.get("generation"), bool(before.get("deletionTimestamp"))) != (
-            after.get("generation"), bool(after.get("deletionTimestamp"))):
+        after.get("generation"),
+        bool(after.get("deletionTimestamp")),
+    ):
         return True
     return bool(set(before.get("finalizers") or ()) - set(after.get("finalizers") or ()))
 

@@ -64,17 +64,16 @@ class Writer:
     def _patch(self, kind: str, name: str, body: dict[str, Any], status: bool) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        call = (self.custom.patch_cluster_custom_object_status if status
-                else self.custom.patch_cluster_custom_object)
+        call = self.custom.patch_cluster_custom_object_status if status else self.custom.patch_cluster_custom_object
         self.requests += 1
         try:
-            call(GROUP, VERSION, PLURALS[kind], name, body, field_manager=self.manager, force=True,
-                 _content_type=APPLY)
+            call(GROUP, VERSION, PLURALS[kind], name, body, field_manager=self.manager, force=True, _content_type=APPLY)
         except ApiException as exc:
             if exc.status == 404:
                 return  # deleted meanwhile: nothing to record
-            raise BpfshareError(f"{kind} {name}: API server refused the write ({exc.status}): "
-                                f"{_api_message(exc)}") from None
+            raise BpfshareError(
+                f"{kind} {name}: API server refused the write ({exc.status}): {_api_message(exc)}"
+            ) from None
 
     def set_finalizer(self, kind: str, name: str, present: bool) -> None:
         meta: dict[str, Any] = {"name": name}
@@ -82,8 +81,9 @@ class Writer:
             meta["finalizers"] = [self.finalizer]
         self._patch(kind, name, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta}, status=False)
 
-    def set_status(self, kind: str, name: str, entry: dict[str, Any] | None,
-                   shared: dict[str, Any] | None = None) -> None:
+    def set_status(
+        self, kind: str, name: str, entry: dict[str, Any] | None, shared: dict[str, Any] | None = None
+    ) -> None:
         """Apply this node's entry (``None``: drop it; the other nodes' entries stay).
 
         Besides ``nodes[]``, the node's keys in the summary maps that ``kubectl get`` prints
@@ -112,12 +112,18 @@ class Writer:
         now = datetime.now(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'bpfshare')}."),
-            involved_object=client.V1ObjectReference(api_version=API_VERSION, kind=kind, name=meta.get("name"),
-                                                     uid=meta.get("uid")),
-            reason=reason, message=message[:1024], type=type_,
+            involved_object=client.V1ObjectReference(
+                api_version=API_VERSION, kind=kind, name=meta.get("name"), uid=meta.get("uid")
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
             source=client.V1EventSource(component="bpfshare-agent", host=self.node),
-            reporting_component="bpfshare.io/agent", reporting_instance=self.node,
-            first_timestamp=now, last_timestamp=now, count=1,
+            reporting_component="bpfshare.io/agent",
+            reporting_instance=self.node,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
         )
         self.requests += 1
         try:

@@ -13,19 +13,35 @@ from bpfshare.cli import pin_root_option
 
 @click.command("agent")
 @click.option("--node", envvar="NODE_NAME", default=None, help="this node's name (default: $NODE_NAME, else hostname)")
-@click.option("--resync", "resync_seconds", type=float, default=60.0, show_default=True,
-              help="seconds between full passes that repair drift")
-@click.option("--liveness", default=None, metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-@click.option("--metrics", default=None, metavar="HOST:PORT", envvar="BPFSHARE_METRICS",
-              help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9090 (default: off)")
+@click.option(
+    "--resync",
+    "resync_seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="seconds between full passes that repair drift",
+)
+@click.option(
+    "--liveness", default=None, metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+)
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    envvar="BPFSHARE_METRICS",
+    help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9090 (default: off)",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @pin_root_option
-def agent(node: str | None, resync_seconds: float, liveness: str | None, metrics: str | None, verbose: bool,
-          pin_root: str) -> None:
+def agent(
+    node: str | None, resync_seconds: float, liveness: str | None, metrics: str | None, verbose: bool, pin_root: str
+) -> None:
     """Run the agent for this node: reconcile BpfMaps and BpfPrograms that select it."""
     from bpfshare.agent.operator import run_agent
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_agent(node or os.uname().nodename, Path(pin_root), resync_seconds=resync_seconds, liveness=liveness,
-              metrics=metrics)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_agent(
+        node or os.uname().nodename, Path(pin_root), resync_seconds=resync_seconds, liveness=liveness, metrics=metrics
+    )

@@ -70,8 +70,13 @@ def _print(report, node: str, generations: dict[tuple[str, str], int], output: s
     out = []
     for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
         for name, entry in entries.items():
-            out.append({"kind": kind, "name": name,
-                        "status": {"nodes": [entry.to_dict(node, generations.get((kind, name), 0))]}})
+            out.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "status": {"nodes": [entry.to_dict(node, generations.get((kind, name), 0))]},
+                }
+            )
     for kind, name in sorted(report.released):
         out.append({"kind": kind, "name": name, "removed": True})
     if output == "json":
@@ -102,10 +107,18 @@ def _run(files: tuple[Path, ...], pin_root: str, labels: tuple[str, ...], output
         sys.exit(1)
 
 
-_files = click.option("-f", "--filename", "files", multiple=True, required=True,
-                      type=click.Path(exists=True, path_type=Path), help="a YAML file or a directory of them")
-_labels_opt = click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
-                           help="a node label for nodeSelector matching (repeatable)")
+_files = click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="a YAML file or a directory of them",
+)
+_labels_opt = click.option(
+    "--label", "labels", multiple=True, metavar="KEY=VALUE", help="a node label for nodeSelector matching (repeatable)"
+)
 _output = click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
 
 

@@ -27,9 +27,18 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
         except BpfshareError as exc:
             out.append({"pinName": name, "pinPath": str(pin), "error": str(exc)})
             continue
-        out.append({"pinName": name, "pinPath": str(pin), "mapId": info.id, "type": info.type.name,
-                    "keySize": info.key_size, "valueSize": info.value_size, "maxEntries": info.max_entries,
-                    "flags": MapFlag.names(int(info.flags))})
+        out.append(
+            {
+                "pinName": name,
+                "pinPath": str(pin),
+                "mapId": info.id,
+                "type": info.type.name,
+                "keySize": info.key_size,
+                "valueSize": info.value_size,
+                "maxEntries": info.max_entries,
+                "flags": MapFlag.names(int(info.flags)),
+            }
+        )
     return out
 
 
@@ -55,9 +64,14 @@ def node_programs(root: Path) -> list[dict[str, Any]]:
             if meta is not None:
                 entry["program"] = meta.program
                 entry["maps"] = meta.bindings
-                attachments += [{"target": "tc:{interface}:{direction}".format(**t)
-                                 + (f"@{t['netns']}" if t.get("netns") else ""),
-                                 "handle": f"{t['priority']}:{t['handle']}"} for t in meta.tc]
+                attachments += [
+                    {
+                        "target": "tc:{interface}:{direction}".format(**t)
+                        + (f"@{t['netns']}" if t.get("netns") else ""),
+                        "handle": f"{t['priority']}:{t['handle']}",
+                    }
+                    for t in meta.tc
+                ]
             links = layout.program_dir(name) / LINKS_DIR
             for pin in sorted(links.iterdir()) if links.is_dir() else []:
                 with Link.from_pin(pin) as link:

@@ -21,16 +21,37 @@ def _parse_map_option(text: str) -> tuple[str, str]:
 @click.command("load")
 @click.argument("obj", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--program", "program_name", required=True, help="function (or section) name in the object")
-@click.option("--map", "map_options", multiple=True, metavar="OBJMAP=PIN",
-              help="reuse the map pinned at PIN (or id:N) for the object's map OBJMAP; repeatable")
-@click.option("--pin-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where to pin the program, its links and its unbound maps (default PIN_ROOT/loads/NAME)")
-@click.option("--attach", "attach_specs", multiple=True, metavar="SPEC",
-              help="tc:IFACE:ingress|egress[@NETNS], tcx:IFACE:ingress|egress[@NETNS] or cgroup:DIR:TYPE")
+@click.option(
+    "--map",
+    "map_options",
+    multiple=True,
+    metavar="OBJMAP=PIN",
+    help="reuse the map pinned at PIN (or id:N) for the object's map OBJMAP; repeatable",
+)
+@click.option(
+    "--pin-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where to pin the program, its links and its unbound maps (default PIN_ROOT/loads/NAME)",
+)
+@click.option(
+    "--attach",
+    "attach_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="tc:IFACE:ingress|egress[@NETNS], tcx:IFACE:ingress|egress[@NETNS] or cgroup:DIR:TYPE",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @pin_root_option
-def load(obj: Path, program_name: str, map_options: tuple[str, ...], pin_dir: Path | None,
-         attach_specs: tuple[str, ...], as_json: bool, pin_root: str) -> None:
+def load(
+    obj: Path,
+    program_name: str,
+    map_options: tuple[str, ...],
+    pin_dir: Path | None,
+    attach_specs: tuple[str, ...],
+    as_json: bool,
+    pin_root: str,
+) -> None:
     """Load PROGRAM from OBJ, reusing pinned maps, and attach it."""
     from bpfshare.attach import attach_program, parse_attach
     from bpfshare.loader import MapBinding, load_program
@@ -45,8 +66,7 @@ def load(obj: Path, program_name: str, map_options: tuple[str, ...], pin_dir: Pa
     targets = [parse_attach(spec) for spec in attach_specs]  # all parsed before anything is loaded
 
     collection = read_collection(obj)
-    loaded = load_program(collection, program_name, bindings=bindings,
-                          pin_root=Path(pin_root), pin_dir=pin_dir)
+    loaded = load_program(collection, program_name, bindings=bindings, pin_root=Path(pin_root), pin_dir=pin_dir)
     try:
         attachments = [attach_program(loaded.program, loaded.spec, t, loaded.pin_path.parent) for t in targets]
         info = loaded.program.info()
@@ -63,8 +83,9 @@ def load(obj: Path, program_name: str, map_options: tuple[str, ...], pin_dir: Pa
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"program {result['program']}: id {result['programId']} tag {result['tag']} "
-               f"pinned at {result['pinPath']}")
+    click.echo(
+        f"program {result['program']}: id {result['programId']} tag {result['tag']} pinned at {result['pinPath']}"
+    )
     for name, m in result["maps"].items():  # type: ignore[union-attr]
         how = "reused" if m["reused"] else "created"
         click.echo(f"  map {name}: id {m['id']} {how} at {m['pinPath']}")

@@ -76,11 +76,7 @@ def k8s_go_mod(versions: Versions = DEFAULT_VERSIONS) -> str:
 
 
 def etcd_go_mod(versions: Versions = DEFAULT_VERSIONS) -> str:
-    return (
-        "module bpfshare.local/etcd\n\n"
-        f"require {ETCD_TOOL} {versions.etcd}\n\n"
-        f"tool {ETCD_TOOL}\n"
-    )
+    return f"module bpfshare.local/etcd\n\nrequire {ETCD_TOOL} {versions.etcd}\n\ntool {ETCD_TOOL}\n"
 
 
 @dataclass(frozen=True)
@@ -101,9 +97,7 @@ def build_steps() -> tuple[Step, ...]:
 
 def version_key(versions: Versions = DEFAULT_VERSIONS) -> str:
     """Names the cache directory; changes with the versions and with the recipe that builds them."""
-    recipe = json.dumps(
-        [k8s_go_mod(versions), etcd_go_mod(versions), [(s.module, s.args) for s in build_steps()]]
-    )
+    recipe = json.dumps([k8s_go_mod(versions), etcd_go_mod(versions), [(s.module, s.args) for s in build_steps()]])
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:10]
     return f"k8s-{versions.kubernetes}-etcd-{versions.etcd}-{digest}"
 
@@ -194,8 +188,13 @@ def _build(go: str, versions: Versions, progress: Progress) -> None:
         missing = [name for name in BINARIES if not os.access(tmp / "bin" / name, os.X_OK)]
         if missing:
             raise ControlPlaneError(f"the build finished without producing {', '.join(missing)}")
-        stamp = {"key": version_key(versions), "kubernetes": versions.kubernetes, "etcd": versions.etcd,
-                 "go": _go_version(go), "builtAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        stamp = {
+            "key": version_key(versions),
+            "kubernetes": versions.kubernetes,
+            "etcd": versions.etcd,
+            "go": _go_version(go),
+            "builtAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         (tmp / "stamp.json").write_text(json.dumps(stamp, indent=2) + "\n")
         if final.exists():  # --force: swap the old build out only once the new one is complete
             old = parent / f".tmp-old-{final.name}-{os.getpid()}"
@@ -217,8 +216,9 @@ def _run_go(go: str, args: Sequence[str], cwd: Path, log: Path, what: str, progr
     with open(log, "ab") as out:
         out.write(f"$ (cd {cwd} && go {' '.join(args)})\n".encode())
         out.flush()
-        proc = subprocess.Popen([go, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [go, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             next_report = started + PROGRESS_EVERY
             while True:
@@ -237,8 +237,7 @@ def _run_go(go: str, args: Sequence[str], cwd: Path, log: Path, what: str, progr
         kept = log.parent.parent / "build-failed.log"
         shutil.copyfile(log, kept)
         raise ControlPlaneError(
-            f"`go {' '.join(args)}` ({what}) failed with exit code {code}; full log in {kept}; "
-            f"last lines:\n{tail(log)}"
+            f"`go {' '.join(args)}` ({what}) failed with exit code {code}; full log in {kept}; last lines:\n{tail(log)}"
         )
 
 

@@ -30,8 +30,13 @@ def build(force: bool) -> None:
 
 
 @cluster.command()
-@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
-              help="Seconds to wait for kube-apiserver to become ready.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for kube-apiserver to become ready.",
+)
 def up(timeout: float) -> None:
     """Start the control plane (nothing to do if it is already running and healthy)."""
     state_dir = default_state_dir()
@@ -42,8 +47,11 @@ def up(timeout: float) -> None:
     bin_dir = ensure_built()
     started = time.monotonic()
     cp = start(state_dir, bin_dir, timeout=timeout)
-    click.echo(f"bpfshare: control plane ready at {cp.server} in {time.monotonic() - started:.1f}s "
-               f"(logs in {state_dir}); use it with: eval \"$(bpfshare cluster env)\"", err=True)
+    click.echo(
+        f"bpfshare: control plane ready at {cp.server} in {time.monotonic() - started:.1f}s "
+        f'(logs in {state_dir}); use it with: eval "$(bpfshare cluster env)"',
+        err=True,
+    )
 
 
 @cluster.command()
@@ -64,4 +72,4 @@ def env() -> None:
     if cp is None or not cp.kubeconfig.exists():
         raise ControlPlaneError(f"no control plane in {state_dir}; start one with `bpfshare cluster up`")
     click.echo(f"export KUBECONFIG={shlex.quote(str(cp.kubeconfig))}")
-    click.echo(f"export PATH={shlex.quote(str(cp.bin_dir))}:\"$PATH\"")
+    click.echo(f'export PATH={shlex.quote(str(cp.bin_dir))}:"$PATH"')

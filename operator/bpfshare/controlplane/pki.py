@@ -58,8 +58,10 @@ def write_service_account_key(path: Path) -> None:
         path.chmod(0o600)
         return
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    write_private(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
 
 
 def serving_ca(cert_file: Path) -> str:

@@ -29,8 +29,12 @@ class ProcessRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> ProcessRecord:
-        return cls(name=str(data["name"]), pid=int(data["pid"]),  # type: ignore[call-overload]
-                   start_time=int(data["start_time"]), exe=str(data["exe"]))  # type: ignore[call-overload]
+        return cls(
+            name=str(data["name"]),
+            pid=int(data["pid"]),  # type: ignore[call-overload]
+            start_time=int(data["start_time"]),
+            exe=str(data["exe"]),
+        )  # type: ignore[call-overload]
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -77,8 +81,13 @@ def launch(name: str, argv: list[str], log: Path, *, die_with_parent: bool = Fal
     """Start ``argv`` in its own session, output appended to ``log``, detached from our terminal."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            close_fds=True, preexec_fn=_die_with_parent if die_with_parent else None,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     stat = _stat(proc.pid)
     start_time = stat[1] if stat else 0

@@ -68,20 +68,24 @@ class ControlPlane:
 
     def env(self) -> dict[str, str]:
         """Environment for tools that should talk to this control plane (KUBECONFIG, PATH)."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
 
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60.0,
-                token: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60.0, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this control plane (as admin, or with ``token``); text output captured."""
         argv = [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}"]
         if token is not None:
             argv.append(f"--token={token}")
-        result = subprocess.run([*argv, *args], input=input, capture_output=True, text=True,
-                                timeout=timeout, env=self.env())
+        result = subprocess.run(
+            [*argv, *args], input=input, capture_output=True, text=True, timeout=timeout, env=self.env()
+        )
         if check and result.returncode != 0:
-            raise ControlPlaneError(f"kubectl {' '.join(args)} failed ({result.returncode}): "
-                                    f"{result.stderr.strip()}")
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
 
     def api_client(self, token: str | None = None) -> ApiClient:
@@ -95,16 +99,26 @@ class ControlPlane:
         return client.ApiClient(config)
 
     def to_json(self) -> dict[str, Any]:
-        return {"binDir": str(self.bin_dir), "server": self.server, "etcdUrl": self.etcd_url,
-                "token": self.token, "unprivilegedToken": self.unprivileged_token,
-                "processes": {name: rec.to_json() for name, rec in self.processes.items()}}
+        return {
+            "binDir": str(self.bin_dir),
+            "server": self.server,
+            "etcdUrl": self.etcd_url,
+            "token": self.token,
+            "unprivilegedToken": self.unprivileged_token,
+            "processes": {name: rec.to_json() for name, rec in self.processes.items()},
+        }
 
     @classmethod
     def from_json(cls, state_dir: Path, data: dict[str, Any]) -> ControlPlane:
-        return cls(state_dir=state_dir, bin_dir=Path(data["binDir"]), server=data["server"],
-                   etcd_url=data["etcdUrl"], token=data["token"],
-                   unprivileged_token=data["unprivilegedToken"],
-                   processes={n: ProcessRecord.from_json(r) for n, r in data["processes"].items()})
+        return cls(
+            state_dir=state_dir,
+            bin_dir=Path(data["binDir"]),
+            server=data["server"],
+            etcd_url=data["etcdUrl"],
+            token=data["token"],
+            unprivileged_token=data["unprivilegedToken"],
+            processes={n: ProcessRecord.from_json(r) for n, r in data["processes"].items()},
+        )
 
     def save(self) -> None:
         pki.write_private(self.state_dir / STATE_FILE, json.dumps(self.to_json(), indent=2) + "\n")
@@ -128,8 +142,9 @@ def is_healthy(cp: ControlPlane) -> bool:
     return cp.kubeconfig.exists() and _readyz(cp, verify=True, timeout=5.0) == "ok"
 
 
-def start(state_dir: Path, bin_dir: Path, *, timeout: float = DEFAULT_TIMEOUT,
-          die_with_parent: bool = False) -> ControlPlane:
+def start(
+    state_dir: Path, bin_dir: Path, *, timeout: float = DEFAULT_TIMEOUT, die_with_parent: bool = False
+) -> ControlPlane:
     """Start etcd and kube-apiserver (or return the healthy instance already recorded in ``state_dir``).
 
     ``die_with_parent`` makes both processes receive SIGKILL when the calling thread exits (used by the
@@ -156,8 +171,7 @@ def stop(state_dir: Path, *, keep_logs: bool = False) -> bool:
     if not state_dir.exists():
         return False
     if not (state_dir / MARKER).exists():
-        raise ControlPlaneError(f"{state_dir} is not a bpfshare control-plane directory (no {MARKER}); "
-                                "not touching it")
+        raise ControlPlaneError(f"{state_dir} is not a bpfshare control-plane directory (no {MARKER}); not touching it")
     with _state_lock(state_dir):
         cp = load(state_dir)
         if cp is not None:
@@ -184,8 +198,9 @@ def start_apiserver(cp: ControlPlane, *, timeout: float = DEFAULT_TIMEOUT, die_w
     with _state_lock(cp.state_dir):
         port = int(cp.server.rsplit(":", 1)[1])
         deadline = time.monotonic() + timeout
-        cp.processes["kube-apiserver"] = launch("kube-apiserver", _apiserver_argv(cp, port),
-                                                cp.log("kube-apiserver"), die_with_parent=die_with_parent)
+        cp.processes["kube-apiserver"] = launch(
+            "kube-apiserver", _apiserver_argv(cp, port), cp.log("kube-apiserver"), die_with_parent=die_with_parent
+        )
         cp.save()
         _wait(cp, "kube-apiserver", deadline, lambda: _readyz(cp, verify=True, timeout=2.0) == "ok")
 
@@ -213,8 +228,10 @@ def _prepare(state_dir: Path) -> None:
         if (state_dir / MARKER).exists():
             shutil.rmtree(state_dir)
         elif any(state_dir.iterdir()):
-            raise ControlPlaneError(f"{state_dir} exists, is not empty and is not a bpfshare control-plane "
-                                    "directory; choose another BPFSHARE_CLUSTER_DIR")
+            raise ControlPlaneError(
+                f"{state_dir} exists, is not empty and is not a bpfshare control-plane "
+                "directory; choose another BPFSHARE_CLUSTER_DIR"
+            )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / MARKER).write_text("created by bpfshare cluster up; removed by bpfshare cluster down\n")
 
@@ -230,13 +247,13 @@ def _start(cp: ControlPlane, timeout: float, die_with_parent: bool) -> None:
     pki.write_service_account_key(state / "pki" / "service-account.key")
 
     deadline = time.monotonic() + timeout
-    cp.processes["etcd"] = launch("etcd", _etcd_argv(cp, peer_port), cp.log("etcd"),
-                                  die_with_parent=die_with_parent)
+    cp.processes["etcd"] = launch("etcd", _etcd_argv(cp, peer_port), cp.log("etcd"), die_with_parent=die_with_parent)
     cp.save()  # from here on, `stop` can clean up even if we are interrupted
     _wait(cp, "etcd", deadline, lambda: _etcd_healthy(cp))
 
-    cp.processes["kube-apiserver"] = launch("kube-apiserver", _apiserver_argv(cp, api_port),
-                                            cp.log("kube-apiserver"), die_with_parent=die_with_parent)
+    cp.processes["kube-apiserver"] = launch(
+        "kube-apiserver", _apiserver_argv(cp, api_port), cp.log("kube-apiserver"), die_with_parent=die_with_parent
+    )
     cp.save()
     _wait(cp, "kube-apiserver", deadline, lambda: _readyz(cp, verify=False, timeout=2.0) == "ok")
 
@@ -288,13 +305,15 @@ def _wait(cp: ControlPlane, name: str, deadline: float, ready: Callable[[], bool
     record = cp.processes[name]
     while True:
         if not is_ours(record):
-            raise ControlPlaneError(f"{name} exited during startup; last lines of {cp.log(name)}:\n"
-                                    f"{tail(cp.log(name))}")
+            raise ControlPlaneError(
+                f"{name} exited during startup; last lines of {cp.log(name)}:\n{tail(cp.log(name))}"
+            )
         if ready():
             return
         if time.monotonic() > deadline:
-            raise ControlPlaneError(f"{name} did not become ready in time; last lines of {cp.log(name)}:\n"
-                                    f"{tail(cp.log(name))}")
+            raise ControlPlaneError(
+                f"{name} did not become ready in time; last lines of {cp.log(name)}:\n{tail(cp.log(name))}"
+            )
         time.sleep(0.25)
 
 
@@ -322,4 +341,3 @@ def _readyz(cp: ControlPlane, *, verify: bool, timeout: float) -> str:
         return f"HTTP {exc.code}"
     except (OSError, ssl.SSLError) as exc:
         return str(exc)
-

@@ -1,10 +1,10 @@
 """Where things live under the agent's pin root. The layout is the node's only state store.
 
-    <root>/maps/<pinName>                 BpfMap pins
-    <root>/programs/<BpfProgram>/program  the loaded program
-    <root>/programs/<BpfProgram>/meta     what was loaded and attached (a one-entry array map)
-    <root>/programs/<BpfProgram>/links/*  pinned links (tcx, cgroup), one per target
-    <root>/programs/<BpfProgram>/<map>    the program's private maps (global data, unbound maps)
+<root>/maps/<pinName>                 BpfMap pins
+<root>/programs/<BpfProgram>/program  the loaded program
+<root>/programs/<BpfProgram>/meta     what was loaded and attached (a one-entry array map)
+<root>/programs/<BpfProgram>/links/*  pinned links (tcx, cgroup), one per target
+<root>/programs/<BpfProgram>/<map>    the program's private maps (global data, unbound maps)
 """
 
 from __future__ import annotations

@@ -80,8 +80,13 @@ def ensure_map(layout: Layout, res: MapResource, known_id: int | None = None) ->
     message = ""
     if lost is not None and created:
         message = f"map {lost} was gone (node restarted or bpffs emptied): created map {info.id}, contents lost"
-    return MapOutcome(StatusEntry(Phase.Ready, message, fields), created=created, adopted=adopted,
-                      repinned=bool(repinned), lost=lost if created else None)
+    return MapOutcome(
+        StatusEntry(Phase.Ready, message, fields),
+        created=created,
+        adopted=adopted,
+        repinned=bool(repinned),
+        lost=lost if created else None,
+    )
 
 
 def _repin(spec: MapSpec, pin: Path, map_id: int) -> bool:

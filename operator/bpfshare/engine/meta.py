@@ -19,8 +19,7 @@ from bpfshare.spec import MapSpec
 from bpfshare.types import MapType
 
 META_VALUE_SIZE = 65536
-META_SPEC = MapSpec(name="bpfshare_meta", type=MapType.Array, key_size=4,
-                    value_size=META_VALUE_SIZE, max_entries=1)
+META_SPEC = MapSpec(name="bpfshare_meta", type=MapType.Array, key_size=4, value_size=META_VALUE_SIZE, max_entries=1)
 KEY0 = struct.pack("<I", 0)
 
 

@@ -85,8 +85,15 @@ class Engine:
             pin.unlink(missing_ok=True)
         self._swept = True
 
-    def _reconcile(self, maps: list[MapResource], programs: list[ProgramResource], labels: Mapping[str, str],
-                   only: set[str] | None, complete: bool, report: Report) -> None:
+    def _reconcile(
+        self,
+        maps: list[MapResource],
+        programs: list[ProgramResource],
+        labels: Mapping[str, str],
+        only: set[str] | None,
+        complete: bool,
+        report: Report,
+    ) -> None:
         active_maps = {m.name: m for m in maps if not m.meta.deleting and m.node_selector.matches(labels)}
         leaving_maps = [m for m in maps if m.name not in active_maps]
         active_progs = {p.name: p for p in programs if not p.meta.deleting and p.node_selector.matches(labels)}
@@ -131,17 +138,26 @@ class Engine:
         map_id = outcome.status.fields["mapId"]
         self._known_map_ids[res.name] = map_id
         if outcome.repinned:
-            report.event(MAP_KIND, res.name, "Repinned", f"pin {outcome.status.fields['pinPath']} was removed; "
-                         f"map {map_id} pinned again, contents kept")
+            report.event(
+                MAP_KIND,
+                res.name,
+                "Repinned",
+                f"pin {outcome.status.fields['pinPath']} was removed; map {map_id} pinned again, contents kept",
+            )
         if outcome.lost is not None:
             report.event(MAP_KIND, res.name, "Recreated", outcome.status.message, warning=True)
             return outcome.status
         if outcome.created and not outcome.repinned:
-            report.event(MAP_KIND, res.name, "Created", f"map {outcome.status.fields['mapId']} pinned at "
-                         f"{outcome.status.fields['pinPath']}")
+            report.event(
+                MAP_KIND,
+                res.name,
+                "Created",
+                f"map {outcome.status.fields['mapId']} pinned at {outcome.status.fields['pinPath']}",
+            )
         if outcome.adopted:
-            report.event(MAP_KIND, res.name, "Adopted", f"map {outcome.status.fields['mapId']} adopted from "
-                         f"{res.adopt}")
+            report.event(
+                MAP_KIND, res.name, "Adopted", f"map {outcome.status.fields['mapId']} adopted from {res.adopt}"
+            )
         return outcome.status
 
     def _records(self) -> dict[str, ProgramMeta]:
@@ -213,8 +229,9 @@ class Engine:
 
     # -- programs -----------------------------------------------------------------------------------
 
-    def _bindings(self, res: ProgramResource, maps: Mapping[str, MapResource],
-                  statuses: Mapping[str, StatusEntry]) -> tuple[dict[str, MapBinding], dict[str, int]]:
+    def _bindings(
+        self, res: ProgramResource, maps: Mapping[str, MapResource], statuses: Mapping[str, StatusEntry]
+    ) -> tuple[dict[str, MapBinding], dict[str, int]]:
         bindings: dict[str, MapBinding] = {}
         ids: dict[str, int] = {}
         for obj_map, map_name in res.maps:
@@ -238,8 +255,9 @@ class Engine:
                     ids[obj_map] = live.info().id
         return bindings, ids
 
-    def _ensure_program(self, res: ProgramResource, maps: Mapping[str, MapResource],
-                        statuses: Mapping[str, StatusEntry], report: Report) -> StatusEntry:
+    def _ensure_program(
+        self, res: ProgramResource, maps: Mapping[str, MapResource], statuses: Mapping[str, StatusEntry], report: Report
+    ) -> StatusEntry:
         try:
             bindings, ids = self._bindings(res, maps, statuses)
             data = fetch(res.bytecode, self.read_config_map)
@@ -252,17 +270,24 @@ class Engine:
             return StatusEntry(Phase.Error, str(exc))
         prog_id = outcome.status.fields["programId"]
         if outcome.upgraded:
-            report.event(PROGRAM_KIND, res.name, "Upgraded",
-                         f"program {prog_id} replaced the previous version in place")
+            report.event(
+                PROGRAM_KIND, res.name, "Upgraded", f"program {prog_id} replaced the previous version in place"
+            )
         elif outcome.loaded:
             report.event(PROGRAM_KIND, res.name, "Loaded", f"program {prog_id} ({res.program}) loaded")
         if outcome.attached and not outcome.loaded:
             # The program did not change, yet a target was missing it: drift, repaired.
-            report.event(PROGRAM_KIND, res.name, "Repaired", f"program {prog_id} re-attached to "
-                         f"{', '.join(outcome.attached)} (it had been detached or its target re-created)")
+            report.event(
+                PROGRAM_KIND,
+                res.name,
+                "Repaired",
+                f"program {prog_id} re-attached to "
+                f"{', '.join(outcome.attached)} (it had been detached or its target re-created)",
+            )
         elif outcome.attached:
-            report.event(PROGRAM_KIND, res.name, "Attached",
-                         f"program {prog_id} attached to {', '.join(outcome.attached)}")
+            report.event(
+                PROGRAM_KIND, res.name, "Attached", f"program {prog_id} attached to {', '.join(outcome.attached)}"
+            )
         if outcome.detached:
             report.event(PROGRAM_KIND, res.name, "Detached", f"detached from {', '.join(outcome.detached)}")
         return outcome.status

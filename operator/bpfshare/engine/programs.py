@@ -52,17 +52,25 @@ class ProgramOutcome:
 def fingerprint(digest: str, program: str, bindings: dict[str, MapBinding], map_ids: dict[str, int]) -> str:
     """Equal fingerprints mean the pinned program is exactly what the resource asks for."""
     body = json.dumps(
-        {"digest": digest, "program": program,
-         "bindings": {k: str(v.pin_path) for k, v in sorted(bindings.items())},
-         "mapIds": dict(sorted(map_ids.items()))},
+        {
+            "digest": digest,
+            "program": program,
+            "bindings": {k: str(v.pin_path) for k, v in sorted(bindings.items())},
+            "mapIds": dict(sorted(map_ids.items())),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _tc_record(target: TcTarget) -> dict[str, object]:
-    return {"interface": target.interface, "direction": target.direction, "netns": target.netns,
-            "priority": target.priority, "handle": target.handle}
+    return {
+        "interface": target.interface,
+        "direction": target.direction,
+        "netns": target.netns,
+        "priority": target.priority,
+        "handle": target.handle,
+    }
 
 
 def ensure_program(
@@ -91,8 +99,9 @@ def ensure_program(
     if meta.fingerprint == wanted and previous_id:
         program = Program.from_pin(prog_pin)
     else:
-        loaded = load_program(collection, spec.name, bindings=bindings, pin_root=layout.root,
-                              pin_dir=pin_dir, pin_program=False)
+        loaded = load_program(
+            collection, spec.name, bindings=bindings, pin_root=layout.root, pin_dir=pin_dir, pin_program=False
+        )
         program = loaded.program
         for m in loaded.maps.values():
             m.map.close()
@@ -106,10 +115,18 @@ def ensure_program(
         outcome.detached = _remove_stale(layout, res, meta, {info.id, previous_id})
     tc_records = [_tc_record(t) for t in res.targets if isinstance(t, TcTarget)]
     if meta.fingerprint != wanted or meta.tc != tc_records or outcome.detached:
-        write_meta(layout.meta_pin(res.name), ProgramMeta(
-            fingerprint=wanted, program=spec.name, digest=digest, generation=res.meta.generation,
-            bindings={k: str(v.pin_path) for k, v in bindings.items()}, map_ids=dict(map_ids), tc=tc_records,
-        ))
+        write_meta(
+            layout.meta_pin(res.name),
+            ProgramMeta(
+                fingerprint=wanted,
+                program=spec.name,
+                digest=digest,
+                generation=res.meta.generation,
+                bindings={k: str(v.pin_path) for k, v in bindings.items()},
+                map_ids=dict(map_ids),
+                tc=tc_records,
+            ),
+        )
     outcome.status.fields = {
         "programId": info.id,
         "tag": info.tag,
@@ -119,8 +136,9 @@ def ensure_program(
     return outcome
 
 
-def _program_map_ids(collection: CollectionSpec, program: str, bound: dict[str, int],
-                     live_ids: list[int]) -> dict[str, int]:
+def _program_map_ids(
+    collection: CollectionSpec, program: str, bound: dict[str, int], live_ids: list[int]
+) -> dict[str, int]:
     """objectMapName -> map ID. Bound maps by their pin; the others matched from the program's info."""
     out = dict(bound)
     spec = collection.program(program)
@@ -140,8 +158,14 @@ def _program_spec(collection: CollectionSpec, res: ProgramResource):  # type: ig
         raise BpfshareError(f"spec.program: {exc.args[0]}") from None
 
 
-def _ensure_attached(program: Program, prog_id: int, spec, target: AttachTarget, pin_dir: Path,  # type: ignore[no-untyped-def]
-                     outcome: ProgramOutcome) -> Attachment:
+def _ensure_attached(
+    program: Program,
+    prog_id: int,
+    spec,
+    target: AttachTarget,
+    pin_dir: Path,  # type: ignore[no-untyped-def]
+    outcome: ProgramOutcome,
+) -> Attachment:
     """Attach, or leave alone when the target already runs this very program."""
     current = _current_attachment(target, pin_dir, prog_id)
     if current is not None:
@@ -176,8 +200,13 @@ def _current_attachment(target: AttachTarget, pin_dir: Path, prog_id: int) -> At
 
 
 def _tc_target(record: dict[str, object]) -> TcTarget:
-    return TcTarget(str(record["interface"]), record["direction"], record.get("netns"),  # type: ignore[arg-type]
-                    int(record["priority"]), int(record["handle"]))  # type: ignore[call-overload]
+    return TcTarget(
+        str(record["interface"]),
+        record["direction"],
+        record.get("netns"),  # type: ignore[arg-type]
+        int(record["priority"]),
+        int(record["handle"]),
+    )  # type: ignore[call-overload]
 
 
 def _remove_stale(layout: Layout, res: ProgramResource, meta: ProgramMeta, owned: set[int]) -> list[str]:

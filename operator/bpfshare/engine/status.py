@@ -21,8 +21,13 @@ class StatusEntry:
 
     def to_dict(self, node: str, generation: int) -> dict[str, Any]:
         """The ``status.nodes[]`` element, keyed by ``node``."""
-        return {"node": node, "phase": str(self.phase), "message": self.message,
-                "observedGeneration": generation, **self.fields}
+        return {
+            "node": node,
+            "phase": str(self.phase),
+            "message": self.message,
+            "observedGeneration": generation,
+            **self.fields,
+        }
 
 
 @dataclass(frozen=True)

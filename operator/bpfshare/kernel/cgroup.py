@@ -81,8 +81,7 @@ def resolve_cgroup(path: str, root: Path | None = None) -> Path:
         raise CgroupPathError(f"cgroup path {path!r} resolves to {real}, outside the cgroup v2 root {root}")
     if not os.path.isdir(real):
         raise TargetNotFoundError(
-            f"cgroup {path!r} not found: no directory {candidate} (paths are relative to the cgroup v2 "
-            f"root {root})"
+            f"cgroup {path!r} not found: no directory {candidate} (paths are relative to the cgroup v2 root {root})"
         )
     return Path(real)
 

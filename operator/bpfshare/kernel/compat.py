@@ -116,9 +116,7 @@ def map_differences(spec: MapSpec, info: MapInfo, *, prog_type: ProgType | None 
     return diffs
 
 
-def check_compatible(
-    spec: MapSpec, info: MapInfo, subject: str, *, prog_type: ProgType | None = None
-) -> None:
+def check_compatible(spec: MapSpec, info: MapInfo, subject: str, *, prog_type: ProgType | None = None) -> None:
     """Raise IncompatibleMapError naming every difference; the existing map is never touched."""
     diffs = map_differences(spec, info, prog_type=prog_type)
     if diffs:

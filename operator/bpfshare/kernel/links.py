@@ -192,8 +192,9 @@ class Link:
 # -- legacy attach (BPF_PROG_ATTACH) and queries ------------------------------------------------
 
 
-def prog_attach(target_fd: int, prog_fd: int, attach_type: AttachType, flags: int = 0,
-                replace_prog_fd: int = 0) -> None:
+def prog_attach(
+    target_fd: int, prog_fd: int, attach_type: AttachType, flags: int = 0, replace_prog_fd: int = 0
+) -> None:
     """BPF_PROG_ATTACH (cgroup: flags BPF_F_ALLOW_MULTI / ALLOW_OVERRIDE / REPLACE)."""
     attr = new_attr()
     attr.attach.target_fd = target_fd

@@ -23,9 +23,7 @@ from bpfshare.kernel.syscall import FD, bpf, fdinfo, new_attr
 from bpfshare.spec import DefinitionStyle, MapSpec
 from bpfshare.types import MapFlag, MapType, ProgType
 
-PERCPU_TYPES = frozenset(
-    {MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage}
-)
+PERCPU_TYPES = frozenset({MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage})
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.]")
 
@@ -109,8 +107,9 @@ class Map:
         try:
             fd = FD(bpf(Cmd.MAP_CREATE, attr))
         except KernelError as exc:
-            raise KernelError(f"creating map {spec.name!r} ({_shape(spec)}): {exc}{_create_hint(spec, exc)}",
-                              exc.errno) from None
+            raise KernelError(
+                f"creating map {spec.name!r} ({_shape(spec)}): {exc}{_create_hint(spec, exc)}", exc.errno
+            ) from None
         finally:
             if inner is not None:
                 inner.close()

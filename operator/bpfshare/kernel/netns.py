@@ -34,8 +34,7 @@ def netns_path(name_or_path: str) -> Path:
         path = Path(name_or_path)
         if not path.is_absolute():
             raise TargetNotFoundError(
-                f"network namespace {name_or_path!r}: give a bare name (in {NETNS_RUN_DIR}) "
-                "or an absolute path"
+                f"network namespace {name_or_path!r}: give a bare name (in {NETNS_RUN_DIR}) or an absolute path"
             )
     else:
         path = NETNS_RUN_DIR / name_or_path

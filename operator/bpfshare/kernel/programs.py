@@ -61,8 +61,9 @@ class Program:
         log) when the verifier refuses it.
         """
         if len(instructions) % INSN_SIZE or not instructions:
-            raise KernelError(f"loading program {spec.name!r}: {len(instructions)} bytes is not a whole "
-                              "number of instructions")
+            raise KernelError(
+                f"loading program {spec.name!r}: {len(instructions)} bytes is not a whole number of instructions"
+            )
         label = name or spec.name
         insns = ctypes.create_string_buffer(instructions, len(instructions))
         license_buf = ctypes.create_string_buffer((spec.license or "").encode() + b"\0")

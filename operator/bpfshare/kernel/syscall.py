@@ -69,7 +69,9 @@ def bpf(cmd: int, attr: Any, size: int | None = None) -> int:
     size = ctypes.sizeof(attr) if size is None else size
     while True:
         ret = _libc.syscall(
-            ctypes.c_long(NR_BPF), ctypes.c_long(int(cmd)), ctypes.c_void_p(ctypes.addressof(attr)),
+            ctypes.c_long(NR_BPF),
+            ctypes.c_long(int(cmd)),
+            ctypes.c_void_p(ctypes.addressof(attr)),
             ctypes.c_long(size),
         )
         if ret >= 0:

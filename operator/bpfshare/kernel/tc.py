@@ -206,9 +206,16 @@ def attach_tc(
         _ensure_clsact(ipr, index, ifname)
         try:
             ipr.tc(
-                "replace-filter", "bpf", index, handle,
-                parent=parent, prio=priority, protocol=ETH_P_ALL,
-                fd=prog.fd, name=label, direct_action=True,
+                "replace-filter",
+                "bpf",
+                index,
+                handle,
+                parent=parent,
+                prio=priority,
+                protocol=ETH_P_ALL,
+                fd=prog.fd,
+                name=label,
+                direct_action=True,
             )
         except NetlinkError as exc:
             where = f"{ifname} {direction} priority {priority} handle {handle} in {netns_label(netns)}"
@@ -226,21 +233,19 @@ def list_tc_filters(ifname: str, direction: Direction, netns: str | None = None)
         return list(_filters(index, ifname, direction, netns))
 
 
-def detach_tc(
-    ifname: str, direction: Direction, priority: int, handle: int, netns: str | None = None
-) -> bool:
+def detach_tc(ifname: str, direction: Direction, priority: int, handle: int, netns: str | None = None) -> bool:
     """Remove the filter at (priority, handle); False if there was none."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     parent = _parent(direction)
     with _iproute(netns) as ipr:
         index = _ifindex(ifname, netns)
-        if not any((f.priority, f.handle) == (priority, handle)
-                   for f in _filters(index, ifname, direction, netns)):
+        if not any((f.priority, f.handle) == (priority, handle) for f in _filters(index, ifname, direction, netns)):
             return False
         try:
-            ipr.tc("del-filter", index=index, handle=handle, parent=parent,
-                   info=(priority << 16) | socket.htons(ETH_P_ALL))
+            ipr.tc(
+                "del-filter", index=index, handle=handle, parent=parent, info=(priority << 16) | socket.htons(ETH_P_ALL)
+            )
         except NetlinkError as exc:
             if exc.code in (errno.ENOENT, errno.EINVAL):
                 return False

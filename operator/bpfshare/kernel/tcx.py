@@ -25,8 +25,7 @@ def tcx_attach_type(direction: str) -> AttachType:
     raise ValueError(f"tcx direction must be ingress or egress, not {direction!r}")
 
 
-def attach_tcx(ifname: str, direction: Direction, prog: Program, *, netns: str | None = None,
-               flags: int = 0) -> Link:
+def attach_tcx(ifname: str, direction: Direction, prog: Program, *, netns: str | None = None, flags: int = 0) -> Link:
     """Attach ``prog`` to ``ifname``'s tcx hook (appended after existing programs by default)."""
     attach_type = tcx_attach_type(direction)
     with enter_netns(netns):

@@ -111,8 +111,10 @@ class Btf:
             raise ObjectError(f"{section}: bad header length {hdr_len}")
         for what, off, size in (("type", type_off, type_len), ("string", str_off, str_len)):
             if hdr_len + off + size > len(data):
-                raise ObjectError(f"{section}: {what} section (offset {off}, {size} bytes) "
-                                  f"extends beyond the section ({len(data)} bytes)")
+                raise ObjectError(
+                    f"{section}: {what} section (offset {off}, {size} bytes) "
+                    f"extends beyond the section ({len(data)} bytes)"
+                )
         self.types_data = data[hdr_len + type_off : hdr_len + type_off + type_len]
         self.strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         self.types: list[BtfType] = [VOID]
@@ -194,9 +196,7 @@ class Btf:
             raise ObjectError(f"{self.where}: {self.describe(t)} is not a struct or union")
         return [
             Member(self.string(name_off), typ, offset)
-            for name_off, typ, offset in _MEMBER.iter_unpack(
-                self.types_data[t.extra : t.extra + t.vlen * _MEMBER.size]
-            )
+            for name_off, typ, offset in _MEMBER.iter_unpack(self.types_data[t.extra : t.extra + t.vlen * _MEMBER.size])
         ]
 
     def secinfo(self, t: BtfType) -> list[SecInfo]:

@@ -41,8 +41,7 @@ def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> l
     start = hdr_len + core_off
     end = start + core_len
     if end > len(data) or core_len < _U32.size:
-        raise ObjectError(f"{where}: core_relo subsection (offset {core_off}, {core_len} bytes) "
-                          "is out of bounds")
+        raise ObjectError(f"{where}: core_relo subsection (offset {core_off}, {core_len} bytes) is out of bounds")
     (record_size,) = _U32.unpack_from(data, start)
     if record_size < 4:
         raise ObjectError(f"{where}: core_relo record size {record_size} is too small")

@@ -1,13 +1,13 @@
 """BTF-defined maps: the variables of the ``.maps`` section, decoded like libbpf's parse_btf_map_def.
 
-    struct {
-        __uint(type, BPF_MAP_TYPE_ARRAY);   // int (*type)[2]: a pointer to an array of 2 elements
-        __uint(max_entries, 4);
-        __type(key, __u32);                 // __u32 *key: the key size is sizeof(__u32)
-        __type(value, __u64);
-        __uint(pinning, LIBBPF_PIN_BY_NAME);
-        __array(values, struct inner);      // map-in-map: struct inner *values[]
-    } shared_counts SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);   // int (*type)[2]: a pointer to an array of 2 elements
+    __uint(max_entries, 4);
+    __type(key, __u32);                 // __u32 *key: the key size is sizeof(__u32)
+    __type(value, __u64);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+    __array(values, struct inner);      // map-in-map: struct inner *values[]
+} shared_counts SEC(".maps");
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from bpfshare.types import MapFlag, MapType
 LIBBPF_PIN_NONE = 0
 LIBBPF_PIN_BY_NAME = 1
 _INT_FIELDS = (
-    "type", "max_entries", "map_flags", "numa_node", "key_size", "value_size", "pinning", "map_extra",
+    "type",
+    "max_entries",
+    "map_flags",
+    "numa_node",
+    "key_size",
+    "value_size",
+    "pinning",
+    "map_extra",
 )
 _MAP_IN_MAP = (MapType.ArrayOfMaps, MapType.HashOfMaps)
 
@@ -51,8 +58,7 @@ def _int_field(btf: Btf, member_type: int, where: str) -> int:
         raise ObjectError(f"{where}: expected a pointer (__uint), got {btf.describe(ptr)}")
     arr = btf.skip_mods(ptr.size_or_type)
     if arr.kind is not Kind.ARRAY:
-        raise ObjectError(f"{where}: expected a pointer to an array (__uint), "
-                          f"got a pointer to {btf.describe(arr)}")
+        raise ObjectError(f"{where}: expected a pointer to an array (__uint), got a pointer to {btf.describe(arr)}")
     return btf.array(arr)[2]
 
 
@@ -118,14 +124,19 @@ def _size(explicit: int | None, from_type: int | None, where: str) -> int:
 
 
 def _values(
-    btf: Btf, name: str, mtype: MapType, values: BtfType, value_size: int, section: str, where: str,
+    btf: Btf,
+    name: str,
+    mtype: MapType,
+    values: BtfType,
+    value_size: int,
+    section: str,
+    where: str,
     inner_of: str | None,
 ) -> tuple[MapSpec | None, int]:
     """``__array(values, T)`` is ``T *values[]``: the inner map definition (map-in-map) or a
     function prototype (program array). Either way the map's values are 4-byte fds/ids."""
     if values.kind is not Kind.ARRAY or btf.array(values)[2] != 0:
-        raise ObjectError(f"{where}: 'values' must be a zero-length array (__array), "
-                          f"got {btf.describe(values)}")
+        raise ObjectError(f"{where}: 'values' must be a zero-length array (__array), got {btf.describe(values)}")
     ptr = btf.skip_mods(btf.array(values)[0])
     if ptr.kind is not Kind.PTR:
         raise ObjectError(f"{where}: 'values' elements must be pointers, got {btf.describe(ptr)}")

@@ -182,9 +182,7 @@ class ElfObject:
         names = self.data(strtab) if strtab.type == SHT_STRTAB else b""
         out = []
         with guard(where):
-            for index, (name_off, info, _other, shndx, value, size) in enumerate(
-                _SYM.iter_unpack(self.data(symtab))
-            ):
+            for index, (name_off, info, _other, shndx, value, size) in enumerate(_SYM.iter_unpack(self.data(symtab))):
                 typ = info & 0xF
                 if typ == STT_SECTION and 0 < shndx < len(self.sections):
                     name = self.sections[shndx].name
@@ -212,14 +210,15 @@ class ElfObject:
         for rel in self._rel_sections.get(target.index, []):
             where = f"relocation section {rel.name}"
             if rel.type == SHT_RELA:
-                raise UnsupportedError(f"unsupported: RELA relocations ({rel.name}) "
-                                       f"for section {target.name}")
+                raise UnsupportedError(f"unsupported: RELA relocations ({rel.name}) for section {target.name}")
             if rel.size % _REL.size:
                 raise ObjectError(f"{where}: size {rel.size} is not a multiple of {_REL.size}")
             for offset, info in _REL.iter_unpack(self.data(rel)):
                 sym_index = info >> 32
                 if not 0 <= sym_index < len(symbols):
-                    raise ObjectError(f"{where}: relocation at offset {offset} names symbol #{sym_index}, "
-                                      f"but the symbol table has {len(symbols)} entries")
+                    raise ObjectError(
+                        f"{where}: relocation at offset {offset} names symbol #{sym_index}, "
+                        f"but the symbol table has {len(symbols)} entries"
+                    )
                 out.append(Relocation(offset, info & 0xFFFFFFFF, symbols[sym_index]))
         return out

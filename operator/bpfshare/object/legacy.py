@@ -35,19 +35,21 @@ def legacy_maps(elf: ElfObject, section: Section) -> list[tuple[int, MapSpec]]:
     )
     if not symbols:
         if data:
-            raise ObjectError(f"section {section.name}: {len(data)} bytes of map definitions "
-                              "but no map symbols")
+            raise ObjectError(f"section {section.name}: {len(data)} bytes of map definitions but no map symbols")
         return []
     if len(data) % len(symbols):
-        raise ObjectError(f"section {section.name}: cannot split {len(data)} bytes into {len(symbols)} "
-                          "map definitions of equal size")
+        raise ObjectError(
+            f"section {section.name}: cannot split {len(data)} bytes into {len(symbols)} map definitions of equal size"
+        )
     default_size = len(data) // len(symbols)
     out: list[tuple[int, MapSpec]] = []
     for sym in symbols:
         size = sym.size or default_size
         if sym.value + size > len(data):
-            raise ObjectError(f"section {section.name}: map {sym.name!r} at offset {sym.value} "
-                              f"({size} bytes) extends beyond the section ({len(data)} bytes)")
+            raise ObjectError(
+                f"section {section.name}: map {sym.name!r} at offset {sym.value} "
+                f"({size} bytes) extends beyond the section ({len(data)} bytes)"
+            )
         raw = data[sym.value : sym.value + size]
         out.append((sym.value, _parse(sym.name, raw, section.name)))
     return _link_inner_maps(out, section.name)
@@ -80,8 +82,7 @@ def _bpf_elf_map(name: str, raw: bytes, section: str, where: str) -> MapSpec:
     fields = BPF_ELF_MAP.unpack(raw)
     mtype, size_key, size_value, max_elem, flags, map_id, pinning, inner_id, inner_idx = fields
     if pinning not in _PINNING:
-        raise UnsupportedError(f"unsupported: {where}: custom pinning {pinning} "
-                               "(iproute2's bpf_pinning file)")
+        raise UnsupportedError(f"unsupported: {where}: custom pinning {pinning} (iproute2's bpf_pinning file)")
     return MapSpec(
         name=name,
         type=map_type(mtype, where),
@@ -98,8 +99,9 @@ def _bpf_elf_map(name: str, raw: bytes, section: str, where: str) -> MapSpec:
 
 def _link_inner_maps(maps: list[tuple[int, MapSpec]], section: str) -> list[tuple[int, MapSpec]]:
     """Give each iproute2 map-in-map the spec of the map whose ``id`` its ``inner_id`` names."""
-    by_id = {dict(m.extra)["id"]: m for _, m in maps if m.style is DefinitionStyle.IPROUTE2_LEGACY
-             and dict(m.extra)["id"]}
+    by_id = {
+        dict(m.extra)["id"]: m for _, m in maps if m.style is DefinitionStyle.IPROUTE2_LEGACY and dict(m.extra)["id"]
+    }
     out = []
     for offset, spec in maps:
         extra = dict(spec.extra)
@@ -107,8 +109,10 @@ def _link_inner_maps(maps: list[tuple[int, MapSpec]], section: str) -> list[tupl
         if spec.type in (MapType.ArrayOfMaps, MapType.HashOfMaps) and inner_id:
             inner = by_id.get(inner_id)
             if inner is None or inner is spec:
-                raise ObjectError(f"section {section}: map-in-map {spec.name!r} names inner_id {inner_id}, "
-                                  "but no other map has that id")
+                raise ObjectError(
+                    f"section {section}: map-in-map {spec.name!r} names inner_id {inner_id}, "
+                    "but no other map has that id"
+                )
             spec = dataclasses.replace(spec, inner=inner)
         out.append((offset, spec))
     return out

@@ -50,18 +50,24 @@ class DataTargets:
             name, size = self.data[sym.shndx]
             offset = sym.value + imm
             if not 0 <= offset < size:
-                raise ObjectError(f"{where}: reference to {sym.describe()} at offset {offset} is outside "
-                                  f"section {name} ({size} bytes)")
+                raise ObjectError(
+                    f"{where}: reference to {sym.describe()} at offset {offset} is outside "
+                    f"section {name} ({size} bytes)"
+                )
             return name, RelocationKind.MAP_VALUE, offset
         if sym.shndx in self.map_sections:
             offset = sym.value + (imm if sym.type == STT_SECTION else 0)
             name = self.maps.get((sym.shndx, offset))
             if name is None:
-                raise ObjectError(f"{where}: reference to {sym.describe()} at offset {offset} of a map "
-                                  "section matches no map definition")
+                raise ObjectError(
+                    f"{where}: reference to {sym.describe()} at offset {offset} of a map "
+                    "section matches no map definition"
+                )
             return name, RelocationKind.MAP_FD, 0
-        raise ObjectError(f"{where}: reference to {sym.describe()} in section #{sym.shndx}, "
-                          "which holds neither maps, global data nor code")
+        raise ObjectError(
+            f"{where}: reference to {sym.describe()} in section #{sym.shndx}, "
+            "which holds neither maps, global data nor code"
+        )
 
 
 class Linker:
@@ -80,14 +86,14 @@ class Linker:
         if len(code) % I.INSN_SIZE:
             raise ObjectError(f"section {section.name}: size {len(code)} is not a multiple of {I.INSN_SIZE}")
         count = len(code) // I.INSN_SIZE
-        syms = sorted((s for s in self.elf.symbols if s.shndx == section.index and s.type == STT_FUNC),
-                      key=lambda s: s.value)
+        syms = sorted(
+            (s for s in self.elf.symbols if s.shndx == section.index and s.type == STT_FUNC), key=lambda s: s.value
+        )
         out: list[Function] = []
         for n, sym in enumerate(syms):
             where = f"section {section.name}: function {sym.name!r}"
             if sym.value % I.INSN_SIZE or sym.size % I.INSN_SIZE:
-                raise ObjectError(f"{where}: offset {sym.value} or size {sym.size} "
-                                  "is not instruction-aligned")
+                raise ObjectError(f"{where}: offset {sym.value} or size {sym.size} is not instruction-aligned")
             start = sym.value // I.INSN_SIZE
             if sym.size:
                 end = start + sym.size // I.INSN_SIZE
@@ -110,8 +116,7 @@ class Linker:
         funcs = self.functions(section)
         pos = bisect.bisect_right([f.start for f in funcs], index) - 1
         if pos < 0 or not funcs[pos].start <= index < funcs[pos].end:
-            raise ObjectError(f"{where}: target instruction {index} of section {section.name} "
-                              "is in no function")
+            raise ObjectError(f"{where}: target instruction {index} of section {section.name} is in no function")
         return funcs[pos]
 
     def _section_relocations(self, section: Section) -> dict[int, Relocation]:
@@ -121,8 +126,9 @@ class Linker:
                 if rel.type == R_BPF_NONE:
                     continue
                 if rel.offset % I.INSN_SIZE or rel.offset >= section.size:
-                    raise ObjectError(f"section {section.name}: relocation at offset {rel.offset} "
-                                      "does not point at an instruction")
+                    raise ObjectError(
+                        f"section {section.name}: relocation at offset {rel.offset} does not point at an instruction"
+                    )
                 by_insn[rel.offset // I.INSN_SIZE] = rel
             self._relocations[section.index] = by_insn
         return self._relocations[section.index]
@@ -186,16 +192,20 @@ class _Job:
             elif op == I.CALL:
                 self._call(func, base, i, rel, where, queue)
             elif rel is not None:
-                raise ObjectError(f"{where}: relocation of type {rel.type} against {rel.symbol.describe()} "
-                                  f"on opcode {op:#04x}, which is neither ld_imm64 nor call")
+                raise ObjectError(
+                    f"{where}: relocation of type {rel.type} against {rel.symbol.describe()} "
+                    f"on opcode {op:#04x}, which is neither ld_imm64 nor call"
+                )
 
-    def _ld_imm64(self, func: Function, base: int, i: int, rel: Relocation | None, where: str,
-                  queue: list[tuple[Function, int]]) -> None:
+    def _ld_imm64(
+        self, func: Function, base: int, i: int, rel: Relocation | None, where: str, queue: list[tuple[Function, int]]
+    ) -> None:
         src = I.src_reg(func.code, i)
         if rel is None:
             if src != 0:
-                raise UnsupportedError(f"unsupported: {where}: ld_imm64 with pseudo source register {src} "
-                                       "and no relocation")
+                raise UnsupportedError(
+                    f"unsupported: {where}: ld_imm64 with pseudo source register {src} and no relocation"
+                )
             return
         if rel.type != R_BPF_64_64:
             raise UnsupportedError(f"unsupported: {where}: relocation type {rel.type} on an ld_imm64")
@@ -211,23 +221,27 @@ class _Job:
             if (sym.value + imm) % I.INSN_SIZE == 0:
                 func_at = self.linker._function_at(sym.shndx, (sym.value + imm) // I.INSN_SIZE, where)
                 target = f"function {func_at.name!r}"
-            raise UnsupportedError(f"unsupported: callback: address of {target} taken in {where} "
-                                   "(callbacks need BTF func_info, which bpfshare does not load)")
+            raise UnsupportedError(
+                f"unsupported: callback: address of {target} taken in {where} "
+                "(callbacks need BTF func_info, which bpfshare does not load)"
+            )
         name, kind, offset = self.linker.targets.resolve(sym, imm, where)
         I.set_imm(self.code, at, 0)
         I.set_imm(self.code, at + 1, 0)
         self.relocations.append(MapRelocation(insn=at, map_name=name, kind=kind, offset=offset))
 
-    def _call(self, func: Function, base: int, i: int, rel: Relocation | None, where: str,
-              queue: list[tuple[Function, int]]) -> None:
+    def _call(
+        self, func: Function, base: int, i: int, rel: Relocation | None, where: str, queue: list[tuple[Function, int]]
+    ) -> None:
         src, imm = I.src_reg(func.code, i), I.imm(func.code, i)
         if rel is not None:
             sym = rel.symbol
             if sym.shndx == SHN_UNDEF:
                 raise UnsupportedError(f"unsupported: kfunc call to {sym.name!r} in {where}")
             if rel.type != R_BPF_64_32 or src != I.PSEUDO_CALL:
-                raise ObjectError(f"{where}: relocation type {rel.type} against {sym.describe()} on a call "
-                                  f"with source register {src}")
+                raise ObjectError(
+                    f"{where}: relocation type {rel.type} against {sym.describe()} on a call with source register {src}"
+                )
             if sym.value % I.INSN_SIZE:
                 raise ObjectError(f"{where}: call target {sym.describe()} is not instruction-aligned")
             target = (sym.shndx, sym.value // I.INSN_SIZE + imm + 1)

@@ -105,8 +105,10 @@ class _Reader:
                     kind = "subprogram" if code_sec.name == ".text" else "program"
                     what = f"{kind} {func.name}"
         records = f"{len(relos)} record{'s' if len(relos) != 1 else ''}"
-        raise UnsupportedError(f"unsupported: CO-RE relocations (.BTF.ext core_relo) in {what} "
-                               f"({records}; bpfshare does not rewrite field offsets)")
+        raise UnsupportedError(
+            f"unsupported: CO-RE relocations (.BTF.ext core_relo) in {what} "
+            f"({records}; bpfshare does not rewrite field offsets)"
+        )
 
     def _license(self) -> str:
         sec = self.elf.by_name.get("license")
@@ -133,18 +135,20 @@ class _Reader:
 
         def add(spec: MapSpec) -> None:
             if spec.name in maps:
-                raise ObjectError(f"map {spec.name!r} is defined twice (sections {maps[spec.name].section} "
-                                  f"and {spec.section})")
+                raise ObjectError(
+                    f"map {spec.name!r} is defined twice (sections {maps[spec.name].section} and {spec.section})"
+                )
             maps[spec.name] = spec
 
         for sec in self.elf.sections:
             if sec.name in (BTF_MAPS_SECTION, LEGACY_MAPS_SECTION):
                 with guard(f"section {sec.name}"):
                     if self.elf.has_relocations(sec):
-                        raise UnsupportedError(f"unsupported: initial values of maps (relocations against "
-                                               f"section {sec.name}: prog array or map-in-map slots)")
-                    found = (self._btf_maps(sec) if sec.name == BTF_MAPS_SECTION
-                             else legacy_maps(self.elf, sec))
+                        raise UnsupportedError(
+                            f"unsupported: initial values of maps (relocations against "
+                            f"section {sec.name}: prog array or map-in-map slots)"
+                        )
+                    found = self._btf_maps(sec) if sec.name == BTF_MAPS_SECTION else legacy_maps(self.elf, sec)
                 targets.map_sections.add(sec.index)
                 for offset, spec in found:
                     add(spec)
@@ -159,8 +163,9 @@ class _Reader:
 
     def _btf_maps(self, sec: Section) -> list[tuple[int, MapSpec]]:
         """BTF maps, placed by their symbols (the DATASEC's offsets are not filled in by clang)."""
-        offsets = {s.name: s.value for s in self.elf.symbols
-                   if s.shndx == sec.index and s.type not in (STT_SECTION, STT_FILE)}
+        offsets = {
+            s.name: s.value for s in self.elf.symbols if s.shndx == sec.index and s.type not in (STT_SECTION, STT_FILE)
+        }
         found = []
         for spec in btf_maps(self.btf, sec.name):
             if spec.name not in offsets:
@@ -179,8 +184,10 @@ class _Reader:
                 functions: list[Function] = linker.functions(sec)
             for func in functions:
                 if func.name in programs:
-                    raise ObjectError(f"program {func.name!r} is defined twice (sections "
-                                      f"{programs[func.name].section} and {sec.name})")
+                    raise ObjectError(
+                        f"program {func.name!r} is defined twice (sections "
+                        f"{programs[func.name].section} and {sec.name})"
+                    )
                 with guard(f"program {func.name!r} (section {sec.name})"):
                     code, relocations = linker.link(func)
                 programs[func.name] = ProgramSpec(
