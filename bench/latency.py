@@ -70,8 +70,9 @@ def direct_runs(obj: Path, root: Path, netns: str, iface: str, cgroup: str, runs
 def inprocess_runs(obj: Path, root: Path, netns: str, iface: str, cgroup: str, runs: int) -> list[float]:
     """Seconds for the same two loads and attachments through the loader API in this process (no
     process start-up, no imports): the kernel and loader cost alone."""
-    from bpfshare.attach import CgroupTarget, TcTarget, attach_program
-    from bpfshare.loader import load_program
+    from bpfshare.api.targets import CgroupTarget, TcTarget
+    from bpfshare.load.attach import attach_program
+    from bpfshare.load.loader import load_program
     from bpfshare.object import read_collection
 
     samples = []

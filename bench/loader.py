@@ -96,7 +96,7 @@ def bench_parse(obj: Path, rounds: int) -> float:
 
 def bench_bpfshare_load(obj: Path, rounds: int) -> tuple[float, float]:
     """Median ms to load every program of ``obj`` in process, and the share inside bpf()."""
-    from bpfshare.loader import load_program
+    from bpfshare.load.loader import load_program
     from bpfshare.object import read_collection
 
     clock = SyscallClock()
@@ -169,8 +169,9 @@ def veth_namespace() -> Iterator[tuple[str, str]]:
 
 def bench_tc(obj: Path, rounds: int) -> tuple[float, float]:
     """(bpfshare in-process load + tc attach, tc filter add as a process), median ms each."""
-    from bpfshare.attach import TcTarget, attach_program
-    from bpfshare.loader import load_program
+    from bpfshare.api.targets import TcTarget
+    from bpfshare.load.attach import attach_program
+    from bpfshare.load.loader import load_program
     from bpfshare.object import read_collection
 
     ours, theirs = [], []

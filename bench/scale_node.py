@@ -101,9 +101,9 @@ def documents(shape: str, obj: Path, netns: str, interfaces: list[str], cgroups:
 def engine_pass(stack: contextlib.ExitStack, docs: list[dict[str, Any]], result: Result) -> None:
     """The kernel reference: one engine pass in this process over the same resources, on a fresh bpffs;
     then everything is detached and unpinned again."""
+    from bpfshare.api.resources import parse_map, parse_program
+    from bpfshare.api.status import Phase
     from bpfshare.engine import Engine
-    from bpfshare.engine.status import Phase
-    from bpfshare.resources import parse_map, parse_program
 
     maps = [parse_map(d) for d in docs if d["kind"] == "BpfMap"]
     programs = [parse_program(d) for d in docs if d["kind"] == "BpfProgram"]

@@ -92,7 +92,8 @@ def main() -> None:
     section = "\n".join(
         [
             MARK_BEGIN,
-            f"Command: `sudo .venv/bin/python bench/soak.py{' --quick' if args.quick else ''} --write docs/reliability.md` "
+            f"Command: `sudo .venv/bin/python bench/soak.py{' --quick' if args.quick else ''} "
+            "--write docs/reliability.md` "
             f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, kernel {os.uname().release}).",
             "",
             "| scenario | result | seconds | figures |",

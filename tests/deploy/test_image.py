@@ -50,7 +50,7 @@ def test_wheel_holds_the_package_and_its_entry_point(image_root: Path) -> None:
     assert len(wheels) == 1
     with zipfile.ZipFile(wheels[0]) as whl:
         names = set(whl.namelist())
-        assert {"bpfshare/metrics.py", "bpfshare/agent/operator.py", "bpfshare/py.typed"} <= names
+        assert {"bpfshare/agent/metrics.py", "bpfshare/agent/operator.py", "bpfshare/py.typed"} <= names
         assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
         requires = [line for line in whl.read(meta).decode().splitlines() if line.startswith("Requires-Dist:")]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bpfshare.agent.metrics import AgentMetrics, parse_address
 from bpfshare.agent.state import Snapshot
+from bpfshare.api.status import Event, Phase
 from bpfshare.engine import Report, StatusEntry
-from bpfshare.engine.status import Event, Phase
-from bpfshare.metrics import AgentMetrics, parse_address
 from tests.deploy.conftest import parse_metrics, sample
 
 

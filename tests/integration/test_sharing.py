@@ -331,7 +331,7 @@ def test_concurrent_loaders_converge_on_one_map(bpffs: Path, bpf_objects) -> Non
 
 
 def test_global_data_and_subprograms_load_and_run(bpffs: Path, bpf_objects) -> None:
-    from bpfshare.loader import load_program
+    from bpfshare.load.loader import load_program
     from bpfshare.object import read_collection
 
     loaded = load_program(read_collection(bpf_objects["features"]), "count_features", pin_root=bpffs)

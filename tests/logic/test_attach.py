@@ -6,16 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bpfshare.attach import (
-    CgroupTarget,
-    TcTarget,
-    TcxTarget,
-    check_fits,
-    link_pin_path,
-    parse_attach,
-    target_from_link_pin,
-)
+from bpfshare.api.targets import CgroupTarget, TcTarget, TcxTarget, parse_attach
 from bpfshare.errors import BpfshareError
+from bpfshare.load.attach import check_fits, link_pin_path, target_from_link_pin
 from bpfshare.spec import ProgramSpec
 from bpfshare.types import AttachType, ProgType
 

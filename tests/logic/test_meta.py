@@ -9,7 +9,7 @@ import pytest
 from bpfshare.engine.meta import META_VALUE_SIZE, ProgramMeta
 from bpfshare.engine.programs import fingerprint
 from bpfshare.errors import BpfshareError
-from bpfshare.loader import MapBinding
+from bpfshare.load.loader import MapBinding
 
 
 def test_meta_round_trip() -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bpfshare.attach import CgroupTarget, TcTarget, TcxTarget
-from bpfshare.resources import NodeSelector, ResourceError, parse_map, parse_program
+from bpfshare.api.resources import NodeSelector, ResourceError, parse_map, parse_program
+from bpfshare.api.targets import CgroupTarget, TcTarget, TcxTarget
 from bpfshare.types import MapFlag, MapType
 
 MAP: dict[str, Any] = {
@@ -140,7 +140,7 @@ def test_node_selector_unknown_operator() -> None:
 
 
 def test_attach_summary_for_kubectl_get() -> None:
-    from bpfshare.resources import attach_summary
+    from bpfshare.api.resources import attach_summary
 
     assert attach_summary(PROG) == "tc/ingress eth0,eth1"
     tcx = with_spec(PROG, attach={"tcx": {"interfaces": ["v0"], "direction": "egress", "networkNamespace": "n"}})

@@ -16,10 +16,10 @@ from typing import Any
 
 from bpfshare.agent.state import ClusterState, Snapshot
 from bpfshare.agent.writer import Writer
+from bpfshare.api.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION, attach_summary
+from bpfshare.api.status import Phase
 from bpfshare.engine import Engine, Report, StatusEntry
-from bpfshare.engine.status import Phase
 from bpfshare.errors import BpfshareError
-from bpfshare.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION, attach_summary
 
 log = logging.getLogger("bpfshare.agent")
 

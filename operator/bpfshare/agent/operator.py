@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from bpfshare.agent.loop import Agent
-from bpfshare.resources import GROUP, MAP_PLURAL, PROGRAM_PLURAL, VERSION
+from bpfshare.api.resources import GROUP, MAP_PLURAL, PROGRAM_PLURAL, VERSION
 
 log = logging.getLogger("bpfshare.agent")
 
@@ -127,10 +127,9 @@ def run_agent(
     agent = Agent(node, pin_root, api_client, resync_seconds=resync_seconds)
     registry = build_registry(agent)
     if metrics:
-        from bpfshare.metrics import AgentMetrics, serve
+        from bpfshare.agent.metrics import AgentMetrics, serve
 
         agent.metrics = AgentMetrics(node, requests=lambda: agent.writer.requests)
-        agent.metrics.install()
         serve(metrics, agent.metrics)
     log.info("bpfshare agent for node %s, pin root %s", node, pin_root)
     while True:

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from bpfshare.api.resources import MapResource, ProgramResource, parse_map, parse_program
 from bpfshare.errors import BpfshareError
-from bpfshare.resources import MapResource, ProgramResource, parse_map, parse_program
 
 log = logging.getLogger("bpfshare.agent")
 

@@ -14,8 +14,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from bpfshare.api.resources import API_VERSION, GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_PLURAL, VERSION
 from bpfshare.errors import BpfshareError
-from bpfshare.resources import API_VERSION, GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_PLURAL, VERSION
 
 log = logging.getLogger("bpfshare.agent")
 APPLY = "application/apply-patch+yaml"

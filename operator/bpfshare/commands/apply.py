@@ -40,7 +40,7 @@ def iter_documents(sources: tuple[Path, ...]) -> Iterator[tuple[Path, dict[str, 
 
 
 def read_resources(sources: tuple[Path, ...]):  # type: ignore[no-untyped-def]
-    from bpfshare.resources import API_VERSION, MAP_KIND, PROGRAM_KIND, parse_map, parse_program
+    from bpfshare.api.resources import API_VERSION, MAP_KIND, PROGRAM_KIND, parse_map, parse_program
 
     maps, programs = [], []
     for path, doc in iter_documents(sources):
@@ -65,7 +65,7 @@ def _labels(options: tuple[str, ...]) -> dict[str, str]:
 
 
 def _print(report, node: str, generations: dict[tuple[str, str], int], output: str) -> None:  # type: ignore[no-untyped-def]
-    from bpfshare.resources import MAP_KIND, PROGRAM_KIND
+    from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND
 
     out = []
     for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):

@@ -43,12 +43,12 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
 
 
 def node_programs(root: Path) -> list[dict[str, Any]]:
-    from bpfshare.attach import LINKS_DIR
     from bpfshare.engine.layout import Layout
     from bpfshare.engine.meta import read_meta
     from bpfshare.errors import BpfshareError
     from bpfshare.kernel.links import Link
     from bpfshare.kernel.programs import Program
+    from bpfshare.load.attach import LINKS_DIR
 
     layout = Layout(root)
     out = []

@@ -53,8 +53,9 @@ def load(
     pin_root: str,
 ) -> None:
     """Load PROGRAM from OBJ, reusing pinned maps, and attach it."""
-    from bpfshare.attach import attach_program, parse_attach
-    from bpfshare.loader import MapBinding, load_program
+    from bpfshare.api.targets import parse_attach
+    from bpfshare.load.attach import attach_program
+    from bpfshare.load.loader import MapBinding, load_program
     from bpfshare.object import read_collection
 
     bindings: dict[str, MapBinding] = {}

@@ -3,7 +3,7 @@
 One engine, two drivers: ``bpfshare apply/delete -f`` (no cluster) and ``bpfshare agent`` (kopf).
 """
 
+from bpfshare.api.status import Phase, StatusEntry
 from bpfshare.engine.node import Engine, Report
-from bpfshare.engine.status import Phase, StatusEntry
 
 __all__ = ["Engine", "Phase", "Report", "StatusEntry"]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfshare.loader import PROGRAM_PIN
+from bpfshare.load.loader import PROGRAM_PIN
 
 TMP_PIN = re.compile(r"_tmp\d+$")
 

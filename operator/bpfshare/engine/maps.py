@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpfshare.api.resources import MapResource
+from bpfshare.api.status import Phase, StatusEntry
 from bpfshare.engine.layout import Layout
-from bpfshare.engine.status import Phase, StatusEntry
 from bpfshare.errors import BpfshareError
-from bpfshare.resources import MapResource
 from bpfshare.spec import MapSpec
 
 BPFFS_ROOT = Path("/sys/fs/bpf")

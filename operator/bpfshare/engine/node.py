@@ -14,15 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfshare.bytecode import CollectionCache, ConfigMapReader, fetch, no_config_maps
+from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramResource
+from bpfshare.api.status import Event, Phase, StatusEntry
+from bpfshare.engine.bytecode import CollectionCache, ConfigMapReader, fetch, no_config_maps
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.maps import ensure_map, remove_map
 from bpfshare.engine.meta import ProgramMeta, read_meta
 from bpfshare.engine.programs import WaitingError, ensure_program, remove_program
-from bpfshare.engine.status import Event, Phase, StatusEntry
 from bpfshare.errors import BpfshareError
-from bpfshare.loader import MapBinding
-from bpfshare.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramResource
+from bpfshare.load.loader import MapBinding
 
 log = logging.getLogger("bpfshare.engine")
 
@@ -35,6 +35,7 @@ class Report:
     released: set[tuple[str, str]] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
+    kernel_load_seconds: list[float] = field(default_factory=list)  # one per program loaded
 
     def event(self, kind: str, name: str, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event(kind, name, "Warning" if warning else "Normal", reason, message))
@@ -268,6 +269,8 @@ class Engine:
         except (BpfshareError, OSError) as exc:
             report.event(PROGRAM_KIND, res.name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
+        if outcome.kernel_seconds is not None:
+            report.kernel_load_seconds.append(outcome.kernel_seconds)
         prog_id = outcome.status.fields["programId"]
         if outcome.upgraded:
             report.event(

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bpfshare.attach import (
+from bpfshare.api.resources import ProgramResource
+from bpfshare.api.status import Phase, StatusEntry
+from bpfshare.engine.layout import Layout
+from bpfshare.engine.meta import ProgramMeta, read_meta, write_meta
+from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.load.attach import (
     LINKS_DIR,
     Attachment,
     AttachTarget,
@@ -24,12 +29,7 @@ from bpfshare.attach import (
     link_pin_path,
     target_from_link_pin,
 )
-from bpfshare.engine.layout import Layout
-from bpfshare.engine.meta import ProgramMeta, read_meta, write_meta
-from bpfshare.engine.status import Phase, StatusEntry
-from bpfshare.errors import BpfshareError, KernelError
-from bpfshare.loader import MapBinding, load_program, replace_pin
-from bpfshare.resources import ProgramResource
+from bpfshare.load.loader import MapBinding, load_program, replace_pin
 from bpfshare.spec import CollectionSpec
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class ProgramOutcome:
     status: StatusEntry
     loaded: bool = False  # a new program was loaded (first load or upgrade)
     upgraded: bool = False
+    kernel_seconds: float | None = None  # the verifier's time, when a program was loaded
     attached: list[str] = field(default_factory=list)  # targets newly attached or repaired
     detached: list[str] = field(default_factory=list)
 
@@ -103,6 +104,7 @@ def ensure_program(
             collection, spec.name, bindings=bindings, pin_root=layout.root, pin_dir=pin_dir, pin_program=False
         )
         program = loaded.program
+        outcome.kernel_seconds = loaded.kernel_seconds
         for m in loaded.maps.values():
             m.map.close()
         outcome.loaded = True

@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 from pathlib import Path
+from typing import Protocol
 
 from bpfshare.errors import KernelError
 from bpfshare.kernel.compat import check_compatible
@@ -124,3 +125,20 @@ def checked(live: Map, spec: MapSpec, subject: str) -> Map:
         live.close()
         raise
     return live
+
+
+class Pinnable(Protocol):
+    def pin(self, path: Path) -> None: ...
+
+
+def replace_pin(live: Pinnable, path: Path) -> None:
+    """Pin ``live`` at ``path`` atomically: pin beside it, then rename over the old pin.
+
+    A reader of ``path`` sees the old object or the new one, never no object. (bpffs refuses any
+    name with a '.', so the temporary name has none.)
+    """
+    ensure_pin_dir(path.parent)
+    tmp = path.with_name(f"{path.name}_tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    live.pin(tmp)
+    os.rename(tmp, path)

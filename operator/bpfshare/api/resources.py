@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfshare.attach import AttachTarget, CgroupTarget, TcTarget, TcxTarget
+from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.errors import BpfshareError
 from bpfshare.types import CGROUP_ATTACH_TYPES, MapFlag, MapType
 

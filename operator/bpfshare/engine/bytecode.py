@@ -8,8 +8,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+from bpfshare.api.resources import Bytecode
 from bpfshare.errors import BpfshareError
-from bpfshare.resources import Bytecode
 from bpfshare.spec import CollectionSpec
 
 MAX_BYTECODE = 32 * 1024 * 1024

@@ -33,8 +33,8 @@ Series (every one carries only the labels listed; the node is the scrape target,
 ``bpfshare_agent_info{node, version}``
     Always 1.
 
-The loader reports kernel load times through :func:`kernel_load`, a no-op until an agent's metrics
-are installed, so that ``bpfshare load`` and ``apply -f`` need no metrics at all.
+Kernel load times come with the engine's report of a pass (``Report.kernel_load_seconds``), as
+everything else here does: the loader knows nothing of metrics.
 """
 
 from __future__ import annotations
@@ -52,15 +52,6 @@ PHASES = ("Pending", "Ready", "Error")
 LOAD_REASONS = ("Loaded", "Upgraded")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HASH_LIKE = ("Hash", "PercpuHash", "LruHash", "LruPercpuHash", "LpmTrie")
-
-_kernel_load_hook: Callable[[float], None] | None = None
-
-
-def kernel_load(seconds: float) -> None:
-    """Record one successful BPF_PROG_LOAD (called by the loader)."""
-    hook = _kernel_load_hook
-    if hook is not None:
-        hook(seconds)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -122,14 +113,11 @@ class AgentMetrics:
         self._lock = threading.Lock()
         r.register(_ScrapeTime(self, requests, entry_ttl, entry_limit))
 
-    def install(self) -> None:
-        """Receive the loader's kernel load times (one agent per process)."""
-        global _kernel_load_hook
-        _kernel_load_hook = self.kernel_load.observe
-
     def observe_pass(self, snapshot: Any, report: Any) -> None:
         """Update from one engine pass: ``snapshot`` (agent.state.Snapshot), ``report`` (engine.Report)."""
         self.reconcile.observe(report.seconds)
+        for seconds in report.kernel_load_seconds:
+            self.kernel_load.observe(seconds)
         for event in report.events:
             self.events.labels(event.kind, event.type, event.reason).inc()
             if event.reason in LOAD_REASONS:

@@ -18,17 +18,14 @@ Map resolution, for every map the program refers to:
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from bpfshare import metrics
 from bpfshare.errors import BpfshareError
 from bpfshare.kernel.maps import Map
-from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned
+from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
 from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec
 
@@ -78,6 +75,7 @@ class LoadedProgram:
     program: Program
     pin_path: Path
     maps: dict[str, LoadedMap] = field(default_factory=dict)
+    kernel_seconds: float = 0.0  # the BPF_PROG_LOAD call(s): the verifier's time
 
     def close(self) -> None:
         for loaded in self.maps.values():
@@ -110,23 +108,6 @@ def open_binding(spec: MapSpec, binding: MapBinding) -> Map:
         assert binding.map_id is not None
         live = Map.from_id(binding.map_id)
     return checked(live, spec, subject)
-
-
-class Pinnable(Protocol):
-    def pin(self, path: Path) -> None: ...
-
-
-def replace_pin(live: Pinnable, path: Path) -> None:
-    """Pin ``live`` at ``path`` atomically: pin beside it, then rename over the old pin.
-
-    A reader of ``path`` sees the old object or the new one, never no object. (bpffs refuses any
-    name with a '.', so the temporary name has none.)
-    """
-    ensure_pin_dir(path.parent)
-    tmp = path.with_name(f"{path.name}_tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    live.pin(tmp)
-    os.rename(tmp, path)
 
 
 def resolve_maps(
@@ -195,7 +176,7 @@ def load_program(
         instructions = program.instructions_with_fds(fds)
         started = time.perf_counter()
         live = Program.load(program, instructions, name=program.name)
-        metrics.kernel_load(time.perf_counter() - started)
+        kernel_seconds = time.perf_counter() - started
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
             replace_pin(live, prog_pin)
@@ -203,4 +184,4 @@ def load_program(
         for loaded in maps.values():
             loaded.map.close()
         raise
-    return LoadedProgram(program, live, prog_pin, maps)
+    return LoadedProgram(program, live, prog_pin, maps, kernel_seconds)
