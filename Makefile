@@ -16,6 +16,8 @@ demo: install
 
 lint:
 	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/mypy --strict
 
 bench: install
 	$(VENV)/bin/python bench/loader.py --write docs/benchmarks.md
