@@ -1,4 +1,5 @@
-"""Kernel enumerations (from include/uapi/linux/bpf.h), as pure data.
+"""Kernel enumerations (from include/uapi/linux/bpf.h) and the few kernel vocabularies every layer
+shares (``Direction``), as pure data.
 
 Kept apart from the syscall layer so that object parsing and planning can name map and program
 types without touching the kernel. Names follow cilium/ebpf's spelling (Hash, PercpuArray, ...),
@@ -8,6 +9,10 @@ which is also what the BpfMap resource's ``spec.type`` accepts.
 from __future__ import annotations
 
 import enum
+from typing import Literal
+
+# The two hooks of a network device that tc (clsact) and tcx programs attach to.
+Direction = Literal["ingress", "egress"]
 
 
 class MapType(enum.IntEnum):

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bpfshare.errors import BpfshareError
-from bpfshare.types import CGROUP_ATTACH_TYPES, AttachType
-
-Direction = Literal["ingress", "egress"]
+from bpfshare.types import CGROUP_ATTACH_TYPES, AttachType, Direction
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,15 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from bpfshare.errors import KernelError, TargetNotFoundError
 from bpfshare.kernel.netns import enter_netns, netns_label
 from bpfshare.kernel.programs import Program
+from bpfshare.types import Direction
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
-
-Direction = Literal["ingress", "egress"]
 
 TC_H_CLSACT_PARENT = 0xFFFFFFF1  # the clsact (and ingress) qdisc's parent
 PARENTS: dict[str, int] = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # ffff:fff2 / ffff:fff3

@@ -7,14 +7,10 @@ are not tied to a namespace).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from bpfshare.kernel.links import Link, QueryResult, query_tcx
 from bpfshare.kernel.netns import enter_netns, ifindex
 from bpfshare.kernel.programs import Program
-from bpfshare.types import AttachType
-
-Direction = Literal["ingress", "egress"]
+from bpfshare.types import AttachType, Direction
 
 
 def tcx_attach_type(direction: str) -> AttachType:
