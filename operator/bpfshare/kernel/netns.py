@@ -8,7 +8,6 @@ Unlike ``ip netns exec``, nothing is remounted: bpffs pins stay visible.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -17,12 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bpfshare.errors import KernelError, TargetNotFoundError
+from bpfshare.kernel import libc
 
 NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 SELF_NET = "/proc/thread-self/ns/net"
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def netns_path(name_or_path: str) -> Path:
@@ -44,10 +42,12 @@ def netns_path(name_or_path: str) -> Path:
 
 
 def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
+    try:
+        libc.setns(fd, CLONE_NEWNET)
+    except OSError as exc:
+        err = exc.errno or 0
         hint = " (entering a network namespace needs CAP_SYS_ADMIN)" if err == errno.EPERM else ""
-        raise KernelError(f"setns({what}): {os.strerror(err)}{hint}", err)
+        raise KernelError(f"setns({what}): {os.strerror(err)}{hint}", err) from None
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bpfshare.errors import KernelError
+from bpfshare.kernel import libc
 from bpfshare.kernel.compat import check_compatible
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.objects import pin_name_problem
@@ -27,8 +28,6 @@ BPF_FS_MAGIC = 0xCAFE4A11
 # (another loader pinning, then an unpin) before giving up.
 ATTEMPTS = 8
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class NotOnBpffsError(KernelError):
     """A pin path is not inside a bpffs mount (the kernel would answer a bare EPERM)."""
@@ -37,9 +36,7 @@ class NotOnBpffsError(KernelError):
 def fs_magic(path: Path | str) -> int:
     """statfs(2)'s f_type: the filesystem's magic number (first field, a native long)."""
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    if _libc.statfs(os.fsencode(str(path)), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(path))
+    libc.statfs(path, buf)
     if platform.machine() == "s390x":  # the one 64-bit ABI where f_type is a 32-bit int
         return ctypes.c_uint.from_buffer(buf).value
     return ctypes.c_ulong.from_buffer(buf).value

@@ -16,6 +16,7 @@ import platform
 from typing import Any
 
 from bpfshare.errors import KernelError
+from bpfshare.kernel import libc
 from bpfshare.kernel.abi import ATTR_SIZE, BpfAttr, Cmd
 
 # __NR_bpf per architecture (it is not in the generic table on every one).
@@ -32,9 +33,6 @@ _NR_BPF = {
 
 # Kernel-internal errno values that leak to user space and that libc does not name.
 _EXTRA_ERRNO = {524: ("ENOTSUPP", "Operation not supported")}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def _nr_bpf() -> int:
@@ -68,17 +66,12 @@ def bpf(cmd: int, attr: Any, size: int | None = None) -> int:
     """
     size = ctypes.sizeof(attr) if size is None else size
     while True:
-        ret = _libc.syscall(
-            ctypes.c_long(NR_BPF),
-            ctypes.c_long(int(cmd)),
-            ctypes.c_void_p(ctypes.addressof(attr)),
-            ctypes.c_long(size),
-        )
-        if ret >= 0:
-            return int(ret)
-        err = ctypes.get_errno()
-        if err != errno_mod.EINTR:
-            raise KernelError(f"{command_name(cmd)}: {errno_text(err)}", err)
+        try:
+            return libc.syscall(NR_BPF, int(cmd), ctypes.addressof(attr), size)
+        except OSError as exc:
+            err = exc.errno or 0
+            if err != errno_mod.EINTR:
+                raise KernelError(f"{command_name(cmd)}: {errno_text(err)}", err) from None
 
 
 def command_name(cmd: int) -> str:
