@@ -7,15 +7,31 @@ objects (``bpfshare.kernel``). Everything here is immutable and cheap to compare
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import re
 import struct
 from dataclasses import dataclass, field
 
-from bpfshare.types import AttachType, MapFlag, MapType, ProgType
+from bpfshare.types import MAP_IN_MAP_TYPES, AttachType, MapFlag, MapType, ProgType
 
 INSN_SIZE = 8
 BPF_PSEUDO_MAP_FD = 1
 BPF_PSEUDO_MAP_VALUE = 2
+
+# BPF_OBJ_NAME_LEN is 16 bytes including the NUL: a map or program name keeps 15 characters.
+OBJECT_NAME_MAX = 15
+_NOT_IN_OBJECT_NAME = re.compile(r"[^A-Za-z0-9_.]")
+
+
+def kernel_object_name(name: str) -> str:
+    """The name the kernel will keep for a map or program called ``name``.
+
+    At most ``OBJECT_NAME_MAX`` characters of [A-Za-z0-9_.]: the kernel refuses any other character
+    (EINVAL, bpf_obj_name_cpy) rather than dropping it, so each one becomes '_'. Pure, so that the
+    engine can predict the name a map will show without asking the kernel.
+    """
+    return _NOT_IN_OBJECT_NAME.sub("_", name)[:OBJECT_NAME_MAX]
 
 
 class Pinning(enum.IntEnum):
@@ -68,6 +84,33 @@ class MapSpec:
             "pinning": self.pinning.name if self.pinning else "none",
             "style": str(self.style),
         }
+
+
+def effective_spec(spec: MapSpec, possible_cpus: int) -> MapSpec:
+    """The spec as the kernel will create it: its "magic" fields filled in, as the kernel (and libbpf,
+    and cilium/ebpf) do, on a machine with ``possible_cpus`` possible CPUs.
+
+    - PerfEventArray: key and value size 0 mean 4; max_entries 0 (or more than the CPUs) means the
+      number of possible CPUs. CpuMap: max_entries clamped to the possible CPUs likewise.
+    - ArrayOfMaps / HashOfMaps: value size 0 means 4 (the value is a map fd, read back as an id).
+    - RingBuf / UserRingBuf: key and value size are always 0 (the kernel refuses anything else).
+
+    Returns ``spec`` itself when nothing changes.
+    """
+    changes: dict[str, int] = {}
+    if spec.type is MapType.PerfEventArray:
+        changes = {"key_size": spec.key_size or 4, "value_size": spec.value_size or 4}
+        if spec.max_entries == 0 or spec.max_entries > possible_cpus:
+            changes["max_entries"] = possible_cpus
+    elif spec.type is MapType.CpuMap:
+        if spec.max_entries == 0 or spec.max_entries > possible_cpus:
+            changes["max_entries"] = possible_cpus
+    elif spec.type in MAP_IN_MAP_TYPES:
+        changes = {"value_size": spec.value_size or 4}
+    elif spec.type in (MapType.RingBuf, MapType.UserRingBuf):
+        changes = {"key_size": 0, "value_size": 0}
+    changes = {name: value for name, value in changes.items() if getattr(spec, name) != value}
+    return dataclasses.replace(spec, **changes) if changes else spec  # type: ignore[arg-type]
 
 
 class RelocationKind(enum.IntEnum):

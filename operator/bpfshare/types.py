@@ -61,6 +61,10 @@ class MapType(enum.IntEnum):
         raise ValueError(f"unknown map type {name!r}")
 
 
+# Map types whose values are other maps (the kernel needs an inner map as a template to create one).
+MAP_IN_MAP_TYPES = frozenset({MapType.ArrayOfMaps, MapType.HashOfMaps})
+
+
 class MapFlag(enum.IntFlag):
     NoPrealloc = 1 << 0
     NoCommonLru = 1 << 1

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 
 from bpfshare.errors import IncompatibleMapError
-from bpfshare.kernel.compat import check_compatible, effective_spec, map_differences
+from bpfshare.kernel.compat import check_compatible, map_differences
 from bpfshare.kernel.cpus import possible_cpus
 from bpfshare.kernel.maps import Map, MapInfo
-from bpfshare.spec import MapSpec
+from bpfshare.spec import MapSpec, effective_spec, kernel_object_name
 from bpfshare.types import MapFlag, MapType, ProgType
 
 
@@ -22,7 +22,7 @@ def info_like(spec: MapSpec, **changes: object) -> MapInfo:
         value_size=spec.value_size,
         max_entries=spec.max_entries,
         flags=spec.flags,
-        name=spec.name[:15],
+        name=kernel_object_name(spec.name),
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -77,7 +77,7 @@ def test_fd_only_flags_are_ignored() -> None:
 
 def test_ringbuf_key_value_always_zero() -> None:
     spec = MapSpec(name="rb", type=MapType.RingBuf, key_size=4, value_size=8, max_entries=4096)
-    assert effective_spec(spec).key_size == 0
+    assert effective_spec(spec, possible_cpus()).key_size == 0
     assert map_differences(spec, info_like(spec, key_size=0, value_size=0)) == []
 
 

@@ -6,12 +6,9 @@ object or resource now declares. Unlike a first-mismatch check, all differences 
 together, so a user fixes a definition in one round trip.
 
 Before comparing, the spec is normalized the way the kernel (and libbpf, and cilium/ebpf) would
-create it ("magic fields"), and flags the kernel sets or drops on its own are ignored:
+create it (its "magic fields": ``bpfshare.spec.effective_spec``), and flags the kernel sets or
+drops on its own are ignored:
 
-- PerfEventArray: key and value size 0 mean 4, max_entries 0 (or more than the CPUs) means the
-  number of possible CPUs. CpuMap: max_entries clamped to the possible CPUs likewise.
-- ArrayOfMaps / HashOfMaps: value size 0 means 4 (the value is a map fd / id).
-- RingBuf / UserRingBuf: key and value size are always 0 (the kernel refuses anything else).
 - BPF_F_RDONLY / BPF_F_WRONLY restrict the *fd* used at creation, not the map; the kernel does not
   keep them, so they never show in bpf_map_info. BPF_F_TOKEN_FD and BPF_F_VTYPE_BTF_OBJ_FD only say
   how to read other attr fields. All four are ignored on both sides.
@@ -25,43 +22,20 @@ create it ("magic fields"), and flags the kernel sets or drops on its own are ig
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from bpfshare.errors import IncompatibleMapError
 from bpfshare.kernel.cpus import possible_cpus
-from bpfshare.spec import MapSpec
+from bpfshare.spec import MapSpec, effective_spec
 from bpfshare.types import MapFlag, MapType, ProgType
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # an annotation only: comparing needs no syscall module
     from bpfshare.kernel.maps import MapInfo
 
 # Flags that describe the creating call, not the map: never reported by the kernel.
 NON_PERSISTENT_FLAGS = MapFlag.Rdonly | MapFlag.Wronly | MapFlag.TokenFd | MapFlag.VtypeBtfObjFd
 
-MAP_OF_MAPS = (MapType.ArrayOfMaps, MapType.HashOfMaps)
-RINGBUFS = (MapType.RingBuf, MapType.UserRingBuf)
 DEVMAPS = (MapType.DevMap, MapType.DevMapHash)
-
-
-def effective_spec(spec: MapSpec) -> MapSpec:
-    """The spec as the kernel will see it: magic zero fields filled in (see the module doc)."""
-    changes: dict[str, int] = {}
-    if spec.type is MapType.PerfEventArray:
-        ncpu = possible_cpus()
-        changes = {"key_size": spec.key_size or 4, "value_size": spec.value_size or 4}
-        if spec.max_entries == 0 or spec.max_entries > ncpu:
-            changes["max_entries"] = ncpu
-    elif spec.type is MapType.CpuMap:
-        ncpu = possible_cpus()
-        if spec.max_entries == 0 or spec.max_entries > ncpu:
-            changes["max_entries"] = ncpu
-    elif spec.type in MAP_OF_MAPS:
-        changes = {"value_size": spec.value_size or 4}
-    elif spec.type in RINGBUFS:
-        changes = {"key_size": 0, "value_size": 0}
-    changes = {k: v for k, v in changes.items() if getattr(spec, k) != v}
-    return dataclasses.replace(spec, **changes) if changes else spec  # type: ignore[arg-type]
 
 
 def _type_name(value: int) -> str:
@@ -88,7 +62,7 @@ def map_differences(spec: MapSpec, info: MapInfo, *, prog_type: ProgType | None 
 
     Each entry reads ``Field: <existing> changed to <declared>``.
     """
-    want = effective_spec(spec)
+    want = effective_spec(spec, possible_cpus())
     diffs: list[str] = []
     if int(info.type) != int(want.type):
         diffs.append(f"Type: {_type_name(info.type)} changed to {_type_name(want.type)}")
@@ -107,7 +81,7 @@ def map_differences(spec: MapSpec, info: MapInfo, *, prog_type: ProgType | None 
     if have_flags != want_flags:
         diffs.append(f"Flags: {_flags_text(have_flags)} changed to {_flags_text(want_flags)}")
 
-    owner = getattr(info, "owner_prog_type", None)
+    owner = info.owner_prog_type
     if prog_type is not None and owner is not None and int(owner) != int(prog_type):
         diffs.append(
             f"OwnerProgType: {_prog_type_name(owner)} changed to {_prog_type_name(prog_type)} "

@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpfshare.errors import KernelError
 from bpfshare.kernel.abi import BPF_ANY, Cmd, MapInfoStruct
-from bpfshare.kernel.compat import MAP_OF_MAPS, effective_spec
 from bpfshare.kernel.cpus import possible_cpus
 from bpfshare.kernel.objects import KIND_MAP, fd_by_id, obj_get, obj_info, obj_pin
 from bpfshare.kernel.syscall import FD, bpf, fdinfo, new_attr
-from bpfshare.spec import DefinitionStyle, MapSpec
-from bpfshare.types import MapFlag, MapType, ProgType
+from bpfshare.spec import DefinitionStyle, MapSpec, effective_spec, kernel_object_name
+from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType, ProgType
 
 PERCPU_TYPES = frozenset({MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage})
 
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_.]")
-
 
 def object_name(name: str) -> bytes:
-    """A kernel object name: at most 15 characters of [A-Za-z0-9_.] (others become '_')."""
-    return _NAME_BAD.sub("_", name)[:15].encode()
+    """``name`` as the bytes of a bpf_attr map_name / prog_name field (see ``kernel_object_name``)."""
+    return kernel_object_name(name).encode()
 
 
 def _enum(kind: type[MapType] | type[ProgType], value: int) -> int:
@@ -87,9 +83,9 @@ class Map:
     def create(cls, spec: MapSpec, name: str | None = None) -> Map:
         """Create a map from ``spec``; global data maps get their initial contents (and .rodata
         is frozen, so neither user space nor a program can change it afterwards)."""
-        spec = effective_spec(spec)
+        spec = effective_spec(spec, possible_cpus())
         inner: Map | None = None
-        if spec.type in MAP_OF_MAPS:
+        if spec.type in MAP_IN_MAP_TYPES:
             if spec.inner is None:
                 raise KernelError(f"creating map {spec.name!r}: a {spec.type.name} needs an inner map spec")
             # The kernel only reads the template's shape; it can go right after creation.

@@ -16,7 +16,7 @@ from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object.btf import Btf, BtfType, Kind
 from bpfshare.object.mapdef import map_type
 from bpfshare.spec import DefinitionStyle, MapSpec, Pinning
-from bpfshare.types import MapFlag, MapType
+from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType
 
 LIBBPF_PIN_NONE = 0
 LIBBPF_PIN_BY_NAME = 1
@@ -30,7 +30,6 @@ _INT_FIELDS = (
     "pinning",
     "map_extra",
 )
-_MAP_IN_MAP = (MapType.ArrayOfMaps, MapType.HashOfMaps)
 
 
 def btf_maps(btf: Btf, section: str) -> list[MapSpec]:
@@ -143,7 +142,7 @@ def _values(
     if value_size not in (0, 4):
         raise ObjectError(f"{where}: value size {value_size} of a map with 'values' must be 4")
     target = btf.skip_mods(ptr.size_or_type)
-    if mtype in _MAP_IN_MAP:
+    if mtype in MAP_IN_MAP_TYPES:
         if inner_of is not None:
             raise UnsupportedError(f"unsupported: {where}: nested map-in-map")
         if target.kind is not Kind.STRUCT:

@@ -19,7 +19,7 @@ from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
 from bpfshare.object.mapdef import map_type
 from bpfshare.spec import DefinitionStyle, MapSpec, Pinning
-from bpfshare.types import MapFlag, MapType
+from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag
 
 BPF_MAP_DEF = struct.Struct("<5I")
 BPF_ELF_MAP = struct.Struct("<9I")
@@ -106,7 +106,7 @@ def _link_inner_maps(maps: list[tuple[int, MapSpec]], section: str) -> list[tupl
     for offset, spec in maps:
         extra = dict(spec.extra)
         inner_id = extra.get("inner_id", 0)
-        if spec.type in (MapType.ArrayOfMaps, MapType.HashOfMaps) and inner_id:
+        if spec.type in MAP_IN_MAP_TYPES and inner_id:
             inner = by_id.get(inner_id)
             if inner is None or inner is spec:
                 raise ObjectError(
