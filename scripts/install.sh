@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything bpfshare needs on a fresh Debian/Ubuntu machine, idempotently:
 # system packages (clang, llvm, bpftool, iproute2, libbpf headers), a Python virtual environment with
-# the package and its test tools, the example BPF objects, and the local control plane (built from
-# Go modules into ~/.cache/bpfshare; a cold build takes many minutes, a warm one seconds).
+# the package, its `dev` extra (what the local control plane needs) and its test tools, the example
+# BPF objects, and the local control plane (built from Go modules into ~/.cache/bpfshare; a cold
+# build takes many minutes, a warm one seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "install: python dependencies"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e '.[test]'
+  "$VENV/bin/pip" install -q -e '.[dev,test]'
   touch "$stamp"
 fi
 

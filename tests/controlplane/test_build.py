@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfshare.controlplane import ControlPlaneError, paths, procs, run
+from bpfshare.controlplane import ControlPlaneError, paths, pki, procs, run
 from bpfshare.controlplane import build as b
 
 
@@ -146,3 +147,55 @@ def test_a_process_whose_binary_was_rebuilt_is_still_recognised(tmp_path: Path) 
         assert not procs.is_ours(record)
     finally:
         subprocess.run(["kill", "-9", str(record.pid)], capture_output=True, check=False)
+
+
+def test_start_time_is_the_kernels_clock_ticks_since_boot(tmp_path: Path) -> None:
+    """The record keeps field 22 of /proc/PID/stat (unchanged by clock steps), found through psutil."""
+    record = procs.launch("sleep", ["/bin/sleep", "60"], tmp_path / "sleep.log")
+    try:
+        stat = Path(f"/proc/{record.pid}/stat").read_text()
+        assert record.start_time == int(stat[stat.rindex(")") + 2 :].split()[19])
+        assert procs.ProcessRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    finally:
+        procs.stop(record, grace=5)
+
+
+def test_a_zombie_is_not_ours_and_is_reaped(tmp_path: Path) -> None:
+    record = procs.launch("true", ["/bin/true"], tmp_path / "true.log")
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{record.pid}/stat").exists() and " Z " not in Path(f"/proc/{record.pid}/stat").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not procs.is_ours(record)
+    assert not Path(f"/proc/{record.pid}").exists(), "our exited child is collected, not left a zombie"
+
+
+def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    shell = tmp_path / "stubborn"  # a shell under its own name, as the record names the binary
+    shell.write_bytes(Path("/bin/sh").resolve().read_bytes())
+    shell.chmod(0o755)
+    argv = [str(shell), "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"]
+    record = procs.launch("stubborn", argv, tmp_path / "stubborn.log")
+    try:
+        deadline = time.monotonic() + 5
+        while "ready" not in (tmp_path / "stubborn.log").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert procs.is_ours(record)
+        started = time.monotonic()
+        procs.stop(record, grace=0.5)
+        assert not procs.is_ours(record)
+        assert 0.5 <= time.monotonic() - started < 5
+    finally:
+        subprocess.run(["kill", "-9", str(record.pid)], capture_output=True, check=False)
+
+
+def test_service_account_key_is_a_private_rsa_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = tmp_path / "sa.key"
+    pki.write_service_account_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048

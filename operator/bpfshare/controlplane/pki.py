@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bpfshare.controlplane import ControlPlaneError
 
@@ -42,26 +42,9 @@ def write_token_file(path: Path, admin_token: str, unprivileged_token: str) -> N
 
 def write_service_account_key(path: Path) -> None:
     """An RSA key that signs (and, as a private key, also verifies) service-account tokens."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise ControlPlaneError(
-                "generating the service-account key needs the `cryptography` Python package or `openssl`"
-            ) from None
-        argv = [openssl, "genrsa", "-out", str(path), "2048"]
-        result = subprocess.run(argv, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ControlPlaneError(f"openssl genrsa failed: {result.stderr.strip()}") from None
-        path.chmod(0o600)
-        return
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_private(
-        path,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_private(path, pem)
 
 
 def serving_ca(cert_file: Path) -> str:
@@ -70,7 +53,7 @@ def serving_ca(cert_file: Path) -> str:
     With ``--cert-dir`` and no certificate given, kube-apiserver writes ``apiserver.crt`` holding its
     serving certificate followed by the self-signed CA that issued it.
     """
-    certs = _PEM_CERT.findall(cert_file.read_text())
+    certs: list[str] = _PEM_CERT.findall(cert_file.read_text())
     if not certs:
         raise ControlPlaneError(f"no certificate in {cert_file}")
     return certs[-1] if certs[-1].endswith("\n") else certs[-1] + "\n"

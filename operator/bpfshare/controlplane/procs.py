@@ -1,4 +1,8 @@
-"""Background processes of the control plane: launch detached, recognise by pid, stop, free ports."""
+"""Background processes of the control plane: launch detached, recognise by pid, stop, free ports.
+
+psutil does the process work: finding a pid's process, its start time, executable and state,
+signalling only a process that is still the one we looked at, and waiting for it to exit.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,15 @@ import os
 import signal
 import socket
 import subprocess
-import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 PR_SET_PDEATHSIG = 1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -21,54 +29,53 @@ class ProcessRecord:
 
     name: str
     pid: int
-    start_time: int  # field 22 of /proc/PID/stat, in clock ticks since boot
+    start_time: int  # clock ticks since boot (field 22 of /proc/PID/stat)
     exe: str
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ProcessRecord:
+    def from_json(cls, data: Mapping[str, Any]) -> ProcessRecord:
         return cls(
-            name=str(data["name"]),
-            pid=int(data["pid"]),  # type: ignore[call-overload]
-            start_time=int(data["start_time"]),
-            exe=str(data["exe"]),
-        )  # type: ignore[call-overload]
+            name=str(data["name"]), pid=int(data["pid"]), start_time=int(data["start_time"]), exe=str(data["exe"])
+        )
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time) of a process, or None if it does not exist."""
+def start_ticks(proc: psutil.Process) -> int:
+    """When ``proc`` started, in clock ticks since boot.
+
+    psutil's create_time is in seconds since the epoch: the start since boot plus the boot time,
+    which the kernel moves whenever the clock is set. Taking the boot time away again gives a value
+    that a clock step does not change, so a record in state.json matches its process days later.
+    """
+    return round((proc.create_time() - psutil.boot_time()) * CLOCK_TICKS)
+
+
+def find(record: ProcessRecord) -> psutil.Process | None:
+    """The recorded process if it is alive (not a zombie), with the same start time and executable name.
+
+    pid and start time identify a process since boot; the name guards against anything odd. The full
+    path is not compared: ``cluster build --force`` moves and deletes the binaries of running processes
+    (psutil then reads the path without its `` (deleted)`` suffix). A zombie that is our child (the
+    pytest fixture's processes are) is reaped on the way.
+    """
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(record.pid)
+        if start_ticks(proc) != record.start_time:
+            return None
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            with contextlib.suppress(psutil.TimeoutExpired):
+                proc.wait(timeout=0)  # collects it if it is our child, else leaves it to its parent
+            return None
+        exe = proc.exe()
+    except psutil.Error:  # gone (NoSuchProcess, ZombieProcess) or not ours to look at (AccessDenied)
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return fields[0], int(fields[19])
-
-
-def _reap(pid: int) -> None:
-    """Collect a zombie if it is our child (the pytest fixture's processes are)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    return proc if Path(exe).name == Path(record.exe).name else None
 
 
 def is_ours(record: ProcessRecord) -> bool:
-    """The recorded process is alive (not a zombie), with the same start time and executable name.
-
-    pid and start time identify a process since boot; the name guards against anything odd. The full
-    path is not compared: ``cluster build --force`` moves and deletes the binaries of running processes,
-    after which /proc/PID/exe reads ``<old path> (deleted)``.
-    """
-    _reap(record.pid)
-    stat = _stat(record.pid)
-    if stat is None or stat[0] in ("Z", "X") or stat[1] != record.start_time:
-        return False
-    try:
-        exe = os.readlink(f"/proc/{record.pid}/exe")
-    except OSError:
-        return False
-    return Path(exe.removesuffix(" (deleted)")).name == Path(record.exe).name
+    return find(record) is not None
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -78,7 +85,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def launch(name: str, argv: list[str], log: Path, *, die_with_parent: bool = False) -> ProcessRecord:
-    """Start ``argv`` in its own session, output appended to ``log``, detached from our terminal."""
+    """Start ``argv`` in its own session, output appended to ``log``, detached from our terminal.
+
+    ``die_with_parent``: the process gets SIGKILL when the thread that started it exits
+    (``PR_SET_PDEATHSIG``), so that a killed pytest does not leave it behind.
+    """
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -89,25 +100,30 @@ def launch(name: str, argv: list[str], log: Path, *, die_with_parent: bool = Fal
             close_fds=True,
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
-    stat = _stat(proc.pid)
-    start_time = stat[1] if stat else 0
+    # The start time is the fork's, so it is the same before and after exec.
+    start_time = start_ticks(psutil.Process(proc.pid))
     return ProcessRecord(name=name, pid=proc.pid, start_time=start_time, exe=str(Path(argv[0]).resolve()))
 
 
 def stop(record: ProcessRecord, grace: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; only if the pid is still the process we started."""
-    if not is_ours(record):
+    """SIGTERM, then SIGKILL after ``grace`` seconds; only if the pid is still the process we started.
+
+    psutil refuses to signal a pid that has been reused since ``find`` looked at it.
+    """
+    proc = find(record)
+    if proc is None:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    try:
+        proc.terminate()
         try:
-            os.kill(record.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not is_ours(record):
-                return
-            time.sleep(0.1)
+            proc.wait(timeout=grace)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5.0)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:  # not even SIGKILL ended it (a process stuck in the kernel): give up
+        return
 
 
 def free_ports(count: int) -> list[int]:
@@ -118,7 +134,7 @@ def free_ports(count: int) -> list[int]:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
+        return [int(s.getsockname()[1]) for s in socks]
     finally:
         for sock in socks:
             sock.close()

@@ -336,7 +336,8 @@ def _readyz(cp: ControlPlane, *, verify: bool, timeout: float) -> str:
     request = urllib.request.Request(f"{cp.server}/readyz", headers={"Authorization": f"Bearer {cp.token}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
-            return resp.read().decode(errors="replace").strip()
+            body: bytes = resp.read()
+        return body.decode(errors="replace").strip()
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
     except (OSError, ssl.SSLError) as exc:
