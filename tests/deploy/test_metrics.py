@@ -9,7 +9,7 @@ import pytest
 
 from bpfshare.agent.metrics import AgentMetrics, parse_address
 from bpfshare.agent.state import Snapshot
-from bpfshare.api.status import Event, Phase
+from bpfshare.api.status import Event, MapStatus, Phase
 from bpfshare.engine import Report, StatusEntry
 from tests.deploy.conftest import parse_metrics, sample
 
@@ -54,7 +54,7 @@ def test_phases_survive_partial_passes_and_leave_with_the_resource() -> None:
     metrics = AgentMetrics("n1", requests=lambda: 7)
     a, b, m = ("BpfProgram", "a"), ("BpfProgram", "b"), ("BpfMap", "m")
     first = Report(
-        maps={"m": StatusEntry(Phase.Ready, fields={"pinPath": "/nonexistent"})},
+        maps={"m": StatusEntry(Phase.Ready, map=MapStatus("/nonexistent"))},
         programs={"a": StatusEntry(Phase.Ready), "b": StatusEntry(Phase.Pending)},
         events=[Event("BpfProgram", "a", "Normal", "Loaded", "")],
         seconds=0.02,
@@ -109,7 +109,7 @@ def test_entry_counts_of_real_maps(bpffs: Path) -> None:
             if name == "hash":
                 for key in range(5):
                     live.update(key.to_bytes(4, "little"), b"\0" * 4)
-        fields[name] = StatusEntry(Phase.Ready, fields={"pinPath": str(bpffs / name)})
+        fields[name] = StatusEntry(Phase.Ready, map=MapStatus(str(bpffs / name)))
     metrics.observe_pass(snapshot(("BpfMap", "hash"), ("BpfMap", "array")), Report(maps=fields))
     s = scrape(metrics)
     assert sample(s, "bpfshare_map_entries", map="hash") == 5

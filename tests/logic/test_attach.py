@@ -82,18 +82,20 @@ def test_fit_refuses_mismatches(spec: ProgramSpec, target: object, words: str) -
 
 
 def test_program_dirs_are_bpffs_safe_and_reversible(tmp_path: Path) -> None:
+    from bpfshare.engine.host_kernel import HostKernel
     from bpfshare.engine.layout import Layout
 
     layout = Layout(tmp_path)
     assert layout.program_dir("count.ingress.v2").name == "count_ingress_v2"  # bpffs refuses '.'
     layout.program_dir("count.ingress.v2").mkdir(parents=True)
     layout.program_dir("plain").mkdir()
-    assert layout.program_names() == ["count.ingress.v2", "plain"]
+    assert layout.program_names(HostKernel()) == ["count.ingress.v2", "plain"]
 
 
 def test_stale_temporary_pins_are_found(tmp_path: Path) -> None:
     import os
 
+    from bpfshare.engine.host_kernel import HostKernel
     from bpfshare.engine.layout import Layout
 
     layout = Layout(tmp_path)
@@ -105,5 +107,5 @@ def test_stale_temporary_pins_are_found(tmp_path: Path) -> None:
     (links / f"cgroup:a:egress_tmp{dead}").touch()
     (links / f"link_tmp{os.getpid()}").touch()  # even our own pid: a restarted container reuses pids
     (links / "tmp_but_not_temporary").touch()
-    found = sorted(p.name for p in layout.stale_temporary_pins())
+    found = sorted(p.name for p in layout.temporary_pins(HostKernel()))
     assert found == [f"cgroup:a:egress_tmp{dead}", f"link_tmp{os.getpid()}", f"program_tmp{dead}"]

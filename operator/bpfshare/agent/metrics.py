@@ -131,7 +131,7 @@ class AgentMetrics:
                 for name, entry in entries.items():
                     self._phases[(kind, name)] = str(entry.phase)
                     if kind == "BpfMap":
-                        pin = entry.fields.get("pinPath")
+                        pin = entry.pin_path
                         if str(entry.phase) == "Ready" and pin:
                             self._pins[name] = str(pin)
                         else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.errors import BpfshareError
-from bpfshare.types import CGROUP_ATTACH_TYPES, MapFlag, MapType
+from bpfshare.types import CGROUP_ATTACH_TYPES, Direction, MapFlag, MapType
 
 GROUP = "bpfshare.io"
 VERSION = "v1alpha1"
@@ -220,11 +220,13 @@ def _interfaces(raw: Mapping[str, Any], where: str) -> list[str]:
     return names
 
 
-def _direction(raw: Mapping[str, Any], where: str) -> str:
+def _direction(raw: Mapping[str, Any], where: str) -> Direction:
     direction = raw.get("direction")
-    if direction not in ("ingress", "egress"):
-        raise ResourceError(f"{where}.direction: must be ingress or egress, not {direction!r}")
-    return direction
+    if direction == "ingress":
+        return "ingress"
+    if direction == "egress":
+        return "egress"
+    raise ResourceError(f"{where}.direction: must be ingress or egress, not {direction!r}")
 
 
 def _parse_attach(raw: Any, where: str) -> tuple[AttachTarget, ...]:
@@ -248,8 +250,8 @@ def _parse_attach(raw: Any, where: str) -> tuple[AttachTarget, ...]:
     netns = body.get("networkNamespace") or None
     if kind == "tc":
         priority = _int(body, "priority", here, 1, 65535, default=1)
-        return tuple(TcTarget(i, direction, netns, priority) for i in _interfaces(body, here))  # type: ignore[arg-type]
-    return tuple(TcxTarget(i, direction, netns) for i in _interfaces(body, here))  # type: ignore[arg-type]
+        return tuple(TcTarget(i, direction, netns, priority) for i in _interfaces(body, here))
+    return tuple(TcxTarget(i, direction, netns) for i in _interfaces(body, here))
 
 
 def attach_summary(obj: Mapping[str, Any]) -> str:

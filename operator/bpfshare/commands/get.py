@@ -12,6 +12,7 @@ from bpfshare.cli import pin_root_option
 
 
 def node_maps(root: Path) -> list[dict[str, Any]]:
+    from bpfshare.engine.host_kernel import HostKernel
     from bpfshare.engine.layout import Layout
     from bpfshare.errors import BpfshareError
     from bpfshare.kernel.maps import Map
@@ -19,7 +20,7 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
 
     layout = Layout(root)
     out = []
-    for name in layout.map_pin_names():
+    for name in layout.map_pin_names(HostKernel()):
         pin = layout.map_pin(name)
         try:
             with Map.from_pin(pin) as live:
@@ -43,23 +44,24 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
 
 
 def node_programs(root: Path) -> list[dict[str, Any]]:
+    from bpfshare.engine.host_kernel import HostKernel
     from bpfshare.engine.layout import Layout
-    from bpfshare.engine.meta import read_meta
     from bpfshare.errors import BpfshareError
     from bpfshare.kernel.links import Link
     from bpfshare.kernel.programs import Program
     from bpfshare.load.attach import LINKS_DIR
 
     layout = Layout(root)
+    kernel = HostKernel()
     out = []
-    for name in layout.program_names():
+    for name in layout.program_names(kernel):
         entry: dict[str, Any] = {"name": name}
         try:
             if layout.program_pin(name).exists():
                 with Program.from_pin(layout.program_pin(name)) as prog:
                     info = prog.info()
                 entry.update(programId=info.id, tag=info.tag, type=info.type.name, mapIds=list(info.map_ids))
-            meta = read_meta(layout.meta_pin(name))
+            meta = kernel.read_record(layout.meta_pin(name))
             attachments: list[dict[str, Any]] = []
             if meta is not None:
                 entry["program"] = meta.program

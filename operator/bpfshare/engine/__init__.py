@@ -4,6 +4,8 @@ One engine, two drivers: ``bpfshare apply/delete -f`` (no cluster) and ``bpfshar
 """
 
 from bpfshare.api.status import Phase, StatusEntry
+from bpfshare.engine.kernel import NodeKernel
 from bpfshare.engine.node import Engine, Report
+from bpfshare.engine.plan import Plan
 
-__all__ = ["Engine", "Phase", "Report", "StatusEntry"]
+__all__ = ["Engine", "NodeKernel", "Phase", "Plan", "Report", "StatusEntry"]

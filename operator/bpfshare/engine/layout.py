@@ -12,8 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bpfshare.load.attach import LINKS_DIR
 from bpfshare.load.loader import PROGRAM_PIN
+
+if TYPE_CHECKING:
+    from bpfshare.engine.kernel import NodeKernel
 
 TMP_PIN = re.compile(r"_tmp\d+$")
 
@@ -52,28 +57,24 @@ class Layout:
             return False
         return True
 
-    def program_names(self) -> list[str]:
+    def program_names(self, kernel: NodeKernel) -> list[str]:
         """Resource names of the program directories (the inverse of ``program_dir``)."""
-        if not self.programs_dir.is_dir():
-            return []
-        return sorted(p.name.replace("_", ".") for p in self.programs_dir.iterdir() if p.is_dir())
+        names = kernel.list_dir(self.programs_dir)
+        return sorted(n.replace("_", ".") for n in names if kernel.is_dir(self.programs_dir / n))
 
-    def stale_temporary_pins(self) -> list[Path]:
+    def map_pin_names(self, kernel: NodeKernel) -> list[str]:
+        return [n for n in kernel.list_dir(self.maps_dir) if not n.startswith(".")]
+
+    def temporary_pins(self, kernel: NodeKernel) -> list[Path]:
         """Pins that ``replace_pin`` left half-done when its process was killed (``<name>_tmp<pid>``).
 
         The engine owns ``programs/`` alone (one agent per pin root) and asks before its first pass,
         when none of its own is in flight, so every such pin is stale. (The pid in the name cannot
         tell: in a container, a restarted agent gets the same small pid again.)
         """
-        if not self.programs_dir.is_dir():
-            return []
-        found = []
-        for directory in (self.programs_dir, *self.programs_dir.glob("*"), *self.programs_dir.glob("*/links")):
-            if directory.is_dir():
-                found += [p for p in directory.iterdir() if TMP_PIN.search(p.name)]
-        return found
-
-    def map_pin_names(self) -> list[str]:
-        if not self.maps_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.maps_dir.iterdir() if not p.name.startswith("."))
+        top = self.programs_dir
+        directories = [top]
+        for name in kernel.list_dir(top):
+            if kernel.is_dir(top / name):
+                directories += [top / name, top / name / LINKS_DIR]
+        return [d / n for d in directories for n in kernel.list_dir(d) if TMP_PIN.search(n)]

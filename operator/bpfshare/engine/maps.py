@@ -1,18 +1,24 @@
-"""Converge one BpfMap on this node: create, adopt or check its pin; remove it on deletion."""
+"""One BpfMap on this node: plan (create, adopt, check, re-pin, release) and apply.
+
+An existing pin that differs is reported field by field and left as it is: its contents and its
+users matter more than the new spec. A map whose pin was removed while programs still hold it is
+pinned again from its ID (no data lost); only a map that is gone for good is re-created, and
+status says that its contents were lost.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfshare.api.resources import MapResource
-from bpfshare.api.status import Phase, StatusEntry
+from bpfshare.api.status import MapStatus, Phase, StatusEntry
+from bpfshare.engine.kernel import MapView, NodeKernel
 from bpfshare.engine.layout import Layout
-from bpfshare.errors import BpfshareError
+from bpfshare.engine.plan import AdoptMap, CreateMap, MapPlan, MapRelease, RepinMap, RetainMap, UnpinMap
+from bpfshare.errors import BpfshareError, IncompatibleMapError
+from bpfshare.kernel.compat import map_differences
 from bpfshare.spec import MapSpec
-
-BPFFS_ROOT = Path("/sys/fs/bpf")
 
 
 def map_spec(res: MapResource) -> MapSpec:
@@ -26,101 +32,129 @@ def map_spec(res: MapResource) -> MapSpec:
     )
 
 
-@dataclass
-class MapOutcome:
-    status: StatusEntry
-    created: bool = False
-    adopted: bool = False
-    repinned: bool = False  # the pin was gone but the map lived on (held by programs): pinned again
-    lost: int | None = None  # the pin and the map were gone (bpffs emptied, reboot): this ID's data is lost
+def differences(spec: MapSpec, view: MapView) -> list[str]:
+    """Every field in which a live map differs from the spec (compat's rules, cilium/ebpf's words)."""
+    return map_differences(spec, view)
 
 
-def ensure_map(layout: Layout, res: MapResource, known_id: int | None = None) -> MapOutcome:
-    """Make ``<root>/maps/<pinName>`` hold a map matching the resource; never alter an existing one.
-
-    An existing pin that differs is reported field by field and left as it is: its contents and its
-    users matter more than the new spec. ``known_id`` is the map this node had before (from status or
-    memory): if its pin was removed by hand while programs still hold the map, it is pinned again
-    from its ID, so no data is lost.
-    """
-    from bpfshare.kernel.compat import check_compatible
-    from bpfshare.kernel.maps import Map
-    from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned
-
+def plan_map(kernel: NodeKernel, layout: Layout, res: MapResource, known_id: int | None) -> MapPlan:
+    """Decide what the map needs; ``known_id`` is the map this node had before (status, records)."""
     spec = map_spec(res)
     pin = layout.map_pin(res.pin_name)
-    subject = f"pinned map {pin}"
-    adopted = created = False
-    if not pin.exists() and res.adopt:
-        source = Path(res.adopt)
-        if not _in_bpffs(source, layout):
-            raise BpfshareError(f"spec.adopt: {source} is not inside bpffs")
-        if not source.exists():
-            return MapOutcome(StatusEntry(Phase.Pending, f"spec.adopt: waiting for {source} to exist"))
-        with Map.from_pin(source) as foreign:
-            check_compatible(spec, foreign.info(), f"spec.adopt: map pinned at {source}")
-            ensure_pin_dir(pin.parent)
-            foreign.pin(pin)  # a second pin of the same map; the adopted pin is never removed
-        adopted = True
-    repinned = lost = None
-    if not pin.exists() and known_id:
-        repinned = _repin(spec, pin, known_id)
-        lost = None if repinned else known_id
-    if pin.exists():
-        live = checked(Map.from_pin(pin), spec, subject)
-    else:
-        ensure_pin_dir(pin.parent)
-        live, reused = get_or_create_pinned(spec, pin, subject)
-        created = not reused
-    with live:
-        info = live.info()
-    fields = {"mapId": info.id, "pinPath": str(pin)}
+    plan = MapPlan(res, spec, pin)
+    if kernel.exists(pin):
+        view = kernel.map_at(pin)
+        diffs = differences(spec, view)
+        if diffs:
+            plan.outcome = StatusEntry(Phase.Error, str(IncompatibleMapError(f"pinned map {pin}", diffs)))
+        else:
+            plan.observed = view
+        return plan
     if res.adopt:
-        fields["adoptedFrom"] = res.adopt
+        source = Path(res.adopt)
+        if not kernel.on_bpffs(source):
+            plan.outcome = StatusEntry(Phase.Error, f"spec.adopt: {source} is not inside bpffs")
+        elif not kernel.exists(source):
+            plan.outcome = StatusEntry(Phase.Pending, f"spec.adopt: waiting for {source} to exist")
+        else:
+            foreign = kernel.map_at(source)
+            diffs = differences(spec, foreign)
+            if diffs:
+                subject = f"spec.adopt: map pinned at {source}"
+                plan.outcome = StatusEntry(Phase.Error, str(IncompatibleMapError(subject, diffs)))
+            else:
+                plan.action = AdoptMap(source, pin, foreign.id)
+        return plan
+    if known_id:
+        live = kernel.map_by_id(known_id)
+        # The ID may have been reused by an unrelated map: only ours (same name, same shape) is re-pinned.
+        if live is not None and live.name == spec.name and not differences(spec, live):
+            plan.action = RepinMap(known_id, pin)
+            return plan
+        plan.action = CreateMap(spec, pin, lost_id=known_id)
+        return plan
+    plan.action = CreateMap(spec, pin)
+    return plan
+
+
+@dataclass
+class MapResult:
+    status: StatusEntry
+    events: list[tuple[str, str, bool]] = field(default_factory=list)  # (reason, message, warning)
+
+
+def apply_map(kernel: NodeKernel, plan: MapPlan) -> MapResult:
+    """Carry out the map's plan; never alters an existing map."""
+    res, pin, action = plan.res, plan.pin, plan.action
+    if plan.outcome is not None:
+        if plan.outcome.phase is Phase.Error:
+            return MapResult(plan.outcome, [("Failed", plan.outcome.message, True)])
+        return MapResult(plan.outcome)
+    events: list[tuple[str, str, bool]] = []
     message = ""
-    if lost is not None and created:
-        message = f"map {lost} was gone (node restarted or bpffs emptied): created map {info.id}, contents lost"
-    return MapOutcome(
-        StatusEntry(Phase.Ready, message, fields),
-        created=created,
-        adopted=adopted,
-        repinned=bool(repinned),
-        lost=lost if created else None,
-    )
+    if plan.observed is not None:
+        view = plan.observed
+    elif isinstance(action, AdoptMap):
+        kernel.pin_existing_map(action.source, pin)  # a second pin; the adopted pin is never removed
+        view = _checked(kernel, plan)
+        events.append(("Adopted", f"map {view.id} adopted from {res.adopt}", False))
+    elif isinstance(action, RepinMap):
+        try:
+            kernel.pin_existing_map(action.map_id, pin)
+            view = _checked(kernel, plan)
+            events.append(("Repinned", f"pin {pin} was removed; map {view.id} pinned again, contents kept", False))
+        except BpfshareError:  # gone since the plan was made
+            view, message = _create(kernel, plan, CreateMap(plan.spec, pin, lost_id=action.map_id), events)
+    else:
+        assert isinstance(action, CreateMap)
+        view, message = _create(kernel, plan, action, events)
+    status = MapStatus(pin_path=str(pin), map_id=view.id, adopted_from=res.adopt or None)
+    return MapResult(StatusEntry(Phase.Ready, message, map=status), events)
 
 
-def _repin(spec: MapSpec, pin: Path, map_id: int) -> bool:
-    """Pin the live map ``map_id`` at ``pin`` if it still exists and still is the map we made."""
-    from bpfshare.kernel.compat import map_differences
-    from bpfshare.kernel.maps import Map
-    from bpfshare.kernel.pins import ensure_pin_dir
-
-    try:
-        live = Map.from_id(map_id)
-    except BpfshareError:
-        return False
-    with live:
-        info = live.info()
-        if info.name != spec.name or map_differences(spec, info):
-            return False  # the ID was reused by an unrelated map
-        ensure_pin_dir(pin.parent)
-        live.pin(pin)
-    return True
+def _checked(kernel: NodeKernel, plan: MapPlan) -> MapView:
+    view = kernel.map_at(plan.pin)
+    diffs = differences(plan.spec, view)
+    if diffs:
+        raise IncompatibleMapError(f"pinned map {plan.pin}", diffs)
+    return view
 
 
-def _in_bpffs(path: Path, layout: Layout) -> bool:
-    from bpfshare.kernel.pins import is_bpffs
+def _create(
+    kernel: NodeKernel, plan: MapPlan, action: CreateMap, events: list[tuple[str, str, bool]]
+) -> tuple[MapView, str]:
+    view, created = kernel.get_or_create_map(action.spec, action.pin, f"pinned map {action.pin}")
+    if not created:  # another loader pinned a compatible map meanwhile: share it
+        return view, ""
+    if action.lost_id is not None:
+        message = (
+            f"map {action.lost_id} was gone (node restarted or bpffs emptied): created map {view.id}, contents lost"
+        )
+        events.append(("Recreated", message, True))
+        return view, message
+    events.append(("Created", f"map {view.id} pinned at {action.pin}", False))
+    return view, ""
 
-    try:
-        return is_bpffs(path.parent if not path.exists() else path)
-    except OSError:
-        return False
+
+# -- release -------------------------------------------------------------------------------------
 
 
-def remove_map(layout: Layout, res: MapResource) -> None:
-    """Unpin the resource's pin under the pin root (never the adopted source pin)."""
+def plan_release(kernel: NodeKernel, layout: Layout, res: MapResource, users: set[str]) -> MapRelease:
+    """A BpfMap deleted or no longer selecting this node: wait for its users, then unpin or keep."""
     pin = layout.map_pin(res.pin_name)
-    if not layout.inside(pin):
-        raise BpfshareError(f"refusing to remove {pin}: outside the pin root {layout.root}")
-    if pin.exists():
-        os.unlink(pin)
+    release = MapRelease(res, pin)
+    if not kernel.exists(pin):
+        return release
+    if users:
+        release.users = tuple(sorted(users))
+        return release
+    release.action = RetainMap(pin) if res.reclaim_policy == "Retain" else UnpinMap(pin)
+    return release
+
+
+def apply_release(kernel: NodeKernel, layout: Layout, release: MapRelease) -> None:
+    """Unpin the resource's pin under the pin root (never the adopted source pin)."""
+    if isinstance(release.action, UnpinMap):
+        if not layout.inside(release.pin):
+            raise BpfshareError(f"refusing to remove {release.pin}: outside the pin root {layout.root}")
+        kernel.unpin(release.pin)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bpfshare.errors import BpfshareError
@@ -20,7 +19,6 @@ from bpfshare.types import MapType
 
 META_VALUE_SIZE = 65536
 META_SPEC = MapSpec(name="bpfshare_meta", type=MapType.Array, key_size=4, value_size=META_VALUE_SIZE, max_entries=1)
-KEY0 = struct.pack("<I", 0)
 
 
 @dataclass
@@ -47,22 +45,3 @@ class ProgramMeta:
             return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         except (struct.error, ValueError, TypeError):
             return cls()  # unreadable: treated as "nothing known", so the engine reloads
-
-
-def read_meta(path: Path) -> ProgramMeta | None:
-    from bpfshare.kernel.maps import Map
-
-    if not path.exists():
-        return None
-    with Map.from_pin(path) as live:
-        raw = live.lookup(KEY0)
-    return ProgramMeta.decode(raw) if raw else None
-
-
-def write_meta(path: Path, meta: ProgramMeta) -> None:
-    from bpfshare.kernel.pins import ensure_pin_dir, get_or_create_pinned
-
-    ensure_pin_dir(path.parent)
-    live, _ = get_or_create_pinned(META_SPEC, path, f"program record {path}")
-    with live:
-        live.update(KEY0, meta.encode())

@@ -1,12 +1,15 @@
 """The node engine: one pass that converges this node to the resources that select it.
 
-Maps first (programs bind to them), then programs; removals of programs before removals of maps,
-so that a map in use is only released once its last user on the node is gone. Every resource is
-handled on its own: an error in one is reported in its status and never stops the others.
+A pass is a plan (``Engine.plan``: desired resources vs what bpffs and the kernel hold, read
+through the ``NodeKernel``) and its application (``Engine.apply``). Removals of programs come
+first, then maps (programs bind to them), then programs, then releases of maps, so that a map in
+use is only released once its last user on the node is gone. Every resource is handled on its
+own: an error in one is reported in its status and never stops the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,14 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramResource
-from bpfshare.api.status import Event, Phase, StatusEntry
+from bpfshare.api.status import Event, MapStatus, Phase, StatusEntry
 from bpfshare.engine.bytecode import CollectionCache, ConfigMapReader, fetch, no_config_maps
+from bpfshare.engine.kernel import NodeKernel
 from bpfshare.engine.layout import Layout
-from bpfshare.engine.maps import ensure_map, remove_map
-from bpfshare.engine.meta import ProgramMeta, read_meta
-from bpfshare.engine.programs import WaitingError, ensure_program, remove_program
+from bpfshare.engine.maps import apply_map, apply_release, map_spec, plan_map, plan_release
+from bpfshare.engine.meta import ProgramMeta
+from bpfshare.engine.plan import MapPlan, MapRelease, Plan, ProgramPlan, ProgramRemoval, RetainMap, UnpinMap
+from bpfshare.engine.programs import (
+    WaitingError,
+    apply_program,
+    apply_removal,
+    plan_program,
+    plan_removal,
+)
 from bpfshare.errors import BpfshareError
-from bpfshare.load.loader import MapBinding
 
 log = logging.getLogger("bpfshare.engine")
 
@@ -36,13 +46,55 @@ class Report:
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
     kernel_load_seconds: list[float] = field(default_factory=list)  # one per program loaded
+    plan: Plan | None = None
 
     def event(self, kind: str, name: str, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event(kind, name, "Warning" if warning else "Normal", reason, message))
 
 
+@dataclass
+class _Desired:
+    """The resources of one pass, split by what this node must do with them."""
+
+    active_maps: dict[str, MapResource]
+    leaving_maps: list[MapResource]
+    active_programs: dict[str, ProgramResource]
+    leaving_programs: list[ProgramResource]
+    checked: list[ProgramResource]  # the active programs re-checked in this pass
+
+    @classmethod
+    def split(
+        cls,
+        maps: Iterable[MapResource],
+        programs: Iterable[ProgramResource],
+        labels: Mapping[str, str],
+        only: set[str] | None,
+    ) -> _Desired:
+        maps, programs = list(maps), list(programs)
+        active_maps = {m.name: m for m in maps if not m.meta.deleting and m.node_selector.matches(labels)}
+        active = {p.name: p for p in programs if not p.meta.deleting and p.node_selector.matches(labels)}
+        return cls(
+            active_maps,
+            [m for m in maps if m.name not in active_maps],
+            active,
+            [p for p in programs if p.name not in active],
+            [p for p in active.values() if only is None or p.name in only],
+        )
+
+
 class Engine:
-    def __init__(self, pin_root: Path, node: str = "", read_config_map: ConfigMapReader = no_config_maps) -> None:
+    def __init__(
+        self,
+        pin_root: Path,
+        node: str = "",
+        read_config_map: ConfigMapReader = no_config_maps,
+        kernel: NodeKernel | None = None,
+    ) -> None:
+        if kernel is None:
+            from bpfshare.engine.host_kernel import HostKernel
+
+            kernel = HostKernel()
+        self.kernel: NodeKernel = kernel
         self.layout = Layout(Path(pin_root))
         self.node = node
         self.read_config_map = read_config_map
@@ -50,8 +102,8 @@ class Engine:
         self._lock = threading.Lock()
         self._known_map_ids: dict[str, int] = {}  # BpfMap name -> the map ID this node last had
         self._swept = False
-        self._pass_records: dict[str, ProgramMeta] | None = None
-        self._pass_binders: tuple[dict[str, set[str]], dict[str, set[str]]] | None = None
+
+    # -- the pass ----------------------------------------------------------------------------------
 
     def reconcile(
         self,
@@ -63,241 +115,207 @@ class Engine:
         complete: bool = False,
         map_ids: Mapping[str, int] | None = None,
     ) -> Report:
-        """Converge the node. ``only_programs`` limits which programs are re-checked (maps always
-        are: it is cheap); ``complete`` says the resources given are all there are, so program
-        directories without a resource are orphans to remove; ``map_ids`` are the map IDs this node
-        reported before, by BpfMap name (from status), to re-pin a map whose pin was removed."""
+        """Converge the node: plan, then apply. ``only_programs`` limits which programs are
+        re-checked (maps always are: it is cheap); ``complete`` says the resources given are all
+        there are, so program directories without a resource are orphans to remove; ``map_ids``
+        are the map IDs this node reported before, by BpfMap name (from status), to re-pin a map
+        whose pin was removed."""
         with self._lock:
             start = time.perf_counter()
-            report = Report()
             if not self._swept:
                 self._sweep()
-            self._pass_records = None
-            self._pass_binders = None
-            self._known_map_ids.update(map_ids or {})
-            self._reconcile(list(maps), list(programs), labels or {}, only_programs, complete, report)
+            plan = self.plan(maps, programs, labels, only_programs=only_programs, complete=complete, map_ids=map_ids)
+            report = self.apply(plan)
             report.seconds = time.perf_counter() - start
             return report
 
-    def _sweep(self) -> None:
-        """Once per engine: remove temporary pins of an earlier process killed mid-replace."""
-        for pin in self.layout.stale_temporary_pins():
-            log.info("removing %s, left by a process that was killed while pinning", pin)
-            pin.unlink(missing_ok=True)
-        self._swept = True
-
-    def _reconcile(
+    def plan(
         self,
-        maps: list[MapResource],
-        programs: list[ProgramResource],
-        labels: Mapping[str, str],
-        only: set[str] | None,
-        complete: bool,
-        report: Report,
-    ) -> None:
-        active_maps = {m.name: m for m in maps if not m.meta.deleting and m.node_selector.matches(labels)}
-        leaving_maps = [m for m in maps if m.name not in active_maps]
-        active_progs = {p.name: p for p in programs if not p.meta.deleting and p.node_selector.matches(labels)}
-        leaving_progs = [p for p in programs if p.name not in active_progs]
-
-        for prog in leaving_progs:
-            self._remove_program(prog.name, report)
+        maps: Iterable[MapResource],
+        programs: Iterable[ProgramResource],
+        labels: Mapping[str, str] | None = None,
+        *,
+        only_programs: set[str] | None = None,
+        complete: bool = False,
+        map_ids: Mapping[str, int] | None = None,
+    ) -> Plan:
+        """What a pass would do, read from the node without changing it."""
+        desired = _Desired.split(maps, programs, labels or {}, only_programs)
+        self._known_map_ids.update(map_ids or {})
+        records = self._records()
+        plan = Plan(active_programs=dict(desired.active_programs))
+        for prog in desired.leaving_programs:
+            plan.removals.append(self._plan_removal(prog.name, "deleted or no longer selecting this node"))
         if complete:
-            known = {p.name for p in programs}
-            for orphan in self.layout.program_names():
+            known = {p.name for p in desired.active_programs.values()} | {p.name for p in desired.leaving_programs}
+            for orphan in self.layout.program_names(self.kernel):
                 if orphan not in known:
-                    log.info("removing program directory %s: no BpfProgram names it", orphan)
-                    self._remove_program(orphan, report)
+                    plan.removals.append(self._plan_removal(orphan, "no BpfProgram names it"))
+        removed = {r.name for r in plan.removals}
+        for res in desired.active_maps.values():
+            plan.maps.append(self._plan_map(res, records))
+        by_name = {mp.res.name: mp for mp in plan.maps}
+        for prog in desired.checked:
+            plan.programs.append(self._plan_program(prog, by_name))
+        loading = {p.res.name for p in plan.programs if p.load is not None}
+        for res in desired.leaving_maps:
+            users = self._users(res, desired.active_programs, records, removed, loading)
+            try:
+                plan.releases.append(plan_release(self.kernel, self.layout, res, users))
+            except (BpfshareError, OSError) as exc:
+                log.warning("cannot plan the release of BpfMap %s: %s", res.name, exc)
+        return plan
 
-        for res in active_maps.values():
-            report.maps[res.name] = self._ensure_map(res, report)
+    def apply(self, plan: Plan) -> Report:
+        """Carry out a plan made by ``plan``; every resource's outcome goes into the report."""
+        report = Report(plan=plan)
+        for removal in plan.removals:
+            self._apply_removal(removal, report)
+        for mp in plan.maps:
+            report.maps[mp.res.name] = self._apply_map(mp, report)
+        ids = {name: entry.map_id for name, entry in report.maps.items() if entry.phase is Phase.Ready}
+        for pp in plan.programs:
+            report.programs[pp.res.name] = self._apply_program(pp, ids, report)
 
-        for res in active_progs.values():
-            if only is None or res.name in only:
-                report.programs[res.name] = self._ensure_program(res, active_maps, report.maps, report)
+        # Who uses each map is read afresh: programs were (re)loaded and removed in this pass.
+        active_programs = plan.active_programs
+        records = self._records()
+        for mp in plan.maps:
+            entry = report.maps[mp.res.name]
+            if entry.phase is Phase.Ready and entry.map is not None:
+                users = self._users(mp.res, active_programs, records, set(), set())
+                entry.map = dataclasses.replace(entry.map, used_by=tuple(sorted(users)))
+        for planned in plan.releases:
+            # Re-decided on what the node holds now: never unpin a map a program still uses.
+            users = self._users(planned.res, active_programs, records, set(), set())
+            self._apply_release(plan_release(self.kernel, self.layout, planned.res, users), report)
+        return report
 
-        self._pass_records = None  # programs were (re)loaded: read their records afresh
-        self._pass_binders = None
-        for res in active_maps.values():
-            entry = report.maps[res.name]
-            if entry.phase is Phase.Ready:
-                entry.fields["usedBy"] = sorted(self._users(res, active_progs))
-        for res in leaving_maps:
-            self._release_map(res, active_progs, report)
+    # -- maps --------------------------------------------------------------------------------------
 
-    # -- maps ---------------------------------------------------------------------------------------
-
-    def _ensure_map(self, res: MapResource, report: Report) -> StatusEntry:
+    def _plan_map(self, res: MapResource, records: Mapping[str, ProgramMeta]) -> MapPlan:
         try:
             known = self._known_map_ids.get(res.name)
-            if known is None and not self.layout.map_pin(res.pin_name).exists():
-                known = self._recorded_map_id(res)  # only when the pin is gone: it reads every record
-            outcome = ensure_map(self.layout, res, known)
+            if known is None:
+                known = self._recorded_map_id(res, records)
+            return plan_map(self.kernel, self.layout, res, known)
         except (BpfshareError, OSError) as exc:  # OSError: bpffs or /proc refused (permissions, ...)
-            report.event(MAP_KIND, res.name, "Failed", str(exc), warning=True)
+            plan = MapPlan(res, map_spec(res), self.layout.map_pin(res.pin_name))
+            plan.outcome = StatusEntry(Phase.Error, str(exc))
+            return plan
+
+    def _apply_map(self, mp: MapPlan, report: Report) -> StatusEntry:
+        try:
+            result = apply_map(self.kernel, mp)
+        except (BpfshareError, OSError) as exc:
+            report.event(MAP_KIND, mp.res.name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
-        map_id = outcome.status.fields["mapId"]
-        self._known_map_ids[res.name] = map_id
-        if outcome.repinned:
-            report.event(
-                MAP_KIND,
-                res.name,
-                "Repinned",
-                f"pin {outcome.status.fields['pinPath']} was removed; map {map_id} pinned again, contents kept",
-            )
-        if outcome.lost is not None:
-            report.event(MAP_KIND, res.name, "Recreated", outcome.status.message, warning=True)
-            return outcome.status
-        if outcome.created and not outcome.repinned:
-            report.event(
-                MAP_KIND,
-                res.name,
-                "Created",
-                f"map {outcome.status.fields['mapId']} pinned at {outcome.status.fields['pinPath']}",
-            )
-        if outcome.adopted:
-            report.event(
-                MAP_KIND, res.name, "Adopted", f"map {outcome.status.fields['mapId']} adopted from {res.adopt}"
-            )
-        return outcome.status
+        for reason, message, warning in result.events:
+            report.event(MAP_KIND, mp.res.name, reason, message, warning=warning)
+        if result.status.map_id is not None:
+            self._known_map_ids[mp.res.name] = result.status.map_id
+        return result.status
 
-    def _records(self) -> dict[str, ProgramMeta]:
-        """Every program's record on this node, read once per pass (maps ask about them all)."""
-        if self._pass_records is None:
-            self._pass_records = {}
-            for name in self.layout.program_names():
-                try:
-                    meta = read_meta(self.layout.meta_pin(name))
-                except BpfshareError:
-                    continue
-                if meta is not None:
-                    self._pass_records[name] = meta
-        return self._pass_records
-
-    def _recorded_map_id(self, res: MapResource) -> int | None:
+    def _recorded_map_id(self, res: MapResource, records: Mapping[str, ProgramMeta]) -> int | None:
         """The map ID that programs on this node were bound to through the resource's pin (their
         records survive a removed map pin, and a restart of the agent)."""
         pin = str(self.layout.map_pin(res.pin_name))
-        for meta in self._records().values():
+        for meta in records.values():
             for obj_map, path in meta.bindings.items():
                 if path == pin and meta.map_ids.get(obj_map):
                     return meta.map_ids[obj_map]
         return None
 
-    def _users(self, res: MapResource, active_progs: Mapping[str, ProgramResource]) -> set[str]:
-        """BpfPrograms on this node that bind the map: by resource, and by what bpffs records."""
-        by_map, by_pin = self._binders(active_progs)
-        return by_map.get(res.name, set()) | by_pin.get(str(self.layout.map_pin(res.pin_name)), set())
+    def _users(
+        self,
+        res: MapResource,
+        active_programs: Mapping[str, ProgramResource],
+        records: Mapping[str, ProgramMeta],
+        removed: set[str],
+        loading: set[str],
+    ) -> set[str]:
+        """BpfPrograms on this node that bind the map: by resource (pinned, or being loaded in this
+        pass), and by what the program records in bpffs say (minus those being removed)."""
+        pin = str(self.layout.map_pin(res.pin_name))
+        users = {name for name, meta in records.items() if name not in removed and pin in set(meta.bindings.values())}
+        for prog in active_programs.values():
+            if res.name in dict(prog.maps).values() and (
+                prog.name in loading or self.kernel.exists(self.layout.program_pin(prog.name))
+            ):
+                users.add(prog.name)
+        return users
 
-    def _binders(self, active_progs: Mapping[str, ProgramResource]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-        """Who binds what, worked out once per pass (every map asks, so not once per map: that was
-        maps x programs steps, a fifth of an idle resync with 500 of each): BpfMap name -> pinned
-        programs whose resource binds it, and pin path -> programs whose record binds it."""
-        if self._pass_binders is None:
-            by_map: dict[str, set[str]] = {}
-            for prog in active_progs.values():
-                bound = set(dict(prog.maps).values())
-                if bound and self.layout.program_pin(prog.name).exists():
-                    for map_name in bound:
-                        by_map.setdefault(map_name, set()).add(prog.name)
-            by_pin: dict[str, set[str]] = {}
-            for name, meta in self._records().items():
-                for path in set(meta.bindings.values()):
-                    by_pin.setdefault(path, set()).add(name)
-            self._pass_binders = (by_map, by_pin)
-        return self._pass_binders
-
-    def _release_map(self, res: MapResource, active_progs: Mapping[str, ProgramResource], report: Report) -> None:
-        pin = self.layout.map_pin(res.pin_name)
-        if not pin.exists():
+    def _apply_release(self, release: MapRelease, report: Report) -> None:
+        res, pin = release.res, release.pin
+        if release.action is None and not release.users:
             report.released.add((MAP_KIND, res.name))
             return
-        users = self._users(res, active_progs)
-        if users:
-            message = f"deletion waits: still used by {', '.join(sorted(users))} on this node"
-            report.maps[res.name] = StatusEntry(Phase.Ready, message, {"pinPath": str(pin), "usedBy": sorted(users)})
+        if release.users:
+            message = f"deletion waits: still used by {', '.join(release.users)} on this node"
+            report.maps[res.name] = StatusEntry(Phase.Ready, message, map=MapStatus(str(pin), used_by=release.users))
             return
-        if res.reclaim_policy == "Retain":
+        if isinstance(release.action, RetainMap):
             report.event(MAP_KIND, res.name, "Retained", f"pin {pin} and its contents kept (reclaimPolicy Retain)")
-        else:
+        elif isinstance(release.action, UnpinMap):
             try:
-                remove_map(self.layout, res)
+                apply_release(self.kernel, self.layout, release)
             except (BpfshareError, OSError) as exc:
                 report.maps[res.name] = StatusEntry(Phase.Error, f"cannot unpin {pin}: {exc}")
                 return
             report.event(MAP_KIND, res.name, "Deleted", f"unpinned {pin}")
         report.released.add((MAP_KIND, res.name))
 
-    # -- programs -----------------------------------------------------------------------------------
+    # -- programs ----------------------------------------------------------------------------------
 
-    def _bindings(
-        self, res: ProgramResource, maps: Mapping[str, MapResource], statuses: Mapping[str, StatusEntry]
-    ) -> tuple[dict[str, MapBinding], dict[str, int]]:
-        bindings: dict[str, MapBinding] = {}
-        ids: dict[str, int] = {}
-        for obj_map, map_name in res.maps:
-            bpfmap = maps.get(map_name)
-            status = statuses.get(map_name)
-            if bpfmap is None:
-                pin = self.layout.map_pin(map_name)  # `apply -f` of a program alone: the default pin name
-                if not pin.exists():
-                    raise WaitingError(f"waiting for BpfMap {map_name} (spec.maps.{obj_map}): not on this node")
-            elif status is None or status.phase is not Phase.Ready:
-                why = f": {status.message}" if status is not None and status.message else ""
-                raise WaitingError(f"waiting for BpfMap {map_name} (spec.maps.{obj_map}) to be Ready{why}")
-            else:
-                pin = self.layout.map_pin(bpfmap.pin_name)
-                ids[obj_map] = int(status.fields["mapId"])
-            bindings[obj_map] = MapBinding(pin_path=pin)
-            if obj_map not in ids:
-                from bpfshare.kernel.maps import Map
-
-                with Map.from_pin(pin) as live:
-                    ids[obj_map] = live.info().id
-        return bindings, ids
-
-    def _ensure_program(
-        self, res: ProgramResource, maps: Mapping[str, MapResource], statuses: Mapping[str, StatusEntry], report: Report
-    ) -> StatusEntry:
+    def _plan_program(self, res: ProgramResource, maps: Mapping[str, MapPlan]) -> ProgramPlan:
         try:
-            bindings, ids = self._bindings(res, maps, statuses)
             data = fetch(res.bytecode, self.read_config_map)
             digest, collection = self.collections.parse(data)
-            outcome = ensure_program(self.layout, res, collection, digest, bindings, ids)
+            return plan_program(self.kernel, self.layout, res, maps, collection, digest, res.bytecode.describe())
+        except (BpfshareError, OSError) as exc:
+            return ProgramPlan(res, outcome=StatusEntry(Phase.Error, str(exc)))
+
+    def _apply_program(self, pp: ProgramPlan, map_ids: Mapping[str, int | None], report: Report) -> StatusEntry:
+        name = pp.res.name
+        if pp.outcome is not None:
+            if pp.outcome.phase is Phase.Error:
+                report.event(PROGRAM_KIND, name, "Failed", pp.outcome.message, warning=True)
+            return pp.outcome
+        try:
+            result = apply_program(self.kernel, self.layout, pp, map_ids)
         except WaitingError as exc:
             return StatusEntry(Phase.Pending, str(exc))
         except (BpfshareError, OSError) as exc:
-            report.event(PROGRAM_KIND, res.name, "Failed", str(exc), warning=True)
+            report.event(PROGRAM_KIND, name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
-        if outcome.kernel_seconds is not None:
-            report.kernel_load_seconds.append(outcome.kernel_seconds)
-        prog_id = outcome.status.fields["programId"]
-        if outcome.upgraded:
-            report.event(
-                PROGRAM_KIND, res.name, "Upgraded", f"program {prog_id} replaced the previous version in place"
-            )
-        elif outcome.loaded:
-            report.event(PROGRAM_KIND, res.name, "Loaded", f"program {prog_id} ({res.program}) loaded")
-        if outcome.attached and not outcome.loaded:
+        if result.kernel_seconds is not None:
+            report.kernel_load_seconds.append(result.kernel_seconds)
+        prog_id = result.status.program_id
+        if result.upgraded:
+            report.event(PROGRAM_KIND, name, "Upgraded", f"program {prog_id} replaced the previous version in place")
+        elif result.loaded:
+            report.event(PROGRAM_KIND, name, "Loaded", f"program {prog_id} ({pp.res.program}) loaded")
+        if result.attached and not result.loaded:
             # The program did not change, yet a target was missing it: drift, repaired.
-            report.event(
-                PROGRAM_KIND,
-                res.name,
-                "Repaired",
-                f"program {prog_id} re-attached to "
-                f"{', '.join(outcome.attached)} (it had been detached or its target re-created)",
-            )
-        elif outcome.attached:
-            report.event(
-                PROGRAM_KIND, res.name, "Attached", f"program {prog_id} attached to {', '.join(outcome.attached)}"
-            )
-        if outcome.detached:
-            report.event(PROGRAM_KIND, res.name, "Detached", f"detached from {', '.join(outcome.detached)}")
-        return outcome.status
+            targets = ", ".join(result.attached)
+            message = f"program {prog_id} re-attached to {targets} (it had been detached or its target re-created)"
+            report.event(PROGRAM_KIND, name, "Repaired", message)
+        elif result.attached:
+            report.event(PROGRAM_KIND, name, "Attached", f"program {prog_id} attached to {', '.join(result.attached)}")
+        if result.detached:
+            report.event(PROGRAM_KIND, name, "Detached", f"detached from {', '.join(result.detached)}")
+        return result.status
 
-    def _remove_program(self, name: str, report: Report) -> None:
+    def _plan_removal(self, name: str, reason: str) -> ProgramRemoval:
         try:
-            removed = remove_program(self.layout, name)
+            return ProgramRemoval(name, plan_removal(self.kernel, self.layout, name, reason))
+        except (BpfshareError, OSError):
+            return ProgramRemoval(name, None)
+
+    def _apply_removal(self, removal: ProgramRemoval, report: Report) -> None:
+        name = removal.name
+        try:
+            removed = apply_removal(self.kernel, self.layout, name)
         except (BpfshareError, OSError) as exc:
             report.programs[name] = StatusEntry(Phase.Error, f"cannot remove from this node: {exc}")
             report.event(PROGRAM_KIND, name, "Failed", f"cannot remove from this node: {exc}", warning=True)
@@ -305,3 +323,24 @@ class Engine:
         if removed:
             report.event(PROGRAM_KIND, name, "Detached", f"detached from {', '.join(removed)}")
         report.released.add((PROGRAM_KIND, name))
+
+    # -- the node's records ------------------------------------------------------------------------
+
+    def _records(self) -> dict[str, ProgramMeta]:
+        """Every program's record on this node, read once per plan (maps ask about them all)."""
+        records: dict[str, ProgramMeta] = {}
+        for name in self.layout.program_names(self.kernel):
+            try:
+                meta = self.kernel.read_record(self.layout.meta_pin(name))
+            except (BpfshareError, OSError):
+                continue
+            if meta is not None:
+                records[name] = meta
+        return records
+
+    def _sweep(self) -> None:
+        """Once per engine: remove temporary pins of an earlier process killed mid-replace."""
+        for pin in self.layout.temporary_pins(self.kernel):
+            log.info("removing %s, left by a process that was killed while pinning", pin)
+            self.kernel.unpin(pin)
+        self._swept = True
