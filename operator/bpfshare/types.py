@@ -9,7 +9,7 @@ which is also what the BpfMap resource's ``spec.type`` accepts.
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 # The two hooks of a network device that tc (clsact) and tcx programs attach to.
 Direction = Literal["ingress", "egress"]
@@ -59,6 +59,22 @@ class MapType(enum.IntEnum):
             if member.name.lower() == key:
                 return member
         raise ValueError(f"unknown map type {name!r}")
+
+
+IntEnumT = TypeVar("IntEnumT", bound=enum.IntEnum)
+
+
+def member_or_number(kind: type[IntEnumT], value: int) -> IntEnumT:
+    """``kind(value)``, or the bare number for a value newer than this code (a map or program type
+    added by a later kernel), which the kernel may report and must not make reading fail.
+
+    Typed as ``kind`` on purpose: an IntEnum member and its number compare, hash and format alike,
+    so readers need not narrow. Only ``.name`` is missing: read it as ``getattr(x, "name", x)``.
+    """
+    try:
+        return kind(value)
+    except ValueError:
+        return cast(IntEnumT, value)
 
 
 # Map types whose values are other maps (the kernel needs an inner map as a template to create one).

@@ -17,13 +17,12 @@ import ctypes
 import enum
 import errno
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Self
 
 from bpfshare.errors import KernelError
 from bpfshare.kernel.abi import BPF_F_REPLACE, Cmd, LinkInfoStruct
-from bpfshare.kernel.objects import KIND_LINK, fd_by_id, obj_get, obj_info, obj_pin
+from bpfshare.kernel.objects import KernelObject, ObjectKind, obj_info
 from bpfshare.kernel.programs import Program
 from bpfshare.kernel.syscall import FD, bpf, new_attr
 from bpfshare.types import AttachType
@@ -76,11 +75,10 @@ def _attach_type(value: int) -> AttachType | None:
         return None
 
 
-class Link:
+class Link(KernelObject[LinkInfo]):
     """An open link. Closing the fd of an unpinned link detaches it; a pinned one stays."""
 
-    def __init__(self, fd: FD) -> None:
-        self._fd = fd
+    kind = ObjectKind.LINK
 
     @classmethod
     def create(
@@ -93,7 +91,7 @@ class Link:
         flags: int = 0,
         relative_fd: int = 0,
         expected_revision: int = 0,
-    ) -> Link:
+    ) -> Self:
         """BPF_LINK_CREATE. cgroup: ``target_fd`` is an O_RDONLY|O_DIRECTORY fd of the cgroup dir.
         tcx: ``target_fd`` 0, ``target_ifindex`` the device (in the calling thread's netns), and
         optionally ``flags`` (BPF_F_BEFORE/AFTER, ...) with ``relative_fd``/``expected_revision``."""
@@ -114,35 +112,8 @@ class Link:
                 exc.errno,
             ) from None
 
-    @classmethod
-    def from_pin(cls, path: Path | str) -> Link:
-        return cls(obj_get(path, KIND_LINK))
-
-    @classmethod
-    def from_id(cls, link_id: int) -> Link:
-        return cls(fd_by_id(KIND_LINK, link_id))
-
-    @property
-    def fd(self) -> int:
-        return self._fd.fileno()
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._fd.closed:
-            return "Link(closed)"
-        info = self.info()
-        return f"Link(id={info.id}, type={info.type.name}, prog_id={info.prog_id})"
-
-    def pin(self, path: Path | str) -> None:
-        obj_pin(self.fd, path)
+    def _summary(self, info: LinkInfo) -> str:
+        return f"id={info.id}, type={info.type.name}, prog_id={info.prog_id}"
 
     def update(self, new_prog: Program, old_prog: Program | None = None) -> None:
         """Swap the link's program atomically (BPF_LINK_UPDATE). With ``old_prog``, only if the
@@ -263,14 +234,3 @@ def query_tcx(ifindex: int, attach_type: AttachType) -> QueryResult:
     if attach_type not in (AttachType.TcxIngress, AttachType.TcxEgress):
         raise ValueError(f"query_tcx needs TcxIngress or TcxEgress, not {attach_type.name}")
     return _query(ifindex, attach_type, with_links=True)
-
-
-def detach_links(link_ids: Sequence[int]) -> None:
-    """Detach links by ID (cleanup helper); IDs that are already gone are skipped."""
-    for link_id in link_ids:
-        try:
-            with Link.from_id(link_id) as link:
-                link.detach()
-        except KernelError as exc:
-            if exc.errno != errno.ENOENT:
-                raise

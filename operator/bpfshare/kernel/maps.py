@@ -12,14 +12,15 @@ import errno
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from bpfshare.errors import KernelError
-from bpfshare.kernel.abi import BPF_ANY, Cmd, MapInfoStruct
+from bpfshare.kernel.abi import BPF_ANY, BPF_F_RDONLY, Cmd, MapInfoStruct
 from bpfshare.kernel.cpus import possible_cpus
-from bpfshare.kernel.objects import KIND_MAP, fd_by_id, obj_get, obj_info, obj_pin
+from bpfshare.kernel.objects import KernelObject, ObjectKind, obj_get, obj_info
 from bpfshare.kernel.syscall import FD, bpf, fdinfo, new_attr
 from bpfshare.spec import DefinitionStyle, MapSpec, effective_spec, kernel_object_name
-from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType, ProgType
+from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType, ProgType, member_or_number
 
 PERCPU_TYPES = frozenset({MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage})
 
@@ -29,17 +30,10 @@ def object_name(name: str) -> bytes:
     return kernel_object_name(name).encode()
 
 
-def _enum(kind: type[MapType] | type[ProgType], value: int) -> int:
-    try:
-        return kind(value)
-    except ValueError:  # a type newer than this code: keep the number
-        return value
-
-
 @dataclass(frozen=True)
 class MapInfo:
     id: int
-    type: MapType
+    type: MapType  # or the bare number of a type newer than this code (see member_or_number)
     key_size: int
     value_size: int
     max_entries: int
@@ -70,21 +64,23 @@ def value_buffer_size(map_type: int, value_size: int) -> int:
     return value_size
 
 
-class Map:
+class Map(KernelObject[MapInfo]):
     """An open map. Close it (or use ``with``) when done; pins keep the map alive without us."""
 
+    kind = ObjectKind.MAP
+
     def __init__(self, fd: FD) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self._info: MapInfo | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: MapSpec, name: str | None = None) -> Map:
+    def create(cls, spec: MapSpec, name: str | None = None) -> Self:
         """Create a map from ``spec``; global data maps get their initial contents (and .rodata
         is frozen, so neither user space nor a program can change it afterwards)."""
         spec = effective_spec(spec, possible_cpus())
-        inner: Map | None = None
+        inner: Self | None = None
         if spec.type in MAP_IN_MAP_TYPES:
             if spec.inner is None:
                 raise KernelError(f"creating map {spec.name!r}: a {spec.type.name} needs an inner map spec")
@@ -130,45 +126,14 @@ class Map:
             self.freeze()
 
     @classmethod
-    def from_pin(cls, path: Path | str, *, readonly: bool = False) -> Map:
-        from bpfshare.kernel.abi import BPF_F_RDONLY
-
-        return cls(obj_get(path, KIND_MAP, BPF_F_RDONLY if readonly else 0))
-
-    @classmethod
-    def from_id(cls, map_id: int) -> Map:
-        return cls(fd_by_id(KIND_MAP, map_id))
-
-    @classmethod
-    def from_fd(cls, fd: FD) -> Map:
-        """Take ownership of ``fd`` (checked to be a map)."""
-        from bpfshare.kernel.syscall import fd_kind
-
-        kind = fd_kind(fd.fileno())
-        if kind != KIND_MAP:
-            raise KernelError(f"fd {fd.fileno()} is a {kind}, not a map", errno.EINVAL)
-        return cls(fd)
+    def from_pin(cls, path: Path | str, *, readonly: bool = False) -> Self:
+        """Open the map pinned at ``path``; ``readonly``: through an fd that cannot change it."""
+        return cls(obj_get(path, cls.kind, BPF_F_RDONLY if readonly else 0))
 
     # -- handle ----------------------------------------------------------------------------
 
-    @property
-    def fd(self) -> int:
-        return self._fd.fileno()
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self) -> Map:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._fd.closed:
-            return "Map(closed)"
-        info = self.info()
-        return f"Map(id={info.id}, name={info.name!r}, type={getattr(info.type, 'name', info.type)})"
+    def _summary(self, info: MapInfo) -> str:
+        return f"id={info.id}, name={info.name!r}, type={getattr(info.type, 'name', info.type)}"
 
     def info(self) -> MapInfo:
         """What the kernel says about the map (cached: none of these fields ever change)."""
@@ -177,10 +142,10 @@ class Map:
             owner: ProgType | None = None
             if raw.type == MapType.ProgArray:
                 owner_text = fdinfo(self.fd).get("owner_prog_type")
-                owner = _enum(ProgType, int(owner_text)) if owner_text else None  # type: ignore[assignment]
+                owner = member_or_number(ProgType, int(owner_text)) if owner_text else None
             self._info = MapInfo(
                 id=raw.id,
-                type=_enum(MapType, raw.type),  # type: ignore[arg-type]
+                type=member_or_number(MapType, raw.type),
                 key_size=raw.key_size,
                 value_size=raw.value_size,
                 max_entries=raw.max_entries,
@@ -192,9 +157,6 @@ class Map:
                 owner_prog_type=owner,
             )
         return self._info
-
-    def pin(self, path: Path | str) -> None:
-        obj_pin(self.fd, path)
 
     def freeze(self) -> None:
         """Make the map read-only for user space from now on (BPF_MAP_FREEZE; irreversible)."""
@@ -265,7 +227,9 @@ class Map:
             stride = (info.value_size + 7) & ~7
             data = b"".join(self._check_len(bytes(v), info.value_size).ljust(stride, b"\0") for v in values)
             return data
-        return self._check_len(bytes(value), self.value_buffer_size)  # type: ignore[arg-type]
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"map {info.name!r}: one value per CPU is for per-CPU maps; give one bytes value")
+        return self._check_len(bytes(value), self.value_buffer_size)
 
     def _check_len(self, data: bytes, size: int) -> bytes:
         if len(data) != size:

@@ -1,29 +1,41 @@
-"""What every kernel BPF object shares: pins, IDs, info. And iteration over all live IDs.
+"""What every kernel BPF object shares: an owned fd, pins, IDs, info. And iteration over all live IDs.
 
 Maps, programs and links each have an ID (global, never reused while the object lives) and can be
-pinned in bpffs. These helpers are typed by ``Cmd`` so that maps.py, programs.py and links.py stay
-about their own object.
+pinned in bpffs. ``KernelObject`` holds what their handles have in common (opening by pin or ID,
+pinning, closing, ``with``, ``repr``), keyed by ``ObjectKind``, so that maps.py, programs.py and
+links.py stay about their own object.
 """
 
 from __future__ import annotations
 
+import abc
 import ctypes
+import enum
 import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, Generic, Self, TypeVar
 
 from bpfshare.errors import KernelError
 from bpfshare.kernel.abi import Cmd
 from bpfshare.kernel.syscall import FD, bpf, fd_kind, new_attr
 
 S = TypeVar("S", bound=ctypes.Structure)
+InfoT = TypeVar("InfoT")
 
-# What /proc/self/fd/N points to for each kind of object.
-KIND_MAP = "bpf-map"
-KIND_PROG = "bpf-prog"
-KIND_LINK = "bpf-link"
+
+class ObjectKind(enum.StrEnum):
+    """A kind of BPF object, spelled as the anon inode /proc/self/fd/N points to (see ``fd_kind``)."""
+
+    MAP = "bpf-map"
+    PROG = "bpf-prog"
+    LINK = "bpf-link"
+
+    @property
+    def noun(self) -> str:
+        """``map``, ``prog``, ``link``: for messages."""
+        return self.value.removeprefix("bpf-")
 
 
 def pin_name_problem(path: Path | str) -> str:
@@ -52,7 +64,7 @@ def obj_pin(fd: int, path: Path | str) -> None:
         raise KernelError(f"pinning at {path}: {exc}{hint}", exc.errno) from None
 
 
-def obj_get(path: Path | str, kind: str, file_flags: int = 0) -> FD:
+def obj_get(path: Path | str, kind: ObjectKind, file_flags: int = 0) -> FD:
     """Open a pinned object; refuse a pin of another kind (a program where a map was expected)."""
     raw = os.fsencode(str(path)) + b"\0"
     buf = ctypes.create_string_buffer(raw, len(raw))
@@ -74,22 +86,29 @@ def obj_get(path: Path | str, kind: str, file_flags: int = 0) -> FD:
     return fd
 
 
-_BY_ID = {KIND_MAP: Cmd.MAP_GET_FD_BY_ID, KIND_PROG: Cmd.PROG_GET_FD_BY_ID, KIND_LINK: Cmd.LINK_GET_FD_BY_ID}
-_NEXT_ID = {KIND_MAP: Cmd.MAP_GET_NEXT_ID, KIND_PROG: Cmd.PROG_GET_NEXT_ID, KIND_LINK: Cmd.LINK_GET_NEXT_ID}
+_BY_ID = {
+    ObjectKind.MAP: Cmd.MAP_GET_FD_BY_ID,
+    ObjectKind.PROG: Cmd.PROG_GET_FD_BY_ID,
+    ObjectKind.LINK: Cmd.LINK_GET_FD_BY_ID,
+}
+_NEXT_ID = {
+    ObjectKind.MAP: Cmd.MAP_GET_NEXT_ID,
+    ObjectKind.PROG: Cmd.PROG_GET_NEXT_ID,
+    ObjectKind.LINK: Cmd.LINK_GET_NEXT_ID,
+}
 
 
-def fd_by_id(kind: str, obj_id: int) -> FD:
+def fd_by_id(kind: ObjectKind, obj_id: int) -> FD:
     """Open a live object by ID (ENOENT: no such object, or it went away)."""
     attr = new_attr()
     attr.id.start_id = obj_id
     try:
         return FD(bpf(_BY_ID[kind], attr))
     except KernelError as exc:
-        what = kind.removeprefix("bpf-")
-        raise KernelError(f"opening {what} id {obj_id}: {exc}", exc.errno) from None
+        raise KernelError(f"opening {kind.noun} id {obj_id}: {exc}", exc.errno) from None
 
 
-def next_ids(kind: str) -> Iterator[int]:
+def next_ids(kind: ObjectKind) -> Iterator[int]:
     """Every live ID of one kind, ascending. Objects may come and go while iterating."""
     current = 0
     while True:
@@ -106,15 +125,15 @@ def next_ids(kind: str) -> Iterator[int]:
 
 
 def map_ids() -> Iterator[int]:
-    return next_ids(KIND_MAP)
+    return next_ids(ObjectKind.MAP)
 
 
 def prog_ids() -> Iterator[int]:
-    return next_ids(KIND_PROG)
+    return next_ids(ObjectKind.PROG)
 
 
 def link_ids() -> Iterator[int]:
-    return next_ids(KIND_LINK)
+    return next_ids(ObjectKind.LINK)
 
 
 def obj_info(fd: int, info: S) -> S:
@@ -125,3 +144,58 @@ def obj_info(fd: int, info: S) -> S:
     attr.info.info = ctypes.addressof(info)
     bpf(Cmd.OBJ_GET_INFO_BY_FD, attr)
     return info
+
+
+class KernelObject(abc.ABC, Generic[InfoT]):
+    """An open BPF object of one ``kind``: owns its fd. Close it (or use ``with``) when done; pins
+    (and, for programs, attachments) keep the object alive without us.
+
+    Subclasses set ``kind`` and say what is their own: ``info()`` (what the kernel reports, as
+    ``InfoT``), ``_summary`` (the fields ``repr`` shows), and how they are made.
+    """
+
+    kind: ClassVar[ObjectKind]
+
+    def __init__(self, fd: FD) -> None:
+        self._fd = fd
+
+    @classmethod
+    def from_pin(cls, path: Path | str) -> Self:
+        """Open the object pinned at ``path``; a pin of another kind is refused."""
+        return cls(obj_get(path, cls.kind))
+
+    @classmethod
+    def from_id(cls, obj_id: int) -> Self:
+        """Open a live object by its ID (KernelError with ENOENT once it is gone)."""
+        return cls(fd_by_id(cls.kind, obj_id))
+
+    @property
+    def fd(self) -> int:
+        return self._fd.fileno()
+
+    def close(self) -> None:
+        self._fd.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pin(self, path: Path | str) -> None:
+        """Pin the object at ``path`` (in bpffs; must not exist yet)."""
+        obj_pin(self.fd, path)
+
+    @abc.abstractmethod
+    def info(self) -> InfoT:
+        """What the kernel says about the object."""
+
+    @abc.abstractmethod
+    def _summary(self, info: InfoT) -> str:
+        """The fields ``repr`` shows, e.g. ``id=3, name='counts'``."""
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        if self._fd.closed:
+            return f"{name}(closed)"
+        return f"{name}({self._summary(self.info())})"

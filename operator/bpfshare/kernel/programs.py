@@ -10,15 +10,15 @@ from __future__ import annotations
 import ctypes
 import errno
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Self
 
 from bpfshare.errors import KernelError, VerifierError
 from bpfshare.kernel.abi import Cmd, ProgInfoStruct
 from bpfshare.kernel.maps import object_name
-from bpfshare.kernel.objects import KIND_PROG, fd_by_id, obj_get, obj_info, obj_pin
+from bpfshare.kernel.objects import KernelObject, ObjectKind, obj_info
 from bpfshare.kernel.syscall import FD, bpf, errno_text, new_attr
 from bpfshare.spec import INSN_SIZE, ProgramSpec
-from bpfshare.types import ProgType
+from bpfshare.types import ProgType, member_or_number
 
 LOG_LEVEL_BRANCHES = 1  # BPF_LOG_LEVEL1: the verifier's reasoning along the failing path
 LOG_START = 64 * 1024
@@ -30,7 +30,7 @@ LOG_TAIL_LINES = 20
 class ProgramInfo:
     id: int
     tag: str  # 16 hex digits, as bpftool prints it
-    type: ProgType
+    type: ProgType  # or the bare number of a type newer than this code (see member_or_number)
     name: str
     map_ids: list[int] = field(default_factory=list)
     btf_id: int = 0
@@ -47,14 +47,13 @@ class ProgramInfo:
         }
 
 
-class Program:
+class Program(KernelObject[ProgramInfo]):
     """An open program. Close it (or use ``with``); pins and attachments keep it alive."""
 
-    def __init__(self, fd: FD) -> None:
-        self._fd = fd
+    kind = ObjectKind.PROG
 
     @classmethod
-    def load(cls, spec: ProgramSpec, instructions: bytes, name: str | None = None) -> Program:
+    def load(cls, spec: ProgramSpec, instructions: bytes, name: str | None = None) -> Self:
         """Verify and load ``instructions`` (already bound to map fds) as ``spec`` describes.
 
         Raises VerifierError (message: ``loading program X: <errno>: <log tail>``, ``.log``: the full
@@ -107,35 +106,8 @@ class Program:
         text = log.value.decode(errors="replace")
         raise _load_error(label, err, text)
 
-    @classmethod
-    def from_pin(cls, path: Path | str) -> Program:
-        return cls(obj_get(path, KIND_PROG))
-
-    @classmethod
-    def from_id(cls, prog_id: int) -> Program:
-        return cls(fd_by_id(KIND_PROG, prog_id))
-
-    @property
-    def fd(self) -> int:
-        return self._fd.fileno()
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self) -> Program:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._fd.closed:
-            return "Program(closed)"
-        info = self.info()
-        return f"Program(id={info.id}, name={info.name!r}, tag={info.tag})"
-
-    def pin(self, path: Path | str) -> None:
-        obj_pin(self.fd, path)
+    def _summary(self, info: ProgramInfo) -> str:
+        return f"id={info.id}, name={info.name!r}, tag={info.tag}"
 
     def info(self) -> ProgramInfo:
         """What the kernel says about the program, including the IDs of the maps it uses.
@@ -155,14 +127,10 @@ class Program:
                 if raw.nr_map_ids <= count:
                     ids = list(arr[: raw.nr_map_ids])
                     break
-        try:
-            ptype: ProgType = ProgType(raw.type)
-        except ValueError:
-            ptype = raw.type  # type: ignore[assignment]
         return ProgramInfo(
             id=raw.id,
             tag=bytes(raw.tag).hex(),
-            type=ptype,
+            type=member_or_number(ProgType, raw.type),
             name=raw.name.decode(errors="replace"),
             map_ids=ids,
             btf_id=raw.btf_id,
