@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from bpfshare.types import MAP_IN_MAP_TYPES, AttachType, MapFlag, MapType, ProgType
 
 INSN_SIZE = 8
-BPF_PSEUDO_MAP_FD = 1
-BPF_PSEUDO_MAP_VALUE = 2
 
 # BPF_OBJ_NAME_LEN is 16 bytes including the NUL: a map or program name keeps 15 characters.
 OBJECT_NAME_MAX = 15
@@ -114,8 +112,10 @@ def effective_spec(spec: MapSpec, possible_cpus: int) -> MapSpec:
 
 
 class RelocationKind(enum.IntEnum):
-    MAP_FD = BPF_PSEUDO_MAP_FD  # ld_imm64 of a map: imm := map fd
-    MAP_VALUE = BPF_PSEUDO_MAP_VALUE  # ld_imm64 into a global data map: imm := fd, next imm := offset
+    """The pseudo source register an ld_imm64 of a map gets (BPF_PSEUDO_MAP_*)."""
+
+    MAP_FD = 1  # BPF_PSEUDO_MAP_FD, ld_imm64 of a map: imm := map fd
+    MAP_VALUE = 2  # BPF_PSEUDO_MAP_VALUE, into a global data map: imm := fd, next imm := offset
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,6 @@ BPF_F_QUERY_EFFECTIVE = 1 << 0
 BPF_F_RDONLY = 1 << 3
 BPF_F_WRONLY = 1 << 4
 
-# Pseudo source registers of ld_imm64.
-BPF_PSEUDO_MAP_FD = 1
-BPF_PSEUDO_MAP_VALUE = 2
-
 
 class MapCreateAttr(ctypes.Structure):
     _fields_ = [

@@ -118,17 +118,6 @@ class FD:
         if fd >= 0:
             os.close(fd)
 
-    def release(self) -> int:
-        """Give up ownership: the caller now closes the returned number."""
-        fd = self.fileno()
-        self._fd = -1
-        return fd
-
-    def dup(self) -> FD:
-        import fcntl
-
-        return FD(fcntl.fcntl(self.fileno(), fcntl.F_DUPFD_CLOEXEC, 0))
-
     def __enter__(self) -> FD:
         return self
 

@@ -8,14 +8,9 @@ INSN_SIZE = 8
 LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: a 16-byte instruction
 CALL = 0x85  # BPF_JMP | BPF_CALL
 
-# src_reg of a call
+# src_reg of a call (an ld_imm64's pseudo source registers are spec.RelocationKind)
 PSEUDO_CALL = 1  # bpf-to-bpf call: imm = relative instruction offset
 PSEUDO_KFUNC_CALL = 2
-# src_reg of an ld_imm64
-PSEUDO_MAP_FD = 1
-PSEUDO_MAP_VALUE = 2
-PSEUDO_BTF_ID = 3
-PSEUDO_FUNC = 4  # address of a subprogram: imm = relative instruction offset
 
 IMM = struct.Struct("<i")
 
@@ -30,11 +25,6 @@ def imm(code: bytes | bytearray, index: int) -> int:
 
 def set_imm(code: bytearray, index: int, value: int) -> None:
     IMM.pack_into(code, index * INSN_SIZE + 4, value)
-
-
-def set_src_reg(code: bytearray, index: int, value: int) -> None:
-    off = index * INSN_SIZE + 1
-    code[off] = (code[off] & 0x0F) | (value << 4)
 
 
 def opcode_indexes(code: bytes | bytearray, opcode: int) -> list[int]:
