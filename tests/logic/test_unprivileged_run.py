@@ -173,7 +173,8 @@ sys.exit(int(os.environ.get("FAKE_STATUS_" + part.upper(), "0")) if record["tool
     if pytest_args is not None:
         argv.append(f"PYTEST_ARGS={pytest_args}")
     env = {**os.environ, **{f"FAKE_STATUS_{k.upper()}": str(v) for k, v in status.items()}}
-    env.pop("PYTEST_ARGS", None)
+    for name in ("PYTEST_ARGS", "BPFSHARE_NO_CAPS"):  # as from a shell, not from this test session
+        env.pop(name, None)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     return proc.returncode, [json.loads(p.read_text()) for p in sorted(calls.iterdir(), key=lambda p: int(p.name))]
 
