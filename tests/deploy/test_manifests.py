@@ -1,5 +1,7 @@
-"""deploy/ against the real kube-apiserver: kustomize builds, the API server accepts every object, a pod
-made from the DaemonSet's template passes admission, and the manifests say what the agent needs."""
+"""deploy/ against the real kube-apiserver (the tests marked ``cluster``): kustomize builds, the API server
+accepts every object, a pod made from the DaemonSet's template passes admission, and the manifests say
+what the agent needs. The unmarked tests read files only: deploy/'s CRD copies equal crds/, the
+Dockerfile uses the tested build steps, the sync script names the copies."""
 
 from __future__ import annotations
 
@@ -22,8 +24,6 @@ from tests.deploy.conftest import (
     kustomize,
 )
 
-pytestmark = pytest.mark.cluster
-
 
 def test_deploy_copies_of_the_crds_are_identical_to_crds() -> None:
     for name in ("bpfmap.yaml", "bpfprogram.yaml"):
@@ -32,6 +32,7 @@ def test_deploy_copies_of_the_crds_are_identical_to_crds() -> None:
         )
 
 
+@pytest.mark.cluster
 def test_base_builds_with_every_object_the_install_needs(deployed: Deployed) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in deployed.objects)
     assert kinds == sorted(
@@ -50,6 +51,7 @@ def test_base_builds_with_every_object_the_install_needs(deployed: Deployed) -> 
     assert deployed.objects[0]["kind"] == "Namespace"  # kustomize orders it first: one apply suffices
 
 
+@pytest.mark.cluster
 def test_every_object_was_applied_server_side(deployed: Deployed) -> None:
     for obj in deployed.objects:
         if obj["kind"] == "CustomResourceDefinition":
@@ -65,6 +67,7 @@ def test_every_object_was_applied_server_side(deployed: Deployed) -> None:
     assert ds["spec"]["template"]["spec"]["priorityClassName"] == "system-node-critical"
 
 
+@pytest.mark.cluster
 def test_example_overlay_builds_and_is_accepted(deployed: Deployed) -> None:
     objects = kustomize(deployed.cp, DEPLOY / "overlays" / "example")
     agent = agent_container(objects)
@@ -101,6 +104,7 @@ def _pod_from_template(deployed: Deployed, node: str = "any-node") -> dict[str, 
     }
 
 
+@pytest.mark.cluster
 def test_a_pod_from_the_daemonset_template_passes_admission(deployed: Deployed) -> None:
     """What the DaemonSet controller would create: validation (capabilities, Bidirectional propagation
     only in the privileged init container), the Priority plugin (system-node-critical exists) and
@@ -112,6 +116,7 @@ def test_a_pod_from_the_daemonset_template_passes_admission(deployed: Deployed) 
     assert created["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
 
 
+@pytest.mark.cluster
 def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: Deployed) -> None:
     """The namespace label is what lets the pod in: the same pod in a 'baseline' namespace is refused."""
     name = "bpfshare-psa-baseline-test"
@@ -138,6 +143,7 @@ def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: D
         deployed.cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
+@pytest.mark.cluster
 def test_the_examples_are_accepted_by_the_installed_crds(deployed: Deployed) -> None:
     """`kubectl apply -k deploy/` then `kubectl apply -f examples/` is the whole install."""
     out = deployed.cp.kubectl("apply", "--dry-run=server", "-f", str(REPO / "examples"), "-o", "name").stdout
@@ -155,6 +161,7 @@ def _arg(container: dict[str, Any], flag: str) -> str:
     raise AssertionError(f"no {flag}= in {container.get('args')}")
 
 
+@pytest.mark.cluster
 def test_the_daemonset_runs_the_agent_as_documented(deployed: Deployed) -> None:
     ds = find(deployed.objects, "DaemonSet", "bpfshare-agent")
     spec = ds["spec"]["template"]["spec"]
