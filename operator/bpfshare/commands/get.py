@@ -19,7 +19,7 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
     from bpfshare.types import MapFlag
 
     layout = Layout(root)
-    out = []
+    out: list[dict[str, Any]] = []
     for name in layout.map_pin_names(HostKernel()):
         pin = layout.map_pin(name)
         try:

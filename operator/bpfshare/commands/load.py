@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -71,7 +72,7 @@ def load(
     try:
         attachments = [attach_program(loaded.program, loaded.spec, t, loaded.pin_path.parent) for t in targets]
         info = loaded.program.info()
-        result = {
+        result: dict[str, Any] = {
             "program": loaded.spec.name,
             "programId": info.id,
             "tag": info.tag,
@@ -87,8 +88,8 @@ def load(
     click.echo(
         f"program {result['program']}: id {result['programId']} tag {result['tag']} pinned at {result['pinPath']}"
     )
-    for name, m in result["maps"].items():  # type: ignore[union-attr]
+    for name, m in result["maps"].items():
         how = "reused" if m["reused"] else "created"
         click.echo(f"  map {name}: id {m['id']} {how} at {m['pinPath']}")
-    for a in result["attachments"]:  # type: ignore[union-attr]
+    for a in result["attachments"]:
         click.echo(f"  attached {a['target']}")
