@@ -8,6 +8,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # -- builder: compile bpf/*.c with clang, build the wheel ------------------------------------------
+# (operator/bpfshare without controlplane/, the development-only local control plane: .dockerignore
+# leaves it out of the context and the wheel step out of the wheel)
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
 COPY scripts/image-build.sh scripts/

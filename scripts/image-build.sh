@@ -5,7 +5,7 @@
 #
 #   image-build.sh builder-deps          apt packages of the builder stage (clang, llvm, libbpf-dev, make)
 #   image-build.sh bpf DESTDIR           compile bpf/*.c into DESTDIR/opt/bpfshare/bpf (source tree untouched)
-#   image-build.sh wheel OUTDIR          build the bpfshare wheel into OUTDIR
+#   image-build.sh wheel OUTDIR          build the agent's bpfshare wheel into OUTDIR (no bpfshare.controlplane)
 #   image-build.sh runtime-deps          apt packages of the runtime stage (iproute2, bpftool)
 #   image-build.sh install-wheel DIR     pip-install DIR/bpfshare-*.whl (and its dependencies)
 #
@@ -49,9 +49,13 @@ case "$step" in
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     # Build from a copy of exactly what the image ships (no egg-info, venv or caches of a checkout).
+    # Not the local control plane (bpfshare.controlplane: `bpfshare cluster`, `bpfshare demo`), which
+    # is for development, with the `dev` extra; the agent has no use for it. .dockerignore keeps it
+    # out of the build context too.
     cp -r "$ROOT/pyproject.toml" "$ROOT/README.md" "$work/"
     mkdir -p "$work/operator"
     cp -r "$ROOT/operator/bpfshare" "$work/operator/"
+    rm -rf "$work/operator/bpfshare/controlplane"
     find "$work" -name __pycache__ -prune -exec rm -rf {} +
     "${PIP[@]}" wheel --quiet --no-deps --wheel-dir "$out" "$work"
     ;;
@@ -64,6 +68,7 @@ case "$step" in
     dir=${2:?usage: image-build.sh install-wheel DIR}
     wheels=("$dir"/bpfshare-*.whl)
     [ -f "${wheels[0]}" ] || { echo "image-build.sh: no bpfshare wheel in $dir" >&2; exit 1; }
+    # The wheel alone, without extras: the `dev` extra is the control plane's, which the image lacks.
     "${PIP[@]}" install --quiet --no-cache-dir "${wheels[@]}"
     ;;
   *)
