@@ -372,3 +372,29 @@ def test_emptied_bpffs_recreates_maps_and_says_so(node: Node, bpffs: Path, bpf_o
     assert again["count-ingress"]["phase"] == "Ready"
     assert again["count-ingress"]["maps"]["shared_counts"] == again["flow-counts"]["mapId"]
     assert filters_on(netns_pair) == [again["count-ingress"]["programId"]]
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(node: Node, bpf_objects, netns_pair: NetnsPair) -> None:
+    docs = [bpfmap(), tc_program(bpf_objects["flow_counter"], netns_pair)]
+    path = node._file(docs)
+
+    def dry_run(verb: str) -> list[str]:
+        proc = bpfshare(verb, "-f", str(path), "--pin-root", str(node.root), "--dry-run", "-o", "json")
+        return [f"{c['kind']} {c['name']}: {c['change']}" for c in json.loads(proc.stdout)]
+
+    pin = node.root / "maps" / "flow-counts"
+    planned = dry_run("apply")
+    assert planned[0] == f"BpfMap flow-counts: create map (Array, key 4, value 8, max entries 4) pinned at {pin}"
+    assert planned[1].startswith("BpfProgram count-ingress: load count_ingress from path ")
+    assert planned[2] == f"BpfProgram count-ingress: attach to tc:{netns_pair.if_b}:ingress@{netns_pair.ns_b}"
+    assert not node.root.exists() or list(node.root.rglob("*")) == [], "a dry run pinned something"
+    assert filters_on(netns_pair) == []
+
+    status = node.apply(*docs)
+    assert dry_run("apply") == [
+        f"BpfMap flow-counts: unchanged (map {status['flow-counts']['mapId']} at {pin})",
+        f"BpfProgram count-ingress: unchanged (program {status['count-ingress']['programId']})",
+    ]
+    assert dry_run("delete")[0].startswith("BpfProgram count-ingress: detach everywhere and remove ")
+    assert filters_on(netns_pair) == [status["count-ingress"]["programId"]], "a dry run of delete detached"
+    node.delete(*docs)

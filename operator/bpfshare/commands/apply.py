@@ -7,12 +7,16 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bpfshare.cli import pin_root_option
 from bpfshare.errors import BpfshareError
+
+if TYPE_CHECKING:
+    from bpfshare.api.resources import MapResource, ProgramResource
+    from bpfshare.engine import Report
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -39,10 +43,11 @@ def iter_documents(sources: tuple[Path, ...]) -> Iterator[tuple[Path, dict[str, 
                     yield path, doc
 
 
-def read_resources(sources: tuple[Path, ...]):  # type: ignore[no-untyped-def]
+def read_resources(sources: tuple[Path, ...]) -> tuple[list[MapResource], list[ProgramResource]]:
     from bpfshare.api.resources import API_VERSION, MAP_KIND, PROGRAM_KIND, parse_map, parse_program
 
-    maps, programs = [], []
+    maps: list[MapResource] = []
+    programs: list[ProgramResource] = []
     for path, doc in iter_documents(sources):
         kind = doc.get("kind")
         if kind not in (MAP_KIND, PROGRAM_KIND):
@@ -50,7 +55,10 @@ def read_resources(sources: tuple[Path, ...]):  # type: ignore[no-untyped-def]
             continue
         if doc.get("apiVersion") != API_VERSION:
             raise BpfshareError(f"{path}: {kind} apiVersion must be {API_VERSION}, not {doc.get('apiVersion')!r}")
-        (maps if kind == MAP_KIND else programs).append(parse_map(doc) if kind == MAP_KIND else parse_program(doc))
+        if kind == MAP_KIND:
+            maps.append(parse_map(doc))
+        else:
+            programs.append(parse_program(doc))
     return maps, programs
 
 
@@ -64,10 +72,10 @@ def _labels(options: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
-def _print(report, node: str, generations: dict[tuple[str, str], int], output: str) -> None:  # type: ignore[no-untyped-def]
+def _print(report: Report, node: str, generations: dict[tuple[str, str], int], output: str) -> None:
     from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND
 
-    out = []
+    out: list[dict[str, Any]] = []
     for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
         for name, entry in entries.items():
             out.append(
@@ -79,15 +87,21 @@ def _print(report, node: str, generations: dict[tuple[str, str], int], output: s
             )
     for kind, name in sorted(report.released):
         out.append({"kind": kind, "name": name, "removed": True})
+    _dump(out, output)
+
+
+def _dump(data: object, output: str) -> None:
     if output == "json":
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(data, indent=2))
     else:
         import yaml
 
-        click.echo(yaml.safe_dump(out, sort_keys=False).rstrip())
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
-def _run(files: tuple[Path, ...], pin_root: str, labels: tuple[str, ...], output: str, delete: bool) -> None:
+def _run(
+    files: tuple[Path, ...], pin_root: str, labels: tuple[str, ...], output: str, delete: bool, dry_run: bool
+) -> None:
     from dataclasses import replace
 
     from bpfshare.engine import Engine, Phase
@@ -98,6 +112,10 @@ def _run(files: tuple[Path, ...], pin_root: str, labels: tuple[str, ...], output
         programs = [replace(p, meta=replace(p.meta, deleting=True)) for p in programs]
     node = socket.gethostname()
     engine = Engine(Path(pin_root), node)
+    if dry_run:
+        # What a pass would change, read from the node without changing it (as kubectl diff shows).
+        _dump(engine.plan(maps, programs, _labels(labels)).to_list(), output)
+        return
     report = engine.reconcile(maps, programs, _labels(labels))
     for event in report.events:
         click.echo(f"{event.type} {event.reason} {event.kind}/{event.name}: {event.message}", err=True)
@@ -120,23 +138,28 @@ _labels_opt = click.option(
     "--label", "labels", multiple=True, metavar="KEY=VALUE", help="a node label for nodeSelector matching (repeatable)"
 )
 _output = click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
+_dry_run = click.option(
+    "--dry-run", is_flag=True, help="print the plan (what would change on this node) and change nothing"
+)
 
 
 @click.command("apply")
 @_files
 @_labels_opt
 @_output
+@_dry_run
 @pin_root_option
-def apply(files: tuple[Path, ...], labels: tuple[str, ...], output: str, pin_root: str) -> None:
+def apply(files: tuple[Path, ...], labels: tuple[str, ...], output: str, dry_run: bool, pin_root: str) -> None:
     """Reconcile BpfMap/BpfProgram YAML on this node and print their status."""
-    _run(files, pin_root, labels, output, delete=False)
+    _run(files, pin_root, labels, output, delete=False, dry_run=dry_run)
 
 
 @click.command("delete")
 @_files
 @_labels_opt
 @_output
+@_dry_run
 @pin_root_option
-def delete(files: tuple[Path, ...], labels: tuple[str, ...], output: str, pin_root: str) -> None:
+def delete(files: tuple[Path, ...], labels: tuple[str, ...], output: str, dry_run: bool, pin_root: str) -> None:
     """Remove the resources in the YAML from this node (programs detached; maps per reclaimPolicy)."""
-    _run(files, pin_root, labels, output, delete=True)
+    _run(files, pin_root, labels, output, delete=True, dry_run=dry_run)

@@ -49,7 +49,7 @@ class Attachment:
 def check_fits(program: ProgramSpec, target: AttachTarget) -> None:
     """Refuse a program type that cannot attach to the target, before asking the kernel."""
     where = f"program {program.name!r} (section {program.section!r}, type {program.type.name})"
-    if target.kind in ("tc", "tcx"):
+    if not isinstance(target, CgroupTarget):
         if program.type not in TC_PROG_TYPES:
             raise BpfshareError(f"{where} cannot attach to {target.key}: {target.kind} needs a SchedCls program")
         return

@@ -141,16 +141,17 @@ def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_r
         return LoadedMap(spec, open_binding(spec, binding), binding.pin_path, reused=True)
     if spec.style is DefinitionStyle.GLOBAL_DATA:
         live = Map.create(spec)
-        path = pin_dir / _pin_name(spec.name)
+        path = pin_dir / private_pin_name(spec.name)
         replace_pin(live, path)
         return LoadedMap(spec, live, path, reused=False)
-    path = convention_pin_path(spec, pin_root) or pin_dir / _pin_name(spec.name)
+    path = convention_pin_path(spec, pin_root) or pin_dir / private_pin_name(spec.name)
     ensure_pin_dir(path.parent)
     live, reused = get_or_create_pinned(spec, path, f"map {spec.name!r} pinned at {path}")
     return LoadedMap(spec, live, path, reused=reused)
 
 
-def _pin_name(name: str) -> str:
+def private_pin_name(name: str) -> str:
+    """The pin name of an object's private map under the program's directory."""
     # bpffs refuses names containing '.', so ".rodata.str1.1" is pinned as "rodata_str1_1".
     return re.sub(r"[^A-Za-z0-9_-]", "_", name.lstrip(".")) or "map"
 
