@@ -25,7 +25,9 @@ log = logging.getLogger("bpfshare.agent")
 
 
 def node_entry(body: dict[str, Any], node: str) -> dict[str, Any] | None:
-    for entry in (body.get("status") or {}).get("nodes") or []:
+    """This node's entry in a resource's ``status.nodes``, if it wrote one."""
+    entries: list[dict[str, Any]] = (body.get("status") or {}).get("nodes") or []
+    for entry in entries:
         if entry.get("node") == node:
             return entry
     return None
@@ -68,9 +70,11 @@ class Agent:
         from kubernetes import client
 
         custom = client.CustomObjectsApi(self.api_client)
-        for item in custom.list_cluster_custom_object(GROUP, VERSION, MAP_PLURAL)["items"]:
+        maps: dict[str, Any] = custom.list_cluster_custom_object(GROUP, VERSION, MAP_PLURAL)
+        for item in maps["items"]:
             self.state.on_map(None, item)
-        for item in custom.list_cluster_custom_object(GROUP, VERSION, PROGRAM_PLURAL)["items"]:
+        programs: dict[str, Any] = custom.list_cluster_custom_object(GROUP, VERSION, PROGRAM_PLURAL)
+        for item in programs["items"]:
             self.state.on_program(None, item)
         core = client.CoreV1Api(self.api_client)
         try:

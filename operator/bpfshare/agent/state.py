@@ -50,7 +50,6 @@ class ClusterState:
     programs: dict[str, dict[str, Any]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> resourceVersion
-    node_seen: bool = False
     _dirty_all: bool = True
     _dirty_programs: set[str] = field(default_factory=set)
 
@@ -87,7 +86,6 @@ class ClusterState:
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> bool:
         labels = dict((body.get("metadata") or {}).get("labels") or {})
-        self.node_seen = event_type != "DELETED"
         if labels != self.labels:
             self.labels = labels
             self._dirty_all = True
