@@ -12,7 +12,7 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bpfshare.agent.state import ClusterState, Snapshot
 from bpfshare.agent.writer import Writer
@@ -70,10 +70,10 @@ class Agent:
         from kubernetes import client
 
         custom = client.CustomObjectsApi(self.api_client)
-        maps: dict[str, Any] = custom.list_cluster_custom_object(GROUP, VERSION, MAP_PLURAL)
+        maps = cast("dict[str, Any]", custom.list_cluster_custom_object(GROUP, VERSION, MAP_PLURAL))
         for item in maps["items"]:
             self.state.on_map(None, item)
-        programs: dict[str, Any] = custom.list_cluster_custom_object(GROUP, VERSION, PROGRAM_PLURAL)
+        programs = cast("dict[str, Any]", custom.list_cluster_custom_object(GROUP, VERSION, PROGRAM_PLURAL))
         for item in programs["items"]:
             self.state.on_program(None, item)
         core = client.CoreV1Api(self.api_client)
