@@ -132,7 +132,9 @@ spec: {type: Hash, keySize: yes, valueSize: 8, maxEntries: 1024}
 
 
 @pytest.mark.parametrize("command", ["apply", "delete"])
-def test_apply_refuses_an_invalid_resource_before_touching_the_node(bpfshare, tmp_path: Path, command: str) -> None:
+def test_apply_refuses_an_invalid_resource_before_touching_the_node(
+    bpfshare: Bpfshare, tmp_path: Path, command: str
+) -> None:
     good = write(tmp_path, "a-good.yaml", BAD_MAP.replace("keySize: yes", "keySize: 4"))
     bad = write(tmp_path, "b-bad.yaml", BAD_MAP.replace("flow-counts", "other"))
     run = bpfshare(command, "-f", str(good), "-f", str(bad))
