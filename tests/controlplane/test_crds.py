@@ -27,9 +27,38 @@ def test_both_crds_are_established(crds: ControlPlane) -> None:
         assert out["spec"]["names"]["categories"] == ["bpf"]
 
 
-def test_short_names_and_category(crds: ControlPlane) -> None:
-    for resource in ("bpfmaps", "bpfmap", "bpfprograms", "bpfprog", "bpfprogs", "bpf"):
-        crds.kubectl("get", resource)  # raises unless the server knows the name
+def test_short_names_and_category(crds: ControlPlane, name: str) -> None:
+    """What API discovery reports, and what kubectl makes of it: the short names resolve to their kind,
+    and `kubectl get bpf` (the category) lists objects of both kinds."""
+    discovery = json.loads(crds.kubectl("get", "--raw", f"/apis/{GROUP}/{VERSION}").stdout)
+    advertised = {
+        r["name"]: (sorted(r.get("shortNames", [])), r.get("categories"))
+        for r in discovery["resources"]
+        if "/" not in r["name"]  # not the status subresources
+    }
+    assert advertised == {
+        "bpfmaps": (["bpfmap"], ["bpf"]),
+        "bpfprograms": (["bpfprog", "bpfprogs"], ["bpf"]),
+    }
+    objects = [bpfmap(name), bpfprogram(name, maps={"shared_counts": name})]
+    crds.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    try:
+        for resource, kind in [
+            ("bpfmaps", "bpfmap"),
+            ("bpfmap", "bpfmap"),
+            ("bpfprograms", "bpfprogram"),
+            ("bpfprog", "bpfprogram"),
+            ("bpfprogs", "bpfprogram"),
+        ]:
+            out = crds.kubectl("get", resource, name, "-o", "name").stdout.split()
+            assert out == [f"{kind}.{GROUP}/{name}"], resource
+        listed = crds.kubectl("get", "bpf", "-o", "name").stdout.split()
+        assert {f"bpfmap.{GROUP}/{name}", f"bpfprogram.{GROUP}/{name}"} <= set(listed)
+        assert {entry.split("/")[0] for entry in listed} == {f"bpfmap.{GROUP}", f"bpfprogram.{GROUP}"}
+        unknown = crds.kubectl("get", "bpfmapz", check=False)  # kubectl does refuse an unknown name
+        assert unknown.returncode != 0 and "the server doesn't have a resource type" in unknown.stderr
+    finally:
+        crds.kubectl("delete", "bpfmap,bpfprogram", name, "--ignore-not-found", "--wait=false", check=False)
 
 
 def create(custom: Any, plural: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
