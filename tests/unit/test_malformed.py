@@ -1,8 +1,8 @@
-"""Malformed objects: always an ObjectError that says what is wrong, never another exception."""
+"""Malformed objects: always an ObjectError that says what is wrong and where, never another exception."""
 
 from __future__ import annotations
 
-import contextlib
+import re
 import struct
 from pathlib import Path
 
@@ -12,6 +12,10 @@ from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object import read_collection
 from bpfshare.object.elf import ElfObject
 from tests.fixtures.objects import BpfObjects, CompileBpf
+from tests.unit.untrusted import read_untrusted
+
+SHDR_SIZE = 64
+SH_SIZE = 0x20  # offset of sh_size in a section header
 
 
 def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
@@ -90,12 +94,81 @@ def test_version_and_license(compile_bpf: CompileBpf) -> None:
         read_collection(compile_bpf(src))
 
 
-def test_truncations_never_escape(bpf_objects: BpfObjects) -> None:
+def test_truncated_files(bpf_objects: BpfObjects) -> None:
+    """The section header table is at the end of what clang writes: any shorter file lacks it."""
     for path in bpf_objects.paths():
         data = path.read_bytes()
         for end in range(0, len(data), 61):
-            with contextlib.suppress(ObjectError):
+            with pytest.raises(ObjectError) as exc:
                 read_collection(data[:end])
+            if end < 64:
+                assert str(exc.value) == "not an ELF object (bad magic or shorter than an ELF header)"
+            else:
+                assert str(exc.value).endswith(") extends beyond the end of the file"), exc.value
+                assert str(exc.value).startswith("section header table ("), exc.value
+
+
+def with_section_size(data: bytes, index: int, size: int) -> bytes:
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    return patched(data, shoff + index * SHDR_SIZE + SH_SIZE, "<Q", size)
+
+
+def sizes_below(size: int) -> list[int]:
+    """A spread of sizes short of ``size``: the edges (empty, one byte, one byte short), one or two
+    4-byte words short (a record cut at a field boundary), and half."""
+    return sorted({0, 1, size // 2, size - 8, size - 4, size - 1} & set(range(size)))
+
+
+# Sections whose every byte the reader relies on: any cut must be refused. (Others may be cut and
+# still read: the license, .llvm_addrsig, .BTF.ext's func and line info, trailing relocations.)
+ESSENTIAL = (".symtab", ".strtab", "maps", ".maps")
+
+
+def test_truncated_sections(bpf_objects: BpfObjects) -> None:
+    """Every section the reader decodes, cut short in place: a consistent spec or an error saying where."""
+    for path in bpf_objects.paths():
+        data = path.read_bytes()
+        for sec in ElfObject(data).sections[1:]:
+            if sec.name.startswith((".debug", ".rel.debug")):
+                continue
+            for size in sizes_below(sec.size):
+                outcome = read_untrusted(with_section_size(data, sec.index, size))
+                if sec.executable or sec.name in ESSENTIAL:
+                    assert isinstance(outcome, ObjectError), f"{path.name}: {sec.name} cut to {size} bytes was read"
+
+
+def map_beyond(section: str, definition: int, cut: int) -> str:
+    where = re.escape(f"section {section}: map 'shared_counts' at offset 0 ({definition} bytes)")
+    return where + re.escape(f" extends beyond the section ({cut} bytes)")
+
+
+BTF_TYPES_BEYOND = r"\.BTF: type section \(offset 0, \d+ bytes\) extends beyond the section \(30 bytes\)"
+FUNCTION_OUTSIDE = r"section tc: function 'count_\w+': instructions \d+\.\.\d+ are outside the section \(1\)"
+
+
+@pytest.mark.parametrize(
+    ("example", "section", "size", "message"),
+    [
+        ("flow_counter", ".BTF", 20, r"\.BTF: shorter than the BTF header \(20 bytes\)"),
+        ("flow_counter", ".BTF", 30, BTF_TYPES_BEYOND),
+        ("flow_counter", ".BTF.ext", 8, r"\.BTF\.ext: shorter than its header \(8 bytes\)"),
+        ("flow_counter", ".symtab", 25, r"symbol table \.symtab: bad entry size 24 or size 25"),
+        ("flow_counter", ".strtab", 8, r"section #\d+ name: string offset \d+ outside the string table \(8 bytes\)"),
+        ("flow_counter", ".reltc", 17, r"relocation section \.reltc: size 17 is not a multiple of 16"),
+        ("flow_counter", "tc", 12, r"section tc: size 12 is not a multiple of 8"),
+        ("flow_counter", "tc", 8, FUNCTION_OUTSIDE),
+        ("flow_counter", ".maps", 16, map_beyond(".maps", 40, 16)),  # a BTF map
+        ("flow_counter_legacy", "maps", 10, map_beyond("maps", 36, 10)),  # struct bpf_elf_map
+        ("cgroup_counter_mapdef", "maps", 12, map_beyond("maps", 20, 12)),  # struct bpf_map_def
+    ],
+)
+def test_truncated_section_messages(
+    bpf_objects: BpfObjects, example: str, section: str, size: int, message: str
+) -> None:
+    data = bpf_objects[example].read_bytes()
+    index = ElfObject(data).by_name[section].index
+    with pytest.raises(ObjectError, match=f"^{message}$"):
+        read_collection(with_section_size(data, index, size))
 
 
 def test_global_data_reference_outside_its_section(compile_bpf: CompileBpf) -> None:
@@ -114,3 +187,26 @@ def test_global_data_reference_outside_its_section(compile_bpf: CompileBpf) -> N
         read_collection(patched(data, imm_at, "<i", 16))
     with pytest.raises(ObjectError, match=r"at offset -8 is outside"):
         read_collection(patched(data, imm_at, "<i", -8))
+
+
+def test_reference_into_a_map_section_between_maps(compile_bpf: CompileBpf) -> None:
+    # A static map is referred to through the section symbol, at an offset in the imm: move it off
+    # the start of the definition.
+    src = """
+    #include "legacy_maps.h"
+    static struct bpf_map_def SEC("maps") counts = {.type = BPF_MAP_TYPE_ARRAY, .key_size = 4,
+                                                   .value_size = 8, .max_entries = 1};
+    SEC("tc") int p(struct __sk_buff *skb) { __u32 k = 0; return bpf_map_lookup_elem(&counts, &k) != 0; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    data = compile_bpf(src).read_bytes()
+    (rel,) = read_collection(data).programs["p"].relocations
+    elf = ElfObject(data)
+    (reloc,) = elf.relocations(elf.by_name["tc"])
+    assert reloc.symbol.name == "maps"  # the section symbol: the offset is in the instruction
+    imm_at = elf.by_name["tc"].offset + rel.insn * 8 + 4
+    with pytest.raises(
+        ObjectError, match=r"^program 'p' \(section tc\) instruction \d+: reference to symbol 'maps'"
+    ) as exc:
+        read_collection(patched(data, imm_at, "<i", 4))
+    assert str(exc.value).endswith("at offset 4 of a map section matches no map definition")

@@ -1,7 +1,12 @@
-"""Turn stray parsing exceptions into ``ObjectError`` that say where they happened.
+"""Reading untrusted bytes: ``cstring`` (a bounds-checked string-table read) and ``guard``, the
+backstop that turns a decoder's own error into an ``ObjectError`` saying where it happened.
 
-The reader checks bounds explicitly where it can; ``guard`` is the backstop, so that malformed input
-never escapes as an IndexError, struct.error, KeyError, UnicodeDecodeError or pyelftools error.
+The parsers check every offset, size, index and encoding themselves and raise ``ObjectError``
+naming the section, symbol, offset or field at fault. ``guard`` only catches what the two decoders
+they hand bytes to raise on bytes they cannot decode: ``struct`` (struct.error: a buffer shorter
+than its layout) and pyelftools (ELFError and its ELFParseError: the ELF header). Nothing else is
+caught: a TypeError, KeyError, IndexError or AttributeError out of a parser is a bug in bpfshare
+and must surface as one, not be reported as a malformed object.
 """
 
 from __future__ import annotations
@@ -14,29 +19,18 @@ from elftools.common.exceptions import ELFError
 
 from bpfshare.errors import ObjectError
 
-# What malformed bytes can make Python or pyelftools raise while we decode them.
-PARSE_ERRORS: tuple[type[BaseException], ...] = (
-    IndexError,
-    KeyError,
-    ValueError,  # includes UnicodeDecodeError
-    TypeError,
-    OverflowError,
-    RecursionError,
-    MemoryError,
-    struct.error,
-    ELFError,
-)
+# What the decoders raise for undecodable bytes (ELFParseError is an ELFError). The tests assert
+# that no malformed input they try ever gets this far: every case has an explicit check.
+DECODER_ERRORS: tuple[type[Exception], ...] = (struct.error, ELFError)
 
 
 @contextmanager
 def guard(where: str) -> Iterator[None]:
-    """Re-raise any parsing error inside the block as ``ObjectError`` mentioning ``where``."""
+    """Re-raise a decoder's error inside the block as ``ObjectError`` mentioning ``where``."""
     try:
         yield
-    except ObjectError:
-        raise
-    except PARSE_ERRORS as exc:
-        raise ObjectError(f"malformed object: {where}: {type(exc).__name__}: {exc}") from exc
+    except DECODER_ERRORS as exc:
+        raise ObjectError(f"malformed object: {where}: {exc}") from exc
 
 
 def cstring(data: bytes, offset: int, where: str) -> str:

@@ -47,23 +47,23 @@ class DataTargets:
 
     def resolve(self, sym: Symbol, imm: int, where: str) -> tuple[str, RelocationKind, int]:
         if sym.shndx in self.data:
-            name, size = self.data[sym.shndx]
+            data_map, size = self.data[sym.shndx]
             offset = sym.value + imm
             if not 0 <= offset < size:
                 raise ObjectError(
                     f"{where}: reference to {sym.describe()} at offset {offset} is outside "
-                    f"section {name} ({size} bytes)"
+                    f"section {data_map} ({size} bytes)"
                 )
-            return name, RelocationKind.MAP_VALUE, offset
+            return data_map, RelocationKind.MAP_VALUE, offset
         if sym.shndx in self.map_sections:
             offset = sym.value + (imm if sym.type == STT_SECTION else 0)
-            name = self.maps.get((sym.shndx, offset))
-            if name is None:
+            map_name = self.maps.get((sym.shndx, offset))
+            if map_name is None:
                 raise ObjectError(
                     f"{where}: reference to {sym.describe()} at offset {offset} of a map "
                     "section matches no map definition"
                 )
-            return name, RelocationKind.MAP_FD, 0
+            return map_name, RelocationKind.MAP_FD, 0
         raise ObjectError(
             f"{where}: reference to {sym.describe()} in section #{sym.shndx}, "
             "which holds neither maps, global data nor code"

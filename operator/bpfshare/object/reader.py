@@ -163,14 +163,22 @@ class _Reader:
 
     def _btf_maps(self, sec: Section) -> list[tuple[int, MapSpec]]:
         """BTF maps, placed by their symbols (the DATASEC's offsets are not filled in by clang)."""
-        offsets = {
-            s.name: s.value for s in self.elf.symbols if s.shndx == sec.index and s.type not in (STT_SECTION, STT_FILE)
+        symbols = {
+            s.name: s for s in self.elf.symbols if s.shndx == sec.index and s.type not in (STT_SECTION, STT_FILE)
         }
         found = []
         for spec in btf_maps(self.btf, sec.name):
-            if spec.name not in offsets:
+            sym = symbols.get(spec.name)
+            if sym is None:
                 raise ObjectError(f"section {sec.name}: map {spec.name!r} has no symbol")
-            found.append((offsets[spec.name], spec))
+            # Nothing reads the definition's bytes (BTF describes it), but a symbol outside its
+            # section means the section or the symbol table is corrupt.
+            if sym.value + sym.size > sec.size:
+                raise ObjectError(
+                    f"section {sec.name}: map {spec.name!r} at offset {sym.value} ({sym.size} bytes) "
+                    f"extends beyond the section ({sec.size} bytes)"
+                )
+            found.append((sym.value, spec))
         return sorted(found, key=lambda item: item[0])
 
     # -- programs -------------------------------------------------------------------------------
