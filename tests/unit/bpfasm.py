@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import subprocess
@@ -72,8 +73,10 @@ def run(*args: str) -> str:
     return subprocess.run([tool(args[0]), *args[1:]], capture_output=True, text=True, check=True).stdout
 
 
+@functools.cache
 def readelf_symbols(path: Path) -> dict[str, tuple[int, int]]:
-    """name -> (value, size) of FUNC and OBJECT symbols, from ``llvm-readelf -s``."""
+    """name -> (value, size) of FUNC and OBJECT symbols, from ``llvm-readelf -s`` (run once per
+    object: the objects of a session never change). Read it, do not change it."""
     out = run("llvm-readelf", "-s", str(path))
     syms = {}
     for line in out.splitlines():
