@@ -25,11 +25,6 @@ from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType, ProgType, member_
 PERCPU_TYPES = frozenset({MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage})
 
 
-def object_name(name: str) -> bytes:
-    """``name`` as the bytes of a bpf_attr map_name / prog_name field (see ``kernel_object_name``)."""
-    return kernel_object_name(name).encode()
-
-
 @dataclass(frozen=True)
 class MapInfo:
     id: int
@@ -93,7 +88,7 @@ class Map(KernelObject[MapInfo]):
         mc.value_size = spec.value_size
         mc.max_entries = spec.max_entries
         mc.map_flags = int(spec.flags)
-        mc.map_name = object_name(name if name is not None else spec.name)
+        mc.map_name = kernel_object_name(name if name is not None else spec.name).encode()  # ASCII only
         if inner is not None:
             mc.inner_map_fd = inner.fd
         try:

@@ -14,10 +14,9 @@ from typing import Self
 
 from bpfshare.errors import KernelError, VerifierError
 from bpfshare.kernel.abi import Cmd, ProgInfoStruct
-from bpfshare.kernel.maps import object_name
 from bpfshare.kernel.objects import KernelObject, ObjectKind, obj_info
 from bpfshare.kernel.syscall import FD, bpf, errno_text, new_attr
-from bpfshare.spec import INSN_SIZE, ProgramSpec
+from bpfshare.spec import INSN_SIZE, ProgramSpec, kernel_object_name
 from bpfshare.types import ProgType, member_or_number
 
 LOG_LEVEL_BRANCHES = 1  # BPF_LOG_LEVEL1: the verifier's reasoning along the failing path
@@ -75,7 +74,7 @@ class Program(KernelObject[ProgramInfo]):
             pl.insns = ctypes.addressof(insns)
             pl.license = ctypes.addressof(license_buf)
             pl.kern_version = spec.kernel_version
-            pl.prog_name = object_name(label)
+            pl.prog_name = kernel_object_name(label).encode()  # ASCII only
             if spec.expected_attach_type is not None:
                 pl.expected_attach_type = int(spec.expected_attach_type)
             if log is not None:
