@@ -69,6 +69,10 @@ def test_section_and_symbol_checks(flow_counter: bytes) -> None:
     rel = next(s for s in elf.sections if s.name == ".reltc")
     with pytest.raises(ObjectError, match="names symbol #65535"):
         read_collection(patched(flow_counter, rel.offset + 12, "<I", 0xFFFF))
+    # a relocation against the null symbol: corrupt, not an extern
+    with pytest.raises(ObjectError, match=r"instruction \d+: relocation against symbol #0, which is undefined") as exc:
+        read_collection(patched(flow_counter, rel.offset + 12, "<I", 0))
+    assert not isinstance(exc.value, UnsupportedError)
     # a relocation on an instruction that is neither ld_imm64 nor call
     with pytest.raises(ObjectError, match="neither ld_imm64 nor call"):
         read_collection(patched(flow_counter, rel.offset, "<Q", 0))

@@ -70,6 +70,13 @@ class DataTargets:
         )
 
 
+def _refuse_unnamed(sym: Symbol, where: str) -> None:
+    """An undefined symbol is an extern or a kfunc, named; without a name (the null symbol #0, say)
+    the relocation is corrupt, not the use of a feature bpfshare lacks."""
+    if not sym.name:
+        raise ObjectError(f"{where}: relocation against {sym.describe()}, which is undefined and has no name")
+
+
 class Linker:
     def __init__(self, elf: ElfObject, targets: DataTargets) -> None:
         self.elf = elf
@@ -211,6 +218,7 @@ class _Job:
             raise UnsupportedError(f"unsupported: {where}: relocation type {rel.type} on an ld_imm64")
         sym, imm = rel.symbol, I.imm(func.code, i)
         if sym.shndx == SHN_UNDEF:
+            _refuse_unnamed(sym, where)
             raise UnsupportedError(f"unsupported: extern {sym.name!r} (__ksym/__kconfig) used by {where}")
         at = base + i
         sections = self.linker.elf.sections
@@ -237,6 +245,7 @@ class _Job:
         if rel is not None:
             sym = rel.symbol
             if sym.shndx == SHN_UNDEF:
+                _refuse_unnamed(sym, where)
                 raise UnsupportedError(f"unsupported: kfunc call to {sym.name!r} in {where}")
             if rel.type != R_BPF_64_32 or src != I.PSEUDO_CALL:
                 raise ObjectError(
