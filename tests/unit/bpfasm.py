@@ -51,7 +51,9 @@ def normalized(code: bytes) -> bytes:
 def function_code(path: Path, section: str, name: str) -> bytes:
     """The raw instructions of one function, found with llvm-readelf (independently of the reader)."""
     with path.open("rb") as f:
-        data = ELFFile(f).get_section_by_name(section).data()
+        found = ELFFile(f).get_section_by_name(section)
+        assert found is not None, f"{path.name} has no section {section}"
+        data = found.data()
     value, size = readelf_symbols(path)[name]
     return data[value : value + size]
 

@@ -8,7 +8,7 @@ import timeit
 import pytest
 
 from bpfshare.object import read_collection
-from bpfshare.spec import DefinitionStyle, Pinning, RelocationKind
+from bpfshare.spec import DefinitionStyle, MapSpec, Pinning, RelocationKind
 from bpfshare.types import AttachType, MapFlag, MapType, ProgType
 from tests.fixtures.objects import BpfObjects
 from tests.unit.bpfasm import LD_IMM64, calls, decode, function_code, normalized, readelf_symbols, run
@@ -16,7 +16,7 @@ from tests.unit.bpfasm import LD_IMM64, calls, decode, function_code, normalized
 SHARED_COUNTS = (MapType.Array, 4, 8, 4, MapFlag(0))
 
 
-def layout(spec):  # type: ignore[no-untyped-def]
+def layout(spec: MapSpec) -> tuple[MapType, int, int, int, MapFlag]:
     return (spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags)
 
 
