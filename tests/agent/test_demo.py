@@ -1,4 +1,5 @@
-"""The README's main command, `bpfshare demo`, end to end against the test session's control plane."""
+"""The README's main command, `bpfshare demo`, end to end against the test session's control plane; and
+what the demo ships instead of reading a source checkout (the CRDs, the example resources)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,38 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bpfshare.controlplane.demo import INSTALLED_BPF_DIR, example_resources
+from bpfshare.controlplane.wait import crd_dir
 from tests.fixtures.netenv import run
 
-pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_the_demos_resources_are_the_examples() -> None:
+    files = sorted((REPO / "examples").glob("*.yaml"))
+    assert [yaml.safe_load(f.read_text()) for f in files] == example_resources(INSTALLED_BPF_DIR)
+    moved = example_resources(Path("/elsewhere"))
+    assert {d["spec"]["bytecode"]["path"] for d in moved[1:]} == {
+        "/elsewhere/flow_counter.o",
+        "/elsewhere/cgroup_counter_mapdef.o",
+    }
+
+
+def test_the_packages_crds_are_identical_to_crds() -> None:
+    shipped = sorted(p.name for p in crd_dir().glob("*.yaml"))
+    assert shipped == sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    for name in shipped:
+        assert (crd_dir() / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            f"{crd_dir() / name} differs from crds/{name}: copy crds/*.yaml there"
+        )
+
+
+@pytest.mark.kernel
+@pytest.mark.cluster
 def test_demo_shares_one_map_and_cleans_up(crds, bpffs: Path) -> None:
-    objects = [Path("/opt/bpfshare/bpf") / n for n in ("flow_counter.o", "cgroup_counter_mapdef.o")]
+    objects = [INSTALLED_BPF_DIR / n for n in ("flow_counter.o", "cgroup_counter_mapdef.o")]
     if not all(o.exists() for o in objects):
         subprocess.run(["make", "-s", "-C", str(REPO / "bpf"), "install"], check=True)
     env = {**os.environ, "KUBECONFIG": str(crds.kubeconfig)}
@@ -27,6 +51,7 @@ def test_demo_shares_one_map_and_cleans_up(crds, bpffs: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        cwd="/",  # nothing is read from a source checkout
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -39,3 +64,13 @@ def test_demo_shares_one_map_and_cleans_up(crds, bpffs: Path) -> None:
     assert crds.kubectl("get", "bpfprograms,bpfmaps", "-o", "name").stdout.strip() == ""
     assert "bpfshare-demo" not in run("ip", "netns", "list").stdout
     assert not (bpffs / "bpfshare" / "maps" / "flow-counts").exists()
+
+
+def test_demo_without_the_objects_says_where_they_should_be(tmp_path: Path) -> None:
+    env = {**os.environ, "BPFSHARE_BPF_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "bpfshare", "demo"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    if os.geteuid() != 0:  # it says that first
+        assert "run it as root" in proc.stderr, proc.stderr
+    else:
+        assert str(tmp_path / "flow_counter.o") in proc.stderr and "BPFSHARE_BPF_DIR" in proc.stderr, proc.stderr

@@ -1,8 +1,13 @@
-"""`bpfshare demo`: the whole product on one machine, start to finish, and cleaned up after.
+"""The scenario of ``bpfshare demo``: the whole product on one machine, start to finish, cleaned up after.
 
 A cluster (the current kubeconfig if one answers, otherwise the local control plane), the CRDs, an
 agent for this machine, a veth pair in two network namespaces and a cgroup, the resources of
-examples/, real traffic, `kubectl get`, and the shared map's counters.
+examples/, real traffic, ``kubectl get``, and the shared map's counters.
+
+Nothing here needs a source checkout: the CRDs are the package's copies, the example resources are
+made by ``example_resources`` (tests/agent/test_demo.py holds them equal to examples/*.yaml), and the
+BPF objects are the installed ones (``/opt/bpfshare/bpf``, where ``make -C bpf install`` and the
+image put them; ``$BPFSHARE_BPF_DIR`` overrides).
 """
 
 from __future__ import annotations
@@ -11,23 +16,69 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bpfshare.api.resources import API_VERSION, MAP_KIND, PROGRAM_KIND
+from bpfshare.controlplane.agents import start_agent
+from bpfshare.controlplane.wait import install_crds, key_of, kubectl_getter, wait_ready
 from bpfshare.errors import BpfshareError
 
-REPO = Path(__file__).resolve().parents[2]
+INSTALLED_BPF_DIR = Path("/opt/bpfshare/bpf")
 NS_A, NS_B = "bpfshare-demo-a", "bpfshare-demo-b"
 IF_A, IF_B = "bsdemo-a", "bsdemo-b"
 ADDR_A, ADDR_B = "10.199.0.1", "10.199.0.2"
 CGROUP = "bpfshare-demo"
+MAP_NAME = "flow-counts"
 COUNTER_NAMES = ("tc ingress", "tc egress", "cgroup ingress", "cgroup egress")
 
 Say = Callable[[str], None]
+
+
+def bpf_dir() -> Path:
+    """Where the example BPF objects are: ``$BPFSHARE_BPF_DIR``, else /opt/bpfshare/bpf."""
+    return Path(os.environ.get("BPFSHARE_BPF_DIR") or INSTALLED_BPF_DIR)
+
+
+def example_resources(objects: Path = INSTALLED_BPF_DIR) -> list[dict[str, Any]]:
+    """The resources of examples/ (its 10-, 20- and 30- files, in that order), with the BPF objects
+    taken from ``objects``: one map shared by a tc program on the demo's veth and a cgroup program."""
+
+    def program(name: str, obj: str, program: str, attach: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": PROGRAM_KIND,
+            "metadata": {"name": name},
+            "spec": {
+                "bytecode": {"path": str(objects / obj)},
+                "program": program,
+                "attach": attach,
+                "maps": {"shared_counts": MAP_NAME},
+            },
+        }
+
+    tc = {"interfaces": [IF_B], "direction": "ingress", "priority": 1, "networkNamespace": NS_B}
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": MAP_KIND,
+            "metadata": {"name": MAP_NAME},
+            "spec": {"type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4, "reclaimPolicy": "Delete"},
+        },
+        program("count-ingress", "flow_counter.o", "count_ingress", {"tc": tc}),
+        program(
+            "count-cgroup-egress",
+            "cgroup_counter_mapdef.o",
+            "count_cgroup_egress",
+            {"cgroup": {"path": CGROUP, "type": "egress"}},
+        ),
+    ]
 
 
 def sh(
@@ -41,6 +92,8 @@ def sh(
 
 @dataclass
 class Kube:
+    """kubectl against one kubeconfig."""
+
     kubeconfig: Path
     kubectl_path: str
 
@@ -49,13 +102,10 @@ class Kube:
         return sh(self.kubectl_path, *args, check=check, env=env, input=input)
 
 
-def _answers(kubeconfig: Path, kubectl: str) -> bool:
-    if not kubeconfig.exists():
+def _answers(kube: Kube) -> bool:
+    if not kube.kubeconfig.exists():
         return False
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    proc = subprocess.run(
-        [kubectl, "get", "--raw", "/readyz", "--request-timeout=3s"], capture_output=True, text=True, env=env
-    )
+    proc = kube("get", "--raw", "/readyz", "--request-timeout=3s", check=False)
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
@@ -68,10 +118,10 @@ def cluster(say: Say) -> Iterator[Kube]:
 
     bin_dir = ensure_built(progress=stderr_progress)
     kubectl = str(bin_dir / "kubectl")
-    current = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))).expanduser()
-    if _answers(current, kubectl):
-        say(f"cluster: using the current kubeconfig ({current})")
-        yield Kube(current, kubectl)
+    current = Kube(Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))).expanduser(), kubectl)
+    if _answers(current):
+        say(f"cluster: using the current kubeconfig ({current.kubeconfig})")
+        yield current
         return
     state = default_state_dir()
     existing = load(state)
@@ -134,46 +184,6 @@ def cleanup_network() -> None:
             time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def agent(kube: Kube, node: str, pin_root: Path, log: Path, say: Say) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "NODE_NAME": node}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bpfshare", "agent", "--pin-root", str(pin_root)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    say(f"agent: node {node}, pin root {pin_root}, log {log}")
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def wait_ready(kube: Kube, node: str, names: list[tuple[str, str]], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending: list[str] = []
-    while time.monotonic() < deadline:
-        pending = []
-        for plural, name in names:
-            obj = json.loads(kube("get", plural, name, "-o", "json").stdout)
-            entry = next((e for e in (obj.get("status") or {}).get("nodes") or [] if e.get("node") == node), None)
-            if entry is None or entry.get("phase") != "Ready":
-                pending.append(
-                    f"{plural}/{name}: {entry.get('phase') if entry else 'no status'}"
-                    + (f" ({entry['message']})" if entry and entry.get("message") else "")
-                )
-        if not pending:
-            return
-        time.sleep(0.3)
-    raise BpfshareError("not Ready in time: " + "; ".join(pending))
-
-
 def make_traffic(packets: int = 10) -> None:
     from bpfshare.kernel.cgroup import cgroup2_root
     from bpfshare.kernel.netns import enter_netns
@@ -192,8 +202,6 @@ def make_traffic(packets: int = 10) -> None:
 
 
 def read_counters(pin: Path) -> list[int]:
-    import struct
-
     from bpfshare.kernel.maps import Map
 
     with Map.from_pin(pin) as live:
@@ -217,53 +225,60 @@ def only_demo() -> Iterator[None]:
 def run_demo(pin_root: Path, keep: bool, say: Say) -> None:
     if os.geteuid() != 0:
         raise BpfshareError("the demo loads eBPF programs and creates network namespaces: run it as root")
+    docs = example_resources(bpf_dir())
+    for doc in docs:
+        path = Path(doc["spec"]["bytecode"]["path"]) if "bytecode" in doc["spec"] else None
+        if path is not None and not path.is_file():
+            raise BpfshareError(
+                f"{doc['metadata']['name']} needs {path}: run `make demo` (it builds bpf/ and installs the "
+                "objects there), or point BPFSHARE_BPF_DIR at a directory holding the built objects"
+            )
     with only_demo():
-        _run_demo(pin_root, keep, say)
+        _run_demo(docs, pin_root, keep, say)
 
 
-def _run_demo(pin_root: Path, keep: bool, say: Say) -> None:
-    examples = REPO / "examples"
-    for res in examples.glob("*.yaml"):
-        for line in res.read_text().splitlines():
-            if line.strip().startswith("path: /opt/") and not Path(line.split(":", 1)[1].strip()).exists():
-                raise BpfshareError(
-                    f"{res.name} needs {line.split(':', 1)[1].strip()}: run `make demo` "
-                    "(it builds bpf/ and installs the objects there)"
-                )
+@contextlib.contextmanager
+def _node(kube: Kube, node: str) -> Iterator[None]:
+    """This machine's Node object: the existing one, or one made for the demo (and deleted after)."""
+    created = kube("get", "node", node, check=False).returncode != 0
+    if created:
+        kube("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+    try:
+        yield
+    finally:
+        if created:
+            kube("delete", "node", node, "--ignore-not-found", check=False)
+
+
+def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) -> None:
     ensure_bpffs(pin_root)
     node = socket.gethostname()
-    names = [("bpfmaps", "flow-counts"), ("bpfprograms", "count-ingress"), ("bpfprograms", "count-cgroup-egress")]
-    with cluster(say) as kube, network(say):
-        kube("apply", "-f", str(REPO / "crds"))
-        kube(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/bpfmaps.bpfshare.io",
-            "crd/bpfprograms.bpfshare.io",
-        )
-        created_node = kube("get", "node", node, check=False).returncode != 0
-        if created_node:
-            kube("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfshare-demo-agent-{os.getpid()}.log"
+    keys = [key_of(doc) for doc in docs]
+    names = [f"{plural}/{name}" for plural, name in keys]
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfshare-demo-agent-{os.getpid()}.log"
+    with cluster(say) as kube, network(say), _node(kube, node):
+        install_crds(kube)
+        agent = start_agent(node, kube.kubeconfig, log, pin_root=pin_root)
+        say(f"agent: node {node}, pin root {pin_root}, log {log}")
         try:
-            with agent(kube, node, pin_root, log, say):
-                say("$ kubectl apply -f examples/")
-                say(kube("apply", "-f", str(examples)).stdout.rstrip())
-                wait_ready(kube, node, names)
-                make_traffic()
-                say("\n$ kubectl get bpfmaps,bpfprogs")
-                say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
-                pin = pin_root / "maps" / "flow-counts"
-                values = read_counters(pin)
-                say(f"\nshared map {pin}: " + ", ".join(f"{n} {v}" for n, v in zip(COUNTER_NAMES, values, strict=True)))
-                if keep:
-                    say("--keep: leaving everything running; press Ctrl-C to clean up")
-                    with contextlib.suppress(KeyboardInterrupt):
-                        while True:
-                            time.sleep(3600)
-                say("\ncleaning up: kubectl delete -f examples/")
-                kube("delete", "-f", str(examples), "--timeout=60s")
+            say("$ kubectl apply -f examples/")
+            listing = {"apiVersion": "v1", "kind": "List", "items": docs}
+            say(kube("apply", "-f", "-", input=json.dumps(listing)).stdout.rstrip())
+            wait_ready(kubectl_getter(kube), keys, [node])
+            make_traffic()
+            say("\n$ kubectl get bpfmaps,bpfprogs")
+            say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
+            pin = pin_root / "maps" / MAP_NAME
+            values = read_counters(pin)
+            say(f"\nshared map {pin}: " + ", ".join(f"{n} {v}" for n, v in zip(COUNTER_NAMES, values, strict=True)))
+            if keep:
+                say("--keep: leaving everything running; press Ctrl-C to clean up")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+            say("\ncleaning up: kubectl delete -f examples/")
+            kube("delete", *reversed(names), "--timeout=60s")
         finally:
-            if created_node:
-                kube("delete", "node", node, "--ignore-not-found", check=False)
+            # Whatever happened, the resources go while the agent still runs to detach them.
+            kube("delete", *reversed(names), "--ignore-not-found", "--timeout=60s", check=False)
+            agent.close()
