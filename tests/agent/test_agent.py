@@ -21,14 +21,7 @@ def test_kubectl_apply_shares_one_map_and_reports_ids(
 ) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
-    cluster.apply(
-        bpfmap(),
-        tc_program(bpf_objects["flow_counter"], netns_pair),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
-    )
-    m = cluster.wait_phase(MAPS, "flow-counts", node)
-    tc = cluster.wait_phase(PROGS, "count-ingress", node)
-    cg = cluster.wait_phase(PROGS, "count-cgroup", node)
+    m, tc, cg = cluster.apply_sharing(node, bpf_objects, netns_pair, cgroup_dir)
     assert bpftool("map", "show", "pinned", m["pinPath"])["id"] == m["mapId"]  # type: ignore[index]
     assert Path(m["pinPath"]).is_relative_to(agent.pin_root)
     assert tc["maps"] == {"shared_counts": m["mapId"]} == cg["maps"]
@@ -124,13 +117,8 @@ def test_sigkill_and_restart_keeps_ids_and_attachments(
 ) -> None:
     node = cluster.add_node()
     agent = cluster.start_agent(node)
-    cluster.apply(
-        bpfmap(),
-        tc_program(bpf_objects["flow_counter"], netns_pair),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
-    )
-    before = {n: cluster.wait_phase(PROGS, n, node) for n in ("count-ingress", "count-cgroup")}
-    map_id = cluster.wait_phase(MAPS, "flow-counts", node)["mapId"]
+    m, tc, cg = cluster.apply_sharing(node, bpf_objects, netns_pair, cgroup_dir)
+    before, map_id = {"count-ingress": tc, "count-cgroup": cg}, m["mapId"]
     agent.kill()
     netns_pair.send_udp(3)  # the datapath runs on without the agent
     assert counters(agent.pin_root / "maps" / "flow-counts")[TC_INGRESS] >= 3

@@ -10,14 +10,7 @@ deploy/'s copies are identical.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.agents import AgentProcess, Cluster
+from bpfshare.controlplane.agents import Agent, token_kubeconfig
+from bpfshare.controlplane.run import ControlPlane
+from tests.fixtures.agents import Cluster
 from tests.fixtures.kernel import require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +31,7 @@ SERVICE_ACCOUNT = "bpfshare-agent"
 SA_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
 
 
-def kustomize(cp: Any, path: Path) -> list[dict[str, Any]]:
+def kustomize(cp: ControlPlane, path: Path) -> list[dict[str, Any]]:
     out = cp.kubectl("kustomize", str(path)).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -60,20 +55,9 @@ def daemonset_caps(objects: list[dict[str, Any]]) -> list[str]:
     return list(caps["add"])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
 @dataclass
 class Deployed:
-    cp: Any
+    cp: ControlPlane
     objects: list[dict[str, Any]]
 
     def token(self) -> str:
@@ -82,24 +66,11 @@ class Deployed:
 
     def kubeconfig(self, path: Path) -> Path:
         """A kubeconfig that authenticates as the agent's service account, as in the pod."""
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "preferences": {},
-            "clusters": [
-                {"name": "local", "cluster": {"server": self.cp.server, "certificate-authority": str(self.cp.ca_file)}}
-            ],
-            "users": [{"name": "agent", "user": {"token": self.token()}}],
-            "contexts": [{"name": "agent", "context": {"cluster": "local", "user": "agent"}}],
-            "current-context": "agent",
-        }
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
-        return path
+        return token_kubeconfig(self.cp, self.token(), path)
 
 
 @pytest.fixture(scope="session")
-def deployed(crds: Any) -> Iterator[Deployed]:
+def deployed(crds: ControlPlane) -> Iterator[Deployed]:
     objects = kustomize(crds, DEPLOY)
     crd_docs = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
@@ -141,55 +112,16 @@ def setpriv_argv(caps: list[str]) -> list[str]:
 
 
 @dataclass
-class DeployedAgent(AgentProcess):
-    """An agent with the DaemonSet's arguments, only ``caps``, and its own kubeconfig."""
+class DeployedAgent(Agent):
+    """An agent with the DaemonSet's arguments, only ``caps``, and the service account's kubeconfig."""
 
     caps: list[str] = field(default_factory=list)
-    health_port: int = 0
-    metrics_port: int = 0
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "NODE_NAME": self.node}
-        argv = [
-            *setpriv_argv(self.caps),
-            sys.executable,
-            "-m",
-            "bpfshare",
-            "agent",
-            "--pin-root",
-            str(self.pin_root),
-            "--resync",
-            str(self.resync),
-            f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
-            f"--metrics=127.0.0.1:{self.metrics_port}",
-        ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def effective_caps(self) -> int:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
         raise AssertionError("no CapEff line")
-
-    def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def health(self) -> dict[str, Any]:
-        return json.loads(http_get(f"http://127.0.0.1:{self.health_port}/healthz"))
-
-    def wait_serving(self, timeout: float = 30.0) -> None:
-        """Until kopf serves the liveness endpoint (it does once the agent has listed everything)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.health()
-                return
-            except OSError:
-                if not self.alive() or time.monotonic() > deadline:
-                    pytest.fail(f"agent never served /healthz:\n{self.log_tail()}")
-                time.sleep(0.2)
 
 
 @dataclass
@@ -198,21 +130,17 @@ class DeployCluster(Cluster):
 
     def start_deployed_agent(self, node: str, caps: list[str] | None = None) -> DeployedAgent:
         assert self.deployed is not None
-        mount = Path(tempfile.mkdtemp(prefix=f"bpfshare-{node}-"))
-        subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True)
-        kubeconfig = self.deployed.kubeconfig(self.tmp / f"kubeconfig-{node}")
-        agent = DeployedAgent(
+        caps = daemonset_caps(self.deployed.objects) if caps is None else caps
+        agent = self.start_agent(  # Cluster.cleanup stops it and unmounts its bpffs
             node,
-            mount / "bpfshare",
-            mount,
-            kubeconfig,
-            self.tmp / f"agent-{node}.log",
-            caps=daemonset_caps(self.deployed.objects) if caps is None else caps,
-            health_port=free_port(),
-            metrics_port=free_port(),
+            kubeconfig=self.deployed.kubeconfig(self.tmp / f"kubeconfig-{node}"),
+            liveness=True,
+            metrics=True,
+            prefix=setpriv_argv(caps),
+            agent_class=DeployedAgent,
+            caps=caps,
         )
-        self.agents.append(agent)  # Cluster.cleanup kills it and unmounts its bpffs
-        agent.start()
+        assert isinstance(agent, DeployedAgent)
         return agent
 
 

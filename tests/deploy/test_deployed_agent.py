@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import DeployCluster, DeployedAgent, daemonset_caps, parse_metrics, sample
+from tests.fixtures.agents import sharing
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
 from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, counters, send_from_cgroup
@@ -39,14 +40,7 @@ def test_agent_with_the_daemonsets_capabilities_and_rbac_shares_one_map(
     agent.wait_serving()
     assert agent.effective_caps() == mask(caps)  # the drop is real: nothing but the DaemonSet's list
 
-    deploy_cluster.apply(
-        bpfmap(),
-        tc_program(bpf_objects["flow_counter"], netns_pair),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
-    )
-    m = deploy_cluster.wait_phase(MAPS, "flow-counts", node)
-    tc = deploy_cluster.wait_phase(PROGS, "count-ingress", node)
-    cg = deploy_cluster.wait_phase(PROGS, "count-cgroup", node)
+    m, tc, cg = deploy_cluster.apply_sharing(node, bpf_objects, netns_pair, cgroup_dir)
     assert tc["maps"] == {"shared_counts": m["mapId"]} == cg["maps"]
     for prog in (tc, cg):
         assert bpftool("prog", "show", "id", str(prog["programId"]))["map_ids"] == [m["mapId"]]  # type: ignore[index]
@@ -164,11 +158,7 @@ def test_without_net_admin_tc_attachment_is_refused(
     caps = [c for c in daemonset_caps(deploy_cluster.deployed.objects) if c != "NET_ADMIN"]  # type: ignore[union-attr]
     node = deploy_cluster.add_node()
     agent = deploy_cluster.start_deployed_agent(node, caps=caps)
-    deploy_cluster.apply(
-        bpfmap(),
-        tc_program(bpf_objects["flow_counter"], netns_pair),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
-    )
+    deploy_cluster.apply(*sharing(bpf_objects, netns_pair, cgroup_dir))
     error = deploy_cluster.wait_phase(PROGS, "count-ingress", node, "Error")["message"]
     assert "Operation not permitted" in error
     deploy_cluster.wait_phase(PROGS, "count-cgroup", node)  # the cgroup attach does not need it here

@@ -12,13 +12,16 @@ import os
 import random
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.agents import AgentProcess, Cluster
+from bpfshare.controlplane.agents import Agent
+from tests.fixtures.agents import Cluster
 from tests.fixtures.netenv import NetnsPair, run
+from tests.fixtures.objects import BpfObjects
 from tests.integration.test_apply import bpfmap
 from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, counters, filters_on
 from tests.reliability.traffic import CgroupTraffic, VethTraffic, quiet_link, record, salted_inline
@@ -48,176 +51,150 @@ def programs(obj: Path, pair: NetnsPair, cgroup: Path, salt: int) -> list[dict[s
 
 
 MAP_DOCS = [bpfmap("tc-counts"), bpfmap("tcx-counts"), bpfmap("cg-counts")]
+PROGRAMS = ["up-tc", "up-tcx", "up-cg"]
+COUNTED = {"tc": TC_INGRESS, "tcx": TC_INGRESS, "cg": CG_EGRESS}  # program -> its map's counter
 
 
-def wait_rolled_out(cluster: Cluster, node: str, names: list[str], timeout: float = 60.0) -> dict[str, dict]:
-    """Every program Ready on ``node`` at its current generation; their entries."""
+@dataclass
+class Counting:
+    """A node whose agent runs the three counting programs, each into a map of its own; ``first``: the
+    reports of version 0, rolled out before the test starts."""
 
-    def done() -> dict[str, dict] | None:
-        out = {}
-        for name in names:
-            obj = cluster.get(PROGS, name) or {}
-            entry = cluster.entry(PROGS, name, node)
-            if not entry or entry["phase"] != "Ready" or entry["observedGeneration"] != obj["metadata"]["generation"]:
-                return None
-            out[name] = entry
-        return out
+    cluster: Cluster
+    node: str
+    agent: Agent
+    obj: Path
+    pair: NetnsPair
+    cgroup: Path
+    first: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    return cluster.wait(done, f"{names} rolled out on {node}", timeout)
+    def apply(self, salt: int) -> None:
+        """Version ``salt`` of the programs: the same code, a new digest."""
+        self.cluster.apply(*programs(self.obj, self.pair, self.cgroup, salt))
 
+    def rolled_out(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+        """Every program Ready on the node at its current generation; their reports."""
+        return self.cluster.wait_all(PROGS, PROGRAMS, self.node, timeout=timeout)
 
-def assert_single_attachments(pair: NetnsPair, cgroup: Path, entries: dict[str, dict]) -> None:
-    assert filters_on(pair) == [entries["up-tc"]["programId"]]
-    assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup))] == [entries["up-cg"]["programId"]]  # type: ignore[union-attr,index]
-    from bpfshare.kernel.tcx import list_tcx
+    def seen(self) -> dict[str, int]:
+        """What each program has counted so far, from its own map's pin."""
+        return {n: counters(self.agent.pin_root / "maps" / f"{n}-counts")[i] for n, i in COUNTED.items()}
 
-    assert list(list_tcx(pair.if_b, "ingress", netns=pair.ns_b).prog_ids) == [entries["up-tcx"]["programId"]]
+    def assert_every_packet_counted(
+        self, test: str, veth: VethTraffic, cg: CgroupTraffic | None, **figures: object
+    ) -> None:
+        """Each counter equals the packets sent past it (the cgroup's none without cgroup traffic); the
+        figures go to bench/soak.py's record."""
+        now = self.seen()
+        cgroup_sent = cg.sent if cg is not None else 0
+        record(
+            test,
+            **figures,
+            veth_sent=veth.sent,
+            tc_seen=now["tc"],
+            tcx_seen=now["tcx"],
+            cgroup_sent=cgroup_sent,
+            cgroup_seen=now["cg"],
+        )
+        assert now == {"tc": veth.sent, "tcx": veth.sent, "cg": cgroup_sent}
 
+    def assert_single_attachments(self, entries: dict[str, dict[str, Any]]) -> None:
+        from bpfshare.kernel.tcx import list_tcx
 
-def assert_no_leaks(agent: AgentProcess) -> None:
-    leftovers = [p for p in agent.pin_root.rglob("*") if "_tmp" in p.name]
-    assert leftovers == []
+        assert filters_on(self.pair) == [entries["up-tc"]["programId"]]
+        assert [p["id"] for p in bpftool("cgroup", "show", str(self.cgroup))] == [entries["up-cg"]["programId"]]  # type: ignore[union-attr,index]
+        tcx = list_tcx(self.pair.if_b, "ingress", netns=self.pair.ns_b)
+        assert list(tcx.prog_ids) == [entries["up-tcx"]["programId"]]
 
-
-def map_pins(agent: AgentProcess) -> dict[str, Path]:
-    return {name: agent.pin_root / "maps" / name for name in ("tc-counts", "tcx-counts", "cg-counts")}
+    def assert_no_leaks(self) -> None:
+        assert [p for p in self.agent.pin_root.rglob("*") if "_tmp" in p.name] == []
 
 
 @pytest.fixture
-def quiet_pair(netns_pair: NetnsPair) -> NetnsPair:
+def counting(cluster: Cluster, bpf_objects: BpfObjects, netns_pair: NetnsPair, cgroup_dir: Path) -> Counting:
     quiet_link(netns_pair)
-    return netns_pair
-
-
-def test_upgrades_under_traffic_drop_nothing(
-    cluster: Cluster, bpf_objects, quiet_pair: NetnsPair, cgroup_dir: Path
-) -> None:
     node = cluster.add_node()
-    agent = cluster.start_agent(node)
-    obj = bpf_objects["flow_counter"]
-    cluster.apply(*MAP_DOCS, *programs(obj, quiet_pair, cgroup_dir, 0))
-    first = wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"])
-    pins = map_pins(agent)
-    with VethTraffic(quiet_pair) as veth, CgroupTraffic(cgroup_dir) as cg:
-        previous = first
+    c = Counting(cluster, node, cluster.start_agent(node), bpf_objects["flow_counter"], netns_pair, cgroup_dir)
+    cluster.apply(*MAP_DOCS)
+    c.apply(0)
+    c.first = c.rolled_out()
+    return c
+
+
+def test_upgrades_under_traffic_drop_nothing(counting: Counting) -> None:
+    with VethTraffic(counting.pair) as veth, CgroupTraffic(counting.cgroup) as cg:
+        previous = counting.first
         for salt in range(1, CYCLES + 1):
-            cluster.apply(*programs(obj, quiet_pair, cgroup_dir, salt))
-            now = wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"])
+            counting.apply(salt)
+            now = counting.rolled_out()
             for name in now:
                 assert now[name]["programId"] != previous[name]["programId"], f"{name} was not upgraded"
             previous = now
-    seen = {n: counters(pins[f"{n}-counts"])[CG_EGRESS if n == "cg" else TC_INGRESS] for n in ("tc", "tcx", "cg")}
-    record(
-        "upgrades under traffic",
-        cycles=CYCLES,
-        upgrades=3 * CYCLES,
-        veth_sent=veth.sent,
-        tc_seen=seen["tc"],
-        tcx_seen=seen["tcx"],
-        cgroup_sent=cg.sent,
-        cgroup_seen=seen["cg"],
-    )
-    assert seen == {"tc": veth.sent, "tcx": veth.sent, "cg": cg.sent}
+    counting.assert_every_packet_counted("upgrades under traffic", veth, cg, cycles=CYCLES, upgrades=3 * CYCLES)
     assert veth.sent > 100 and cg.sent > 100
     # Links were updated in place, never re-created.
     for name in ("up-tcx", "up-cg"):
-        assert previous[name]["attachments"][0]["linkId"] == first[name]["attachments"][0]["linkId"]
-    assert_single_attachments(quiet_pair, cgroup_dir, previous)
-    assert_no_leaks(agent)
+        assert previous[name]["attachments"][0]["linkId"] == counting.first[name]["attachments"][0]["linkId"]
+    counting.assert_single_attachments(previous)
+    counting.assert_no_leaks()
 
 
-def test_sigkill_mid_reconcile_never_disturbs_the_datapath(
-    cluster: Cluster, bpf_objects, quiet_pair: NetnsPair, cgroup_dir: Path
-) -> None:
-    node = cluster.add_node()
-    agent = cluster.start_agent(node)
-    obj = bpf_objects["flow_counter"]
-    cluster.apply(*MAP_DOCS, *programs(obj, quiet_pair, cgroup_dir, 0))
-    wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"])
+def test_sigkill_mid_reconcile_never_disturbs_the_datapath(counting: Counting) -> None:
+    cluster, node, agent = counting.cluster, counting.node, counting.agent
     map_ids = {n: cluster.wait_phase(MAPS, n, node)["mapId"] for n in ("tc-counts", "tcx-counts", "cg-counts")}
-    pins = map_pins(agent)
     rng = random.Random(int(os.environ.get("BPFSHARE_FAULT_SEED", "7")))
-    last = [0, 0, 0]
-    with VethTraffic(quiet_pair) as veth, CgroupTraffic(cgroup_dir) as cg:
+    last = dict.fromkeys(COUNTED, 0)
+    with VethTraffic(counting.pair) as veth, CgroupTraffic(counting.cgroup) as cg:
         for salt in range(1, CYCLES + 1):
-            cluster.apply(*programs(obj, quiet_pair, cgroup_dir, salt))
+            counting.apply(salt)
             time.sleep(rng.uniform(0.0, 0.6))  # somewhere inside the reconcile it triggers
             agent.kill()
             time.sleep(0.2)
-            now = [
-                counters(pins["tc-counts"])[TC_INGRESS],
-                counters(pins["tcx-counts"])[TC_INGRESS],
-                counters(pins["cg-counts"])[CG_EGRESS],
-            ]
-            assert all(n > p for n, p in zip(now, last, strict=True)), (now, last)  # counting on, agent dead
+            now = counting.seen()
+            assert all(now[n] > last[n] for n in COUNTED), (now, last)  # counting on, agent dead
             last = now
             agent.start()
-        entries = wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"])
-    seen = {n: counters(pins[f"{n}-counts"])[CG_EGRESS if n == "cg" else TC_INGRESS] for n in ("tc", "tcx", "cg")}
-    record(
-        "SIGKILL mid-reconcile",
-        kills=CYCLES,
-        veth_sent=veth.sent,
-        tc_seen=seen["tc"],
-        tcx_seen=seen["tcx"],
-        cgroup_sent=cg.sent,
-        cgroup_seen=seen["cg"],
-    )
-    assert seen == {"tc": veth.sent, "tcx": veth.sent, "cg": cg.sent}
+        entries = counting.rolled_out()
+    counting.assert_every_packet_counted("SIGKILL mid-reconcile", veth, cg, kills=CYCLES)
     for name, map_id in map_ids.items():
         assert cluster.wait_phase(MAPS, name, node)["mapId"] == map_id
-    assert_single_attachments(quiet_pair, cgroup_dir, entries)
+    counting.assert_single_attachments(entries)
     time.sleep(3)  # a resync after the last restart sweeps what a kill left half-done
-    assert_no_leaks(agent)
+    counting.assert_no_leaks()
 
 
-def test_api_server_outage_leaves_the_datapath_and_recovers(
-    cluster: Cluster, bpf_objects, quiet_pair: NetnsPair, cgroup_dir: Path
-) -> None:
+def test_api_server_outage_leaves_the_datapath_and_recovers(counting: Counting) -> None:
     from bpfshare.controlplane.run import start_apiserver, stop_apiserver
 
-    node = cluster.add_node()
-    agent = cluster.start_agent(node)
-    obj = bpf_objects["flow_counter"]
-    cluster.apply(*MAP_DOCS, *programs(obj, quiet_pair, cgroup_dir, 0))
-    before = wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"])
-    pins = map_pins(agent)
+    cp, agent = counting.cluster.cp, counting.agent
     outage = float(os.environ.get("BPFSHARE_OUTAGE_SECONDS", "12"))
-    with VethTraffic(quiet_pair) as veth:
-        stop_apiserver(cluster.cp)
+    with VethTraffic(counting.pair) as veth:
+        stop_apiserver(cp)
         try:
-            start_count = counters(pins["tc-counts"])[TC_INGRESS]
+            start_count = counting.seen()
             time.sleep(outage)
             assert agent.alive(), agent.log_tail()
-            assert counters(pins["tc-counts"])[TC_INGRESS] > start_count
+            during = counting.seen()
+            assert during["tc"] > start_count["tc"] and during["tcx"] > start_count["tcx"]
         finally:
-            start_apiserver(cluster.cp, die_with_parent=True)
+            start_apiserver(cp, die_with_parent=True)
         back = time.monotonic()
-        cluster.apply(*programs(obj, quiet_pair, cgroup_dir, 1))  # work that needs the agent's watches
-        after = wait_rolled_out(cluster, node, ["up-tc", "up-tcx", "up-cg"], timeout=30)
+        counting.apply(1)  # work that needs the agent's watches
+        after = counting.rolled_out(timeout=30)
         converged = time.monotonic() - back
-    seen = counters(pins["tc-counts"])[TC_INGRESS]
-    record("API server outage", outage_s=outage, converged_s=round(converged, 2), veth_sent=veth.sent, tc_seen=seen)
+    counting.assert_every_packet_counted(
+        "API server outage", veth, None, outage_s=outage, converged_s=round(converged, 2)
+    )
     assert converged < 10.0, f"status converged {converged:.1f} s after the API server returned"
-    assert seen == veth.sent
-    assert all(after[n]["programId"] != before[n]["programId"] for n in after)
+    assert all(after[n]["programId"] != counting.first[n]["programId"] for n in after)
 
 
 def test_drift_is_repaired_by_the_resync_with_events(
     cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
 ) -> None:
-    from tests.integration.test_apply import cgroup_program, tc_program
-
     node = cluster.add_node()
     agent = cluster.start_agent(node)  # resync every 2 s
-    cluster.apply(
-        bpfmap(),
-        tc_program(bpf_objects["flow_counter"], netns_pair),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
-    )
-    tc = cluster.wait_phase(PROGS, "count-ingress", node)
-    cg = cluster.wait_phase(PROGS, "count-cgroup", node)
-    m = cluster.wait_phase(MAPS, "flow-counts", node)
+    m, tc, cg = cluster.apply_sharing(node, bpf_objects, netns_pair, cgroup_dir)
     netns_pair.send_udp(3)
     Path(m["pinPath"]).unlink()
     run("tc", "filter", "del", "dev", netns_pair.if_b, "ingress", netns=netns_pair.ns_b)
@@ -245,18 +222,9 @@ def test_drift_is_repaired_by_the_resync_with_events(
 def test_emptied_bpffs_recreates_maps_says_so_and_reattaches(
     cluster: Cluster, bpf_objects, netns_pair: NetnsPair, cgroup_dir: Path
 ) -> None:
-    from tests.integration.test_apply import cgroup_program, tc_program
-
     node = cluster.add_node()
     agent = cluster.start_agent(node)
-    cluster.apply(
-        bpfmap(),
-        tc_program(bpf_objects["flow_counter"], netns_pair),
-        cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir),
-    )
-    old_map = cluster.wait_phase(MAPS, "flow-counts", node)["mapId"]
-    cluster.wait_phase(PROGS, "count-cgroup", node)
-    cluster.wait_phase(PROGS, "count-ingress", node)
+    old_map = cluster.apply_sharing(node, bpf_objects, netns_pair, cgroup_dir)[0]["mapId"]
     # A reboot, as far as this node's bpffs can tell: everything pinned is gone, and so is what only the
     # pins kept alive (links); tc filters do not survive a reboot either.
     subprocess.run(["umount", "-l", str(agent.mount)], check=True)
