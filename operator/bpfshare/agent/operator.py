@@ -9,29 +9,143 @@ Peering is off (standalone): every node must act, none may go idle because anoth
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
+from kubernetes import client, config
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from bpfshare.agent.loop import Agent
 from bpfshare.api.resources import GROUP, MAP_PLURAL, PROGRAM_PLURAL, VERSION
+from bpfshare.errors import BpfshareError
 
 log = logging.getLogger("bpfshare.agent")
 
+# Where a pod's service-account token and the cluster's CA are mounted (the kubernetes client's default).
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-def make_api_client() -> Any:
-    from kubernetes import client, config
 
+class ApiCredentials:
+    """The agent's one way into the API server, shared by its two clients.
+
+    Loaded once, the way the kubernetes client loads it: in a pod, the service account (token file, CA,
+    ``KUBERNETES_SERVICE_HOST``/``PORT``); elsewhere the kubeconfig (``$KUBECONFIG`` or ~/.kube/config).
+    The kubernetes client (writes, events, the initial list) uses this ``Configuration``; kopf (the
+    watches) gets the same server, CA, client certificate and token through its login handler, which
+    reads them from this ``Configuration`` each time kopf logs in. kopf's own login methods, which would
+    load the credentials a second time, are not registered.
+
+    Projected service-account tokens rotate: kubelet writes a new token into the file once 80% of the
+    old one's lifetime has passed. The kubernetes client re-reads the file when a minute has passed
+    since it last did (its refresh hook, which ``get_api_key_with_prefix`` runs), so writes always send
+    a current token. kopf keeps a token until the connection info expires or a request gets 401; the
+    login handler sets the expiration from the token's own claims (see :func:`relogin_time`), so kopf
+    logs in again, and so reads the rotated token, before the old one is refused.
+    """
+
+    def __init__(self, configuration: client.Configuration) -> None:
+        self.configuration = configuration
+
+    @classmethod
+    def load(
+        cls, *, environ: Mapping[str, str] = os.environ, service_account_dir: Path = SERVICE_ACCOUNT_DIR
+    ) -> ApiCredentials:
+        """In a pod, its service account; else the kubeconfig (``$KUBECONFIG``, else ~/.kube/config)."""
+        configuration = client.Configuration()
+        try:
+            InClusterConfigLoader(
+                token_filename=str(service_account_dir / "token"),
+                cert_filename=str(service_account_dir / "ca.crt"),
+                environ=environ,
+            ).load_and_set(configuration)
+        except config.ConfigException as in_cluster:
+            try:
+                config.load_kube_config(config_file=environ.get("KUBECONFIG"), client_configuration=configuration)
+            except (config.ConfigException, OSError) as kubeconfig:
+                raise BpfshareError(
+                    f"no credentials for the API server: not in a pod ({in_cluster}) and no usable kubeconfig "
+                    f"({kubeconfig}); set KUBECONFIG"
+                ) from None
+        if getattr(configuration, "tls_server_name", None):
+            log.warning("the kubeconfig's tls-server-name applies to writes only: kopf's watches verify the host")
+        return cls(configuration)
+
+    def api_client(self) -> client.ApiClient:
+        return client.ApiClient(self.configuration)
+
+    def connection_info(self, *, trust_env: bool = False, now: datetime | None = None) -> kopf.ConnectionInfo:
+        """kopf's view of these credentials, with the current token."""
+        cfg = self.configuration
+        # This runs the refresh hook (which re-reads a rotated token file). The value is the whole
+        # Authorization header ("bearer <token>", "Basic <user:password>"), or None without a token.
+        header = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+        scheme: str | None
+        scheme, _, token = (header or "").strip().partition(" ")
+        if not token:  # no scheme given: a bare bearer token, or nothing
+            scheme, token = ("Bearer", scheme) if scheme else (None, "")
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            username=cfg.username or None,
+            password=cfg.password or None,
+            scheme=scheme,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            proxy_url=cfg.proxy,
+            trust_env=trust_env,
+            expiration=relogin_time(token, now or datetime.now(UTC)) if token else None,
+        )
+
+
+RELOGIN_FRACTION = 0.85  # of a token's lifetime: kubelet has written the next one at 80%
+MIN_RELOGIN_DELAY = timedelta(minutes=1)
+
+
+def relogin_time(token: str, now: datetime) -> datetime | None:
+    """When kopf should log in again to pick up a rotated service-account token; None if never.
+
+    From the token's claims (a JWT; the API server checks the signature, this only reads the times):
+    85% of its lifetime, or ``kubernetes.io.warnafter`` if sooner (the API server gives pods tokens that
+    it accepts for a year while it expects a fresh one after ``warnafter``). Not sooner than a minute
+    from now, so that a token that was not rotated in time does not make kopf log in over and over.
+    A token that is not a JWT with ``exp`` (a static token, say) has no time: kopf logs in again on 401.
+    """
+    claims = jwt_claims(token)
+    if claims is None or not isinstance(claims.get("exp"), int | float):
+        return None
+    expires = float(claims["exp"])
+    issued = claims.get("iat")
+    if isinstance(issued, int | float) and issued < expires:
+        at = issued + RELOGIN_FRACTION * (expires - issued)
+    else:
+        at = expires - MIN_RELOGIN_DELAY.total_seconds()
+    warn_after = (claims.get("kubernetes.io") or {}).get("warnafter")
+    if isinstance(warn_after, int | float):
+        at = min(at, float(warn_after))
+    return max(datetime.fromtimestamp(at, UTC), now + MIN_RELOGIN_DELAY)
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, unverified; None if ``token`` is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # bad base64, bad UTF-8 or bad JSON
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 class EndlessBackoff:
@@ -57,13 +171,20 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def build_registry(agent: Agent) -> kopf.OperatorRegistry:
+def raw(event: kopf.RawEvent) -> tuple[str | None, dict[str, Any]]:
+    """A watch event's type and object. kopf types the object as a TypedDict of the fields it knows
+    about; it is the plain dict decoded from the watch stream, which the agent's state takes whole."""
+    return event["type"], cast(dict[str, Any], event["object"])
+
+
+def build_registry(agent: Agent, credentials: ApiCredentials) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     tasks: list[asyncio.Task[None]] = []
 
+    # The only login handler, so kopf registers none of its own (see ApiCredentials).
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        return credentials.connection_info(trust_env=settings.networking.trust_env)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -89,23 +210,23 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     # them in worker threads, which could change the state's dicts while take() iterated them
     # (RuntimeError, ending the reconcile task for good) and set the Event from a foreign thread.
     @kopf.on.event(GROUP, VERSION, MAP_PLURAL, registry=registry)
-    async def on_map(event: dict[str, Any], **_: Any) -> None:
-        if agent.state.on_map(event.get("type"), event["object"]):
+    async def on_map(event: kopf.RawEvent, **_: Any) -> None:
+        if agent.state.on_map(*raw(event)):
             agent.notify()
 
     @kopf.on.event(GROUP, VERSION, PROGRAM_PLURAL, registry=registry)
-    async def on_program(event: dict[str, Any], **_: Any) -> None:
-        if agent.state.on_program(event.get("type"), event["object"]):
+    async def on_program(event: kopf.RawEvent, **_: Any) -> None:
+        if agent.state.on_program(*raw(event)):
             agent.notify()
 
     @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == agent.node)
-    async def on_node(event: dict[str, Any], **_: Any) -> None:
-        if agent.state.on_node(event.get("type"), event["object"]):
+    async def on_node(event: kopf.RawEvent, **_: Any) -> None:
+        if agent.state.on_node(*raw(event)):
             agent.notify()
 
     @kopf.on.event("", "v1", "configmaps", registry=registry)
-    async def on_config_map(event: dict[str, Any], **_: Any) -> None:
-        if agent.state.on_config_map(event.get("type"), event["object"]):
+    async def on_config_map(event: kopf.RawEvent, **_: Any) -> None:
+        if agent.state.on_config_map(*raw(event)):
             agent.notify()
 
     @kopf.on.probe(id="reconcilePasses", registry=registry)
@@ -123,9 +244,9 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
 def run_agent(
     node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None, metrics: str | None = None
 ) -> None:
-    api_client = make_api_client()
-    agent = Agent(node, pin_root, api_client, resync_seconds=resync_seconds)
-    registry = build_registry(agent)
+    credentials = ApiCredentials.load()
+    agent = Agent(node, pin_root, credentials.api_client(), resync_seconds=resync_seconds)
+    registry = build_registry(agent, credentials)
     if metrics:
         from bpfshare.agent.metrics import AgentMetrics, serve
 
