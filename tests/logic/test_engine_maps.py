@@ -7,6 +7,8 @@ from pathlib import Path
 from bpfshare.api.status import Phase
 from bpfshare.engine.plan import AdoptMap, CreateMap, RepinMap, RetainMap, UnpinMap
 from bpfshare.errors import KernelError
+from bpfshare.spec import MapSpec
+from bpfshare.types import MapType
 
 from .enginekit import PIN_ROOT, Node, bpfmap, bpfprog, changes, deleting, ready, reasons
 
@@ -107,10 +109,7 @@ def test_adopt_waits_for_its_source_then_pins_the_same_map_again() -> None:
     plan = node.plan([res], [])
     assert plan.maps[0].outcome is not None and plan.maps[0].outcome.phase is Phase.Pending
     assert f"waiting for {source}" in plan.maps[0].outcome.message
-    foreign = bpfmap("foreign", pinName="foreign")  # another loader's map, made through a second engine
-    Node(node.kernel).run([foreign], [])
-    node.kernel.pin_existing_map(PIN_ROOT / "maps" / "foreign", source)
-    node.kernel.unpin(PIN_ROOT / "maps" / "foreign")
+    node.kernel.get_or_create_map(MapSpec("shared_counts", MapType.Array, 4, 8, 4), source, "iproute2's map")
     plan = node.plan([res], [])
     assert isinstance(plan.maps[0].action, AdoptMap)
     report = node.engine.apply(plan)
@@ -123,8 +122,9 @@ def test_adopt_waits_for_its_source_then_pins_the_same_map_again() -> None:
 
 def test_adopting_an_incompatible_map_names_the_fields_and_pins_nothing() -> None:
     node = Node()
-    Node(node.kernel).run([bpfmap("foreign", pinName="foreign", type="Hash", maxEntries=64)], [])
-    report = node.run([bpfmap(adopt=str(PIN_ROOT / "maps" / "foreign"))], [])
+    foreign = Path("/sys/fs/bpf/tc/globals/other")
+    node.kernel.get_or_create_map(MapSpec("other", MapType.Hash, 4, 8, 64), foreign, "another tool's map")
+    report = node.run([bpfmap(adopt=str(foreign))], [])
     entry = report.maps["flow-counts"]
     assert entry.phase is Phase.Error
     assert "Type: Hash changed to Array" in entry.message and "MaxEntries: 64 changed to 4" in entry.message

@@ -276,6 +276,7 @@ def test_a_map_unpinned_and_gone_between_passes_reloads_the_program_onto_the_new
 
 def test_a_failed_record_write_is_an_error_and_the_next_pass_recovers() -> None:
     node = Node()
+    node.run([bpfmap()], [])
     node.kernel.fail("write_record", KernelError("program record: ENOSPC", 28))
     report = node.run([bpfmap()], [bpfprog()])
     assert report.programs["count-ingress"].phase is Phase.Error

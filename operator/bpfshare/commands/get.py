@@ -46,6 +46,7 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
 def node_programs(root: Path) -> list[dict[str, Any]]:
     from bpfshare.engine.host_kernel import HostKernel
     from bpfshare.engine.layout import Layout
+    from bpfshare.engine.meta import ProgramMeta
     from bpfshare.errors import BpfshareError
     from bpfshare.kernel.links import Link
     from bpfshare.kernel.programs import Program
@@ -61,7 +62,8 @@ def node_programs(root: Path) -> list[dict[str, Any]]:
                 with Program.from_pin(layout.program_pin(name)) as prog:
                     info = prog.info()
                 entry.update(programId=info.id, tag=info.tag, type=info.type.name, mapIds=list(info.map_ids))
-            meta = kernel.read_record(layout.meta_pin(name))
+            raw = kernel.read_record(layout.meta_pin(name))
+            meta = ProgramMeta.decode(raw) if raw else None
             attachments: list[dict[str, Any]] = []
             if meta is not None:
                 entry["program"] = meta.program

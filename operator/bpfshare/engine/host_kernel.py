@@ -15,9 +15,9 @@ import struct
 from pathlib import Path
 from typing import cast
 
-from bpfshare.api.targets import AttachTarget, TcTarget, TcxTarget
+from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.engine.kernel import AttachResult, LinkView, Loaded, MapView, ProgramView, TcFilterView
-from bpfshare.engine.meta import META_SPEC, ProgramMeta
+from bpfshare.engine.meta import META_SPEC
 from bpfshare.errors import BpfshareError, KernelError
 from bpfshare.kernel.links import Link
 from bpfshare.kernel.maps import Map, MapInfo
@@ -95,18 +95,17 @@ class HostKernel:
             return _map_view(live.info())
 
     # -- program records -----------------------------------------------------------------------
-    def read_record(self, pin: Path) -> ProgramMeta | None:
+    def read_record(self, pin: Path) -> bytes | None:
         if not pin.exists():
             return None
         with Map.from_pin(pin) as live:
-            raw = live.lookup(KEY0)
-        return ProgramMeta.decode(raw) if raw else None
+            return live.lookup(KEY0)
 
-    def write_record(self, pin: Path, meta: ProgramMeta) -> None:
+    def write_record(self, pin: Path, data: bytes) -> None:
         ensure_pin_dir(pin.parent)
-        live, _ = get_or_create_pinned(META_SPEC, pin, f"program record {pin}")
+        live, _ = get_or_create_pinned(META_SPEC, pin, f"record {pin}")
         with live:
-            live.update(KEY0, meta.encode())
+            live.update(KEY0, data)
 
     # -- programs ------------------------------------------------------------------------------
     def program_at(self, pin: Path) -> ProgramView | None:
@@ -130,14 +129,31 @@ class HostKernel:
         loaded = load_program(
             collection, program, bindings=bindings, pin_root=pin_root, pin_dir=pin_dir, pin_program=False
         )
-        for m in loaded.maps.values():
+        pinned: dict[Path, bool] = {}
+        for name, m in loaded.maps.items():
             m.map.close()
-        return Loaded(loaded.program, _program_view(loaded.program.info()), loaded.kernel_seconds)
+            if name not in bindings and m.pin_path is not None and pin_dir not in m.pin_path.parents:
+                pinned[m.pin_path] = not m.reused
+        return Loaded(loaded.program, _program_view(loaded.program.info()), loaded.kernel_seconds, pinned)
 
     def pin_program(self, program: Loaded, pin: Path) -> None:
         replace_pin(cast(Program, program.handle), pin)
 
     # -- attachments ---------------------------------------------------------------------------
+    def missing_target(self, target: AttachTarget) -> str | None:
+        try:
+            if isinstance(target, CgroupTarget):
+                from bpfshare.kernel.cgroup import resolve_cgroup
+
+                resolve_cgroup(target.path)
+            else:
+                from bpfshare.kernel.netns import ifindex
+
+                ifindex(target.interface, target.netns)
+        except BpfshareError as exc:
+            return str(exc)
+        return None
+
     def tc_filter(self, target: TcTarget) -> TcFilterView | None:
         from bpfshare.kernel.tc import list_tc_filters
 

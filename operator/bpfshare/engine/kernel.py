@@ -13,12 +13,11 @@ this tc slot", "the link pinned for this target". Paths are bpffs paths under th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from bpfshare.api.targets import AttachTarget, TcTarget
-from bpfshare.engine.meta import ProgramMeta
 from bpfshare.kernel.maps import MapInfo
 from bpfshare.load.loader import MapBinding
 from bpfshare.spec import CollectionSpec, MapSpec, ProgramSpec
@@ -66,6 +65,9 @@ class Loaded:
     handle: ProgramHandle
     view: ProgramView
     kernel_seconds: float = 0.0  # the verifier's time
+    # Maps pinned by name (libbpf's and iproute2's pinning), outside the program's directory:
+    # pin path -> whether this load created it.
+    pinned: dict[Path, bool] = field(default_factory=dict)
 
 
 class NodeKernel(Protocol):
@@ -112,9 +114,13 @@ class NodeKernel(Protocol):
         ...
 
     # -- program records -----------------------------------------------------------------------
-    def read_record(self, pin: Path) -> ProgramMeta | None: ...
+    def read_record(self, pin: Path) -> bytes | None:
+        """The value of a ledger record (``engine/meta.py``), or None if there is no such pin."""
+        ...
 
-    def write_record(self, pin: Path, meta: ProgramMeta) -> None: ...
+    def write_record(self, pin: Path, data: bytes) -> None:
+        """Create (if needed) and write a ledger record."""
+        ...
 
     # -- programs ------------------------------------------------------------------------------
     def program_at(self, pin: Path) -> ProgramView | None:
@@ -140,6 +146,11 @@ class NodeKernel(Protocol):
         ...
 
     # -- attachments ---------------------------------------------------------------------------
+    def missing_target(self, target: AttachTarget) -> str | None:
+        """Why ``target`` cannot be attached to now (its interface, namespace or cgroup is not
+        there, or its name is impossible), or None."""
+        ...
+
     def tc_filter(self, target: TcTarget) -> TcFilterView | None:
         """The filter at the target's slot, or None. TargetNotFoundError if the interface or the
         namespace does not exist."""

@@ -26,6 +26,8 @@ TMP_PIN = re.compile(r"_tmp\d+$")
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # Names directly under the root that bpfshare uses itself (a map pinned by name may not take them).
+    reserved_names: frozenset[str] = frozenset({"maps", "programs", "loads", "ledger", "tc"})
 
     @property
     def maps_dir(self) -> Path:
@@ -48,6 +50,17 @@ class Layout:
 
     def meta_pin(self, name: str) -> Path:
         return self.program_dir(name) / "meta"
+
+    @property
+    def map_records_dir(self) -> Path:
+        return self.root / "ledger" / "maps"
+
+    def map_record(self, name: str) -> Path:
+        """The ledger record of a BpfMap (bpffs refuses '.', which '_' replaces one to one)."""
+        return self.map_records_dir / name.replace(".", "_")
+
+    def map_record_names(self, kernel: NodeKernel) -> list[str]:
+        return sorted(n.replace("_", ".") for n in kernel.list_dir(self.map_records_dir))
 
     def inside(self, path: Path) -> bool:
         """Confinement: is ``path`` (resolved) under the pin root?"""

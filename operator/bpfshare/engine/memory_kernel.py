@@ -29,11 +29,11 @@ from pathlib import Path
 
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.engine.kernel import AttachResult, LinkView, Loaded, MapView, ProgramView, TcFilterView
-from bpfshare.engine.meta import ProgramMeta
+from bpfshare.engine.meta import META_SPEC
 from bpfshare.errors import BpfshareError, IncompatibleMapError, KernelError, TargetNotFoundError, VerifierError
 from bpfshare.kernel.compat import map_differences
 from bpfshare.load.attach import link_pin_path
-from bpfshare.load.loader import MapBinding, convention_pin_path, private_pin_name
+from bpfshare.load.loader import PRIVATE_MAPS_DIR, MapBinding, convention_pin_path, private_pin_name
 from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, ProgramSpec, effective_spec, kernel_object_name
 from bpfshare.types import MapFlag, MapType
 
@@ -90,7 +90,6 @@ class MemoryKernel:
         self._maps: dict[int, _Map] = {}
         self._programs: dict[int, _Program] = {}
         self._links: dict[int, _Link] = {}
-        self._records: dict[Path, ProgramMeta] = {}
         self._interfaces: set[tuple[str | None, str]] = set()  # (netns, name)
         self._cgroups: set[str] = {"/"}
         self._tc: dict[tuple[str | None, str, str, int, int], TcFilterView] = {}
@@ -141,7 +140,6 @@ class MemoryKernel:
         """bpffs emptied, every object gone (interfaces and cgroups stay)."""
         self._pins.clear()
         self._dirs = set(self.mounts)
-        self._records.clear()
         self._maps.clear()
         self._programs.clear()
         self._links.clear()
@@ -186,7 +184,6 @@ class MemoryKernel:
         if path in self._dirs:
             raise KernelError(f"unlink {path}: is a directory", errno.EISDIR)
         self._pins.pop(path, None)
-        self._records.pop(path, None)
         self._collect()
 
     def remove_tree(self, path: Path) -> None:
@@ -194,7 +191,6 @@ class MemoryKernel:
         self.calls.append(f"remove {path}")
         for pin in [p for p in self._pins if p == path or path in p.parents]:
             del self._pins[pin]
-            self._records.pop(pin, None)
         self._dirs = {d for d in self._dirs if not (d == path or path in d.parents)}
         self._collect()
 
@@ -236,16 +232,18 @@ class MemoryKernel:
 
     # -- program records -----------------------------------------------------------------------
 
-    def read_record(self, pin: Path) -> ProgramMeta | None:
+    def read_record(self, pin: Path) -> bytes | None:
         self._fault("read_record")
-        return self._records.get(pin)
-
-    def write_record(self, pin: Path, meta: ProgramMeta) -> None:
-        self._fault("write_record")
-        meta.encode()  # the same size limit as the real record
         if pin not in self._pins:
-            self._pin(pin, _Pin("map", self._create_map(_RECORD_SPEC)))
-        self._records[pin] = meta
+            return None
+        return self._map(pin).values.get(bytes(4))
+
+    def write_record(self, pin: Path, data: bytes) -> None:
+        self._fault("write_record")
+        if pin not in self._pins:
+            self._pin(pin, _Pin("map", self._create_map(META_SPEC)))
+        self.calls.append(f"record {pin}")
+        self._map(pin).values[bytes(4)] = data
 
     # -- programs ------------------------------------------------------------------------------
 
@@ -279,8 +277,10 @@ class MemoryKernel:
         missing = [name for name in spec.map_names if name not in collection.maps]
         if missing:
             raise BpfshareError(f"program {spec.name!r} refers to map {missing[0]!r}, which the object lacks")
+        pinned: dict[Path, bool] = {}
         map_ids = [
-            self._resolve(collection.maps[name], bindings.get(name), pin_dir, pin_root) for name in spec.map_names
+            self._resolve(collection.maps[name], bindings.get(name), pin_dir, pin_root, pinned)
+            for name in spec.map_names
         ]
         if spec.name in self._rejected:
             log = self._rejected[spec.name]
@@ -289,7 +289,7 @@ class MemoryKernel:
         tag = hashlib.sha256(spec.instructions).hexdigest()[:16]
         self._programs[prog_id] = _Program(ProgramView(prog_id, tag, tuple(map_ids)), spec.name)
         self.calls.append(f"load {spec.name} as program {prog_id}")
-        return Loaded(MemoryHandle(self, prog_id), self._programs[prog_id].view, kernel_seconds=0.0)
+        return Loaded(MemoryHandle(self, prog_id), self._programs[prog_id].view, 0.0, pinned)
 
     def pin_program(self, program: Loaded, pin: Path) -> None:
         self._fault("pin_program")
@@ -301,6 +301,19 @@ class MemoryKernel:
         self._collect()
 
     # -- attachments ---------------------------------------------------------------------------
+
+    def missing_target(self, target: AttachTarget) -> str | None:
+        self._fault("missing_target")
+        if isinstance(target, CgroupTarget):
+            if _cgroup_key(target.path) not in self._cgroups:
+                return f"cgroup {target.path!r} not found"
+            return None
+        if len(target.interface) > 15:
+            return f"interface name {target.interface!r} is longer than 15 characters"
+        if (target.netns, target.interface) not in self._interfaces:
+            where = f" in network namespace {target.netns}" if target.netns else ""
+            return f"interface {target.interface}{where} not found"
+        return None
 
     def tc_filter(self, target: TcTarget) -> TcFilterView | None:
         self._fault("tc_filter")
@@ -404,7 +417,9 @@ class MemoryKernel:
             self._maps[map_id].values[bytes(spec.key_size)] = spec.contents.ljust(spec.value_size, b"\0")
         return map_id
 
-    def _resolve(self, spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_root: Path) -> int:
+    def _resolve(
+        self, spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_root: Path, pinned: dict[Path, bool]
+    ) -> int:
         if binding is not None:
             subject = f"map {spec.name!r} bound to {binding.describe()}"
             if binding.pin_path is None:
@@ -417,13 +432,16 @@ class MemoryKernel:
                 raise IncompatibleMapError(subject, diffs)
             return info.id
         if spec.style is DefinitionStyle.GLOBAL_DATA:
-            path = pin_dir / private_pin_name(spec.name)
+            path = pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
             map_id = self._create_map(spec)
             self._pins.pop(path, None)
             self._pin(path, _Pin("map", map_id))
             return map_id
-        path = convention_pin_path(spec, pin_root) or pin_dir / private_pin_name(spec.name)
-        info, _ = self.get_or_create_map(spec, path, f"map {spec.name!r} pinned at {path}")
+        convention = convention_pin_path(spec, pin_root)
+        path = convention or pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
+        info, created = self.get_or_create_map(spec, path, f"map {spec.name!r} pinned at {path}")
+        if convention is not None:
+            pinned[path] = created
         return info.id
 
     def _require_interface(self, name: str, netns: str | None) -> None:
@@ -442,9 +460,6 @@ class MemoryKernel:
         self._programs = {i: p for i, p in self._programs.items() if i in pinned["prog"] or i in held or p.handles > 0}
         used = {m for p in self._programs.values() for m in p.view.map_ids}
         self._maps = {i: m for i, m in self._maps.items() if i in pinned["map"] or i in used}
-
-
-_RECORD_SPEC = MapSpec("bpfshare_meta", MapType.Array, 4, 65536, 1)
 
 
 def _tc_key(target: TcTarget) -> tuple[str | None, str, str, int, int]:

@@ -1,9 +1,17 @@
-"""What the engine loaded and attached for a BpfProgram, kept in bpffs beside the program.
+"""The node's ledger: what bpfshare holds on this node and for which resource, kept in bpffs.
 
-The agent keeps no database: after a restart it must know which bytecode and bindings the pinned
-program came from (to skip a needless reload) and which tc filters it created (links are pinned,
-tc filters cannot be). A one-entry array map pinned as ``<program dir>/meta`` holds that record as
-length-prefixed JSON. It lives and dies with the program's directory.
+The agent keeps no database: after a restart it must know exactly what is its own. Each record is
+a one-entry array map holding length-prefixed JSON, pinned beside what it describes:
+
+- ``<program dir>/meta`` (``ProgramMeta``): which bytecode and bindings the pinned program came
+  from (to skip a needless reload), the tc slots it claims (links are pinned, tc filters cannot
+  be), the program IDs that are its own (the pinned one, and one being loaded), and the maps it
+  pinned outside its directory (pinned by name). Claims are written *before* the kernel is
+  changed and narrowed once the change is done, so a failure in between leaves them recorded and
+  the next pass completes or undoes the change.
+- ``<root>/ledger/maps/<BpfMap>`` (``MapRecord``): the pin a BpfMap holds and the map ID behind
+  it, so that a second BpfMap on the same pin, a changed ``pinName`` or ``spec.adopt`` and a
+  removed pin are all decided by what was recorded, not guessed from names.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from bpfshare.errors import BpfshareError
 from bpfshare.spec import MapSpec
@@ -21,27 +29,42 @@ META_VALUE_SIZE = 65536
 META_SPEC = MapSpec(name="bpfshare_meta", type=MapType.Array, key_size=4, value_size=META_VALUE_SIZE, max_entries=1)
 
 
+class _Record:
+    """Length-prefixed JSON in a 64 KiB value; unknown fields ignored, unreadable means empty."""
+
+    def encode(self) -> bytes:
+        body = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()  # type: ignore[call-overload]
+        if len(body) + 4 > META_VALUE_SIZE:
+            raise BpfshareError(f"{type(self).__name__} too large ({len(body)} bytes): too many attachments")
+        return struct.pack("<I", len(body)) + body + bytes(META_VALUE_SIZE - 4 - len(body))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        try:
+            (length,) = struct.unpack_from("<I", raw)
+            data = json.loads(raw[4 : 4 + length]) if length else {}
+            fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+            return cls(**{k: v for k, v in data.items() if k in fields})
+        except (struct.error, ValueError, TypeError):
+            return cls()  # unreadable: treated as "nothing known", so the engine reloads
+
+
 @dataclass
-class ProgramMeta:
+class ProgramMeta(_Record):
     fingerprint: str = ""  # bytecode digest + program + bound map IDs: equal means no reload
     program: str = ""
     digest: str = ""
     generation: int = 0
     bindings: dict[str, str] = field(default_factory=dict)  # object map -> pin path
     map_ids: dict[str, int] = field(default_factory=dict)  # object map -> map ID it was bound to
-    tc: list[dict[str, Any]] = field(default_factory=list)  # tc filters this program owns
+    tc: list[dict[str, Any]] = field(default_factory=list)  # tc slots this program claims
+    program_ids: list[int] = field(default_factory=list)  # programs of ours: pinned, or being attached
+    pins: list[str] = field(default_factory=list)  # maps it pinned by name, outside its directory
 
-    def encode(self) -> bytes:
-        body = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
-        if len(body) + 4 > META_VALUE_SIZE:
-            raise BpfshareError(f"program record too large ({len(body)} bytes): too many attachments")
-        return struct.pack("<I", len(body)) + body + bytes(META_VALUE_SIZE - 4 - len(body))
 
-    @classmethod
-    def decode(cls, raw: bytes) -> ProgramMeta:
-        try:
-            (length,) = struct.unpack_from("<I", raw)
-            data = json.loads(raw[4 : 4 + length]) if length else {}
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (struct.error, ValueError, TypeError):
-            return cls()  # unreadable: treated as "nothing known", so the engine reloads
+@dataclass
+class MapRecord(_Record):
+    owner: str = ""  # the BpfMap
+    pin: str = ""
+    map_id: int = 0
+    adopted_from: str = ""

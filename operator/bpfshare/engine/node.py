@@ -22,10 +22,11 @@ from bpfshare.api.status import Event, MapStatus, Phase, StatusEntry
 from bpfshare.engine.bytecode import CollectionCache, ConfigMapReader, fetch, no_config_maps
 from bpfshare.engine.kernel import NodeKernel
 from bpfshare.engine.layout import Layout
-from bpfshare.engine.maps import apply_map, apply_release, map_spec, plan_map, plan_release
-from bpfshare.engine.meta import ProgramMeta
+from bpfshare.engine.maps import apply_map, apply_release, map_spec, plan_map, plan_release, read_map_record
+from bpfshare.engine.meta import MapRecord, ProgramMeta
 from bpfshare.engine.plan import MapPlan, MapRelease, Plan, ProgramPlan, ProgramRemoval, RetainMap, UnpinMap
 from bpfshare.engine.programs import (
+    SlotClaims,
     WaitingError,
     apply_program,
     apply_removal,
@@ -141,8 +142,12 @@ class Engine:
     ) -> Plan:
         """What a pass would do, read from the node without changing it."""
         desired = _Desired.split(maps, programs, labels or {}, only_programs)
-        self._known_map_ids.update(map_ids or {})
+        names = set(desired.active_maps) | {m.name for m in desired.leaving_maps}
+        # Remembered IDs of BpfMaps that are gone would hand a re-created BpfMap an old map.
+        self._known_map_ids = {k: v for k, v in self._known_map_ids.items() if k in names}
+        self._known_map_ids.update({k: v for k, v in (map_ids or {}).items() if k in names})
         records = self._records()
+        map_records = self._map_records()
         plan = Plan(active_programs=dict(desired.active_programs))
         for prog in desired.leaving_programs:
             plan.removals.append(self._plan_removal(prog.name, "deleted or no longer selecting this node"))
@@ -152,16 +157,27 @@ class Engine:
                 if orphan not in known:
                     plan.removals.append(self._plan_removal(orphan, "no BpfProgram names it"))
         removed = {r.name for r in plan.removals}
-        for res in desired.active_maps.values():
-            plan.maps.append(self._plan_map(res, records))
+        # Who holds each pin: the ledger first (records of BpfMaps that still exist), then the
+        # first claimant in this pass (by name, so that every pass decides the same way).
+        holders = {r.pin: r.owner for r in map_records.values() if r.owner in names}
+        for res in sorted(desired.active_maps.values(), key=lambda m: m.name):
+            record = map_records.get(res.name)
+            pin = str(self.layout.map_pin(res.pin_name))
+            holder = holders.setdefault(pin, res.name)
+            if record is not None and record.pin != pin:
+                holders.setdefault(record.pin, res.name)  # a move: the old pin stays ours until it is done
+            plan.maps.append(self._plan_map(res, record, holder, records))
         by_name = {mp.res.name: mp for mp in plan.maps}
+        slots = SlotClaims({n: r for n, r in records.items() if n not in removed})
         for prog in desired.checked:
-            plan.programs.append(self._plan_program(prog, by_name))
+            plan.programs.append(self._plan_program(prog, by_name, slots))
         loading = {p.res.name for p in plan.programs if p.load is not None}
         for res in desired.leaving_maps:
-            users = self._users(res, desired.active_programs, records, removed, loading)
+            record = map_records.get(res.name)
+            pin = record.pin if record is not None else str(self.layout.map_pin(res.pin_name))
+            users = self._users(pin, res.name, desired.active_programs, records, removed, loading)
             try:
-                plan.releases.append(plan_release(self.kernel, self.layout, res, users))
+                plan.releases.append(plan_release(self.kernel, self.layout, res, record, users))
             except (BpfshareError, OSError) as exc:
                 log.warning("cannot plan the release of BpfMap %s: %s", res.name, exc)
         return plan
@@ -174,8 +190,9 @@ class Engine:
         for mp in plan.maps:
             report.maps[mp.res.name] = self._apply_map(mp, report)
         ids = {name: entry.map_id for name, entry in report.maps.items() if entry.phase is Phase.Ready}
+        claimed = self._claimed_pins()
         for pp in plan.programs:
-            report.programs[pp.res.name] = self._apply_program(pp, ids, report)
+            report.programs[pp.res.name] = self._apply_program(pp, ids, claimed, report)
 
         # Who uses each map is read afresh: programs were (re)loaded and removed in this pass.
         active_programs = plan.active_programs
@@ -183,22 +200,27 @@ class Engine:
         for mp in plan.maps:
             entry = report.maps[mp.res.name]
             if entry.phase is Phase.Ready and entry.map is not None:
-                users = self._users(mp.res, active_programs, records, set(), set())
+                users = self._users(entry.map.pin_path, mp.res.name, active_programs, records, set(), set())
                 entry.map = dataclasses.replace(entry.map, used_by=tuple(sorted(users)))
+        map_records = self._map_records()
         for planned in plan.releases:
             # Re-decided on what the node holds now: never unpin a map a program still uses.
-            users = self._users(planned.res, active_programs, records, set(), set())
-            self._apply_release(plan_release(self.kernel, self.layout, planned.res, users), report)
+            res, record = planned.res, map_records.get(planned.res.name)
+            users = self._users(str(planned.pin), res.name, active_programs, records, set(), set())
+            self._apply_release(plan_release(self.kernel, self.layout, res, record, users), report)
         return report
 
     # -- maps --------------------------------------------------------------------------------------
 
-    def _plan_map(self, res: MapResource, records: Mapping[str, ProgramMeta]) -> MapPlan:
+    def _plan_map(
+        self, res: MapResource, record: MapRecord | None, holder: str, records: Mapping[str, ProgramMeta]
+    ) -> MapPlan:
         try:
             known = self._known_map_ids.get(res.name)
-            if known is None:
+            if known is None and record is None:
                 known = self._recorded_map_id(res, records)
-            return plan_map(self.kernel, self.layout, res, known)
+            other = holder if holder != res.name else None
+            return plan_map(self.kernel, self.layout, res, record, other, known)
         except (BpfshareError, OSError) as exc:  # OSError: bpffs or /proc refused (permissions, ...)
             plan = MapPlan(res, map_spec(res), self.layout.map_pin(res.pin_name))
             plan.outcome = StatusEntry(Phase.Error, str(exc))
@@ -206,7 +228,7 @@ class Engine:
 
     def _apply_map(self, mp: MapPlan, report: Report) -> StatusEntry:
         try:
-            result = apply_map(self.kernel, mp)
+            result = apply_map(self.kernel, self.layout, mp)
         except (BpfshareError, OSError) as exc:
             report.event(MAP_KIND, mp.res.name, "Failed", str(exc), warning=True)
             return StatusEntry(Phase.Error, str(exc))
@@ -228,7 +250,8 @@ class Engine:
 
     def _users(
         self,
-        res: MapResource,
+        pin: str,
+        map_name: str,
         active_programs: Mapping[str, ProgramResource],
         records: Mapping[str, ProgramMeta],
         removed: set[str],
@@ -236,10 +259,9 @@ class Engine:
     ) -> set[str]:
         """BpfPrograms on this node that bind the map: by resource (pinned, or being loaded in this
         pass), and by what the program records in bpffs say (minus those being removed)."""
-        pin = str(self.layout.map_pin(res.pin_name))
         users = {name for name, meta in records.items() if name not in removed and pin in set(meta.bindings.values())}
         for prog in active_programs.values():
-            if res.name in dict(prog.maps).values() and (
+            if map_name in dict(prog.maps).values() and (
                 prog.name in loading or self.kernel.exists(self.layout.program_pin(prog.name))
             ):
                 users.add(prog.name)
@@ -247,42 +269,43 @@ class Engine:
 
     def _apply_release(self, release: MapRelease, report: Report) -> None:
         res, pin = release.res, release.pin
-        if release.action is None and not release.users:
-            report.released.add((MAP_KIND, res.name))
-            return
         if release.users:
             message = f"deletion waits: still used by {', '.join(release.users)} on this node"
             report.maps[res.name] = StatusEntry(Phase.Ready, message, map=MapStatus(str(pin), used_by=release.users))
             return
         if isinstance(release.action, RetainMap):
             report.event(MAP_KIND, res.name, "Retained", f"pin {pin} and its contents kept (reclaimPolicy Retain)")
-        elif isinstance(release.action, UnpinMap):
-            try:
-                apply_release(self.kernel, self.layout, release)
-            except (BpfshareError, OSError) as exc:
-                report.maps[res.name] = StatusEntry(Phase.Error, f"cannot unpin {pin}: {exc}")
-                return
+        try:
+            apply_release(self.kernel, self.layout, release)
+        except (BpfshareError, OSError) as exc:
+            report.maps[res.name] = StatusEntry(Phase.Error, f"cannot unpin {pin}: {exc}")
+            return
+        if isinstance(release.action, UnpinMap):
             report.event(MAP_KIND, res.name, "Deleted", f"unpinned {pin}")
+        self._known_map_ids.pop(res.name, None)
         report.released.add((MAP_KIND, res.name))
 
     # -- programs ----------------------------------------------------------------------------------
 
-    def _plan_program(self, res: ProgramResource, maps: Mapping[str, MapPlan]) -> ProgramPlan:
+    def _plan_program(self, res: ProgramResource, maps: Mapping[str, MapPlan], slots: SlotClaims) -> ProgramPlan:
         try:
             data = fetch(res.bytecode, self.read_config_map)
             digest, collection = self.collections.parse(data)
-            return plan_program(self.kernel, self.layout, res, maps, collection, digest, res.bytecode.describe())
+            source = res.bytecode.describe()
+            return plan_program(self.kernel, self.layout, res, maps, collection, digest, source, slots)
         except (BpfshareError, OSError) as exc:
             return ProgramPlan(res, outcome=StatusEntry(Phase.Error, str(exc)))
 
-    def _apply_program(self, pp: ProgramPlan, map_ids: Mapping[str, int | None], report: Report) -> StatusEntry:
+    def _apply_program(
+        self, pp: ProgramPlan, map_ids: Mapping[str, int | None], claimed: Mapping[str, set[str]], report: Report
+    ) -> StatusEntry:
         name = pp.res.name
         if pp.outcome is not None:
             if pp.outcome.phase is Phase.Error:
                 report.event(PROGRAM_KIND, name, "Failed", pp.outcome.message, warning=True)
             return pp.outcome
         try:
-            result = apply_program(self.kernel, self.layout, pp, map_ids)
+            result = apply_program(self.kernel, self.layout, pp, map_ids, claimed)
         except WaitingError as exc:
             return StatusEntry(Phase.Pending, str(exc))
         except (BpfshareError, OSError) as exc:
@@ -315,7 +338,7 @@ class Engine:
     def _apply_removal(self, removal: ProgramRemoval, report: Report) -> None:
         name = removal.name
         try:
-            removed = apply_removal(self.kernel, self.layout, name)
+            removed = apply_removal(self.kernel, self.layout, name, self._claimed_pins())
         except (BpfshareError, OSError) as exc:
             report.programs[name] = StatusEntry(Phase.Error, f"cannot remove from this node: {exc}")
             report.event(PROGRAM_KIND, name, "Failed", f"cannot remove from this node: {exc}", warning=True)
@@ -324,19 +347,39 @@ class Engine:
             report.event(PROGRAM_KIND, name, "Detached", f"detached from {', '.join(removed)}")
         report.released.add((PROGRAM_KIND, name))
 
-    # -- the node's records ------------------------------------------------------------------------
+    # -- the node's ledger -------------------------------------------------------------------------
 
     def _records(self) -> dict[str, ProgramMeta]:
         """Every program's record on this node, read once per plan (maps ask about them all)."""
         records: dict[str, ProgramMeta] = {}
         for name in self.layout.program_names(self.kernel):
             try:
-                meta = self.kernel.read_record(self.layout.meta_pin(name))
+                raw = self.kernel.read_record(self.layout.meta_pin(name))
             except (BpfshareError, OSError):
                 continue
-            if meta is not None:
-                records[name] = meta
+            if raw:
+                records[name] = ProgramMeta.decode(raw)
         return records
+
+    def _map_records(self) -> dict[str, MapRecord]:
+        """The ledger's BpfMap records: who holds which pin, and the map ID behind it."""
+        records: dict[str, MapRecord] = {}
+        for name in self.layout.map_record_names(self.kernel):
+            try:
+                record = read_map_record(self.kernel, self.layout, name)
+            except (BpfshareError, OSError):
+                continue
+            if record is not None and record.owner:
+                records[record.owner] = record
+        return records
+
+    def _claimed_pins(self) -> dict[str, set[str]]:
+        """Maps pinned by name: pin path -> the programs whose records claim it."""
+        claimed: dict[str, set[str]] = {}
+        for name, record in self._records().items():
+            for pin in record.pins:
+                claimed.setdefault(pin, set()).add(name)
+        return claimed
 
     def _sweep(self) -> None:
         """Once per engine: remove temporary pins of an earlier process killed mid-replace."""

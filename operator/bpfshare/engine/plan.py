@@ -18,7 +18,7 @@ from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramR
 from bpfshare.api.status import StatusEntry
 from bpfshare.api.targets import AttachTarget
 from bpfshare.engine.kernel import AttachResult, MapView, ProgramView
-from bpfshare.engine.meta import ProgramMeta
+from bpfshare.engine.meta import MapRecord, ProgramMeta
 from bpfshare.load.loader import MapBinding
 from bpfshare.spec import CollectionSpec, MapSpec, ProgramSpec
 
@@ -59,6 +59,16 @@ class RepinMap:
 
 
 @dataclass(frozen=True)
+class MoveMap:
+    source: Path
+    pin: Path
+    map_id: int
+
+    def describe(self) -> str:
+        return f"move map {self.map_id} from {self.source} to {self.pin} (spec.pinName changed; contents kept)"
+
+
+@dataclass(frozen=True)
 class UnpinMap:
     pin: Path
 
@@ -74,7 +84,7 @@ class RetainMap:
         return f"keep {self.pin} and its contents (reclaimPolicy Retain)"
 
 
-MapAction = CreateMap | AdoptMap | RepinMap
+MapAction = CreateMap | AdoptMap | RepinMap | MoveMap
 
 
 # -- program actions ---------------------------------------------------------------------------
@@ -128,6 +138,7 @@ class MapPlan:
     action: MapAction | None = None
     observed: MapView | None = None  # the compatible map already pinned (no action needed)
     outcome: StatusEntry | None = None  # decided without acting: Pending or Error
+    record: MapRecord | None = None  # the ledger's record of this BpfMap, as planned on
 
     @property
     def predicted_id(self) -> int | None:
@@ -136,7 +147,7 @@ class MapPlan:
             return None
         if self.observed is not None:
             return self.observed.id
-        if isinstance(self.action, (RepinMap, AdoptMap)):
+        if isinstance(self.action, (RepinMap, AdoptMap, MoveMap)):
             return self.action.map_id
         return None  # a new map: its ID is the kernel's to give
 
@@ -163,8 +174,9 @@ class ProgramPlan:
 class MapRelease:
     res: MapResource
     pin: Path
-    action: UnpinMap | RetainMap | None = None  # None: nothing pinned, or still in use
+    action: UnpinMap | RetainMap | None = None  # None: nothing of ours pinned, or still in use
     users: tuple[str, ...] = ()  # BpfPrograms on this node still bound to it: the deletion waits
+    record: Path | None = None  # the ledger record to remove once released
 
 
 @dataclass

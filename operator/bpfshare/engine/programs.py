@@ -7,22 +7,24 @@ and only then is the program pin replaced and stale attachments removed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bpfshare.api.resources import ProgramResource
 from bpfshare.api.status import AttachmentStatus, Phase, ProgramStatus, StatusEntry
 from bpfshare.api.targets import AttachTarget, TcTarget
-from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel
+from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel, ProgramView
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.meta import ProgramMeta
 from bpfshare.engine.plan import Attach, Detach, LoadProgram, MapPlan, ProgramPlan, RemoveProgram
-from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.errors import BpfshareError, KernelError, TargetNotFoundError
 from bpfshare.load.attach import LINKS_DIR, check_fits, link_pin_path, target_from_link_pin
-from bpfshare.load.loader import MapBinding
+from bpfshare.load.loader import MapBinding, convention_pin_path
 from bpfshare.spec import CollectionSpec
 from bpfshare.types import Direction
 
@@ -70,6 +72,11 @@ def tc_target(record: Mapping[str, object]) -> TcTarget:
 # -- planning ------------------------------------------------------------------------------------
 
 
+def read_program_record(kernel: NodeKernel, layout: Layout, name: str) -> ProgramMeta:
+    raw = kernel.read_record(layout.meta_pin(name))
+    return ProgramMeta.decode(raw) if raw else ProgramMeta()
+
+
 def resolve_bindings(
     kernel: NodeKernel, layout: Layout, res: ProgramResource, maps: Mapping[str, MapPlan], plan: ProgramPlan
 ) -> None:
@@ -92,6 +99,33 @@ def resolve_bindings(
         plan.bindings[obj_map] = MapBinding(pin_path=pin)
 
 
+class SlotClaims:
+    """Who claims each tc slot on this node (from every program's record), kept up to date within
+    a pass, so that two BpfPrograms never take the same slot from each other."""
+
+    def __init__(self, records: Mapping[str, ProgramMeta]) -> None:
+        self.owners: dict[tuple[object, ...], str] = {}
+        for name, record in sorted(records.items()):
+            for entry in record.tc:
+                self.owners.setdefault(slot_key(tc_target(entry)), name)
+
+    def holder(self, target: TcTarget, program: str) -> str | None:
+        owner = self.owners.get(slot_key(target))
+        return owner if owner is not None and owner != program else None
+
+    def claim(self, target: TcTarget, program: str) -> None:
+        self.owners.setdefault(slot_key(target), program)
+
+
+def slot_key(target: TcTarget) -> tuple[object, ...]:
+    return (target.netns, target.interface, target.direction, target.priority, target.handle)
+
+
+def describe_slot(target: TcTarget) -> str:
+    where = f"{target.interface}@{target.netns}" if target.netns else target.interface
+    return f"tc slot {where} {target.direction} priority {target.priority} handle {target.handle}"
+
+
 def plan_program(
     kernel: NodeKernel,
     layout: Layout,
@@ -100,8 +134,14 @@ def plan_program(
     collection: CollectionSpec,
     digest: str,
     source: str,
+    slots: SlotClaims | None = None,
 ) -> ProgramPlan:
-    """Decide whether the program needs a (re)load, which targets need attaching, what is stale."""
+    """Decide whether the program needs a (re)load, which targets need attaching, what is stale.
+
+    Refused before anything is loaded: a target that is not there (every one named), a tc slot
+    that another BpfProgram claims or that a filter of another tool holds (the holder named).
+    """
+    slots = slots if slots is not None else SlotClaims({})
     plan = ProgramPlan(res, collection=collection, digest=digest)
     try:
         resolve_bindings(kernel, layout, res, maps, plan)
@@ -114,9 +154,46 @@ def plan_program(
         raise BpfshareError(f"spec.program: {exc.args[0]}") from None
     for target in res.targets:
         check_fits(spec, target)
+    reserved = sorted(
+        name
+        for name in spec.map_names
+        if name not in plan.bindings
+        and (m := collection.maps.get(name)) is not None
+        and (pin := convention_pin_path(m, layout.root)) is not None
+        and pin.parent == layout.root
+        and pin.name in layout.reserved_names
+    )
+    if reserved:
+        raise BpfshareError(
+            f"map {reserved[0]!r} is pinned by name at {layout.root / reserved[0]}, which bpfshare keeps for "
+            f"itself ({', '.join(sorted(layout.reserved_names))}): rename the map or bind it in spec.maps"
+        )
     plan.spec = spec
     plan.previous = kernel.program_at(layout.program_pin(res.name))
-    plan.record = kernel.read_record(layout.meta_pin(res.name)) or ProgramMeta()
+    plan.record = read_program_record(kernel, layout, res.name)
+    missing = [why for t in res.targets if (why := kernel.missing_target(t)) is not None]
+    if missing:
+        raise BpfshareError("; ".join(missing))
+    ours = set(plan.record.program_ids) | ({plan.previous.id} if plan.previous else set())
+    conflicts = []
+    for target in res.targets:
+        if not isinstance(target, TcTarget):
+            continue
+        holder = slots.holder(target, res.name)
+        if holder is not None:
+            conflicts.append(f"{describe_slot(target)} is held by BpfProgram {holder}")
+            continue
+        found = kernel.tc_filter(target)
+        if found is not None and found.prog_id not in ours:
+            conflicts.append(
+                f"{describe_slot(target)} is held by another tool: filter {found.name or '(unnamed)'} "
+                f"running program {found.prog_id}"
+            )
+    if conflicts:
+        raise BpfshareError("; ".join(conflicts) + " (bpfshare never replaces what it does not own)")
+    for target in res.targets:
+        if isinstance(target, TcTarget):
+            slots.claim(target, res.name)
 
     unknown = sorted(k for k, v in plan.predicted_ids.items() if v is None)
     if plan.previous is None:
@@ -166,10 +243,10 @@ def _what_changed(record: ProgramMeta, digest: str, program: str, map_ids: Mappi
 
 
 def _current_attachment(
-    kernel: NodeKernel, target: AttachTarget, pin_dir: Path, previous: object
+    kernel: NodeKernel, target: AttachTarget, pin_dir: Path, previous: ProgramView | None
 ) -> AttachResult | None:
     """The target's attachment if it already runs the pinned program, else None (attach it)."""
-    prog_id = getattr(previous, "id", 0)
+    prog_id = previous.id if previous is not None else 0
     try:
         if isinstance(target, TcTarget):
             f = kernel.tc_filter(target)
@@ -199,10 +276,20 @@ class ProgramResult:
 
 
 def apply_program(
-    kernel: NodeKernel, layout: Layout, plan: ProgramPlan, map_ids: Mapping[str, int | None]
+    kernel: NodeKernel,
+    layout: Layout,
+    plan: ProgramPlan,
+    map_ids: Mapping[str, int | None],
+    claimed_pins: Mapping[str, set[str]] | None = None,
 ) -> ProgramResult:
     """Carry out the program's plan. ``map_ids``: the bound maps' IDs after the maps were applied
-    (None: that BpfMap did not become Ready, so the program waits)."""
+    (None: that BpfMap did not become Ready, so the program waits). ``claimed_pins``: pin path ->
+    the programs whose records claim it (a map pinned by name is ours only if one does).
+
+    The record claims what is about to change *before* the kernel is changed (the new program's
+    ID, every wanted tc slot, maps pinned by name) and is narrowed to what is attached once
+    everything is done: a failure in between leaves the claims, and the next pass (or a delete)
+    completes or undoes exactly that."""
     res = plan.res
     assert plan.spec is not None and plan.collection is not None
     ids: dict[str, int] = {}
@@ -217,6 +304,7 @@ def apply_program(
     spec = plan.spec
     pin_dir = layout.program_dir(res.name)
     prog_pin = layout.program_pin(res.name)
+    meta_pin = layout.meta_pin(res.name)
     wanted = fingerprint(plan.digest, spec.name, plan.bindings, ids)
     load = plan.load
     if load is None and plan.record.fingerprint != wanted:
@@ -224,6 +312,8 @@ def apply_program(
         load = LoadProgram(spec.name, "", "upgrade: bound maps changed")
     result = ProgramResult(StatusEntry(Phase.Ready))
     previous_id = plan.previous.id if plan.previous is not None else 0
+    tc_claims = [tc_record(t) for t in res.targets if isinstance(t, TcTarget)]
+    record = dataclasses.replace(plan.record)
     program: Loaded
     if load is not None:
         program = kernel.load(plan.collection, spec.name, plan.bindings, layout.root, pin_dir)
@@ -231,8 +321,19 @@ def apply_program(
         result.kernel_seconds = program.kernel_seconds
     else:
         program = kernel.open_program(prog_pin)
-    attachments: list[AttachmentStatus] = []
     try:
+        # Intent: everything this pass may leave behind is claimed before it exists.
+        claims = _union(record.tc, tc_claims)
+        owned = sorted({*record.program_ids, previous_id, program.view.id} - {0})
+        shared = claimed_pins or {}
+        pins = sorted(
+            {*record.pins}
+            | {str(p) for p, created in program.pinned.items() if created or shared.get(str(p), set()) - {res.name}}
+        )
+        if (claims, owned, pins) != (record.tc, record.program_ids, record.pins):
+            record.tc, record.program_ids, record.pins = claims, owned, pins
+            kernel.write_record(meta_pin, record.encode())
+        attachments: list[AttachmentStatus] = []
         to_attach = {a.target.key for a in plan.attach} if load is None else {t.key for t in res.targets}
         for target in res.targets:
             if target.key in to_attach:
@@ -243,24 +344,28 @@ def apply_program(
             attachments.append(_attachment_status(target, done))
         if load is not None:
             kernel.pin_program(program, prog_pin)
-        owned = {program.view.id, previous_id} - {0}
+        kept: list[dict[str, Any]] = []
         for detach in plan.detach:
-            if _detach(kernel, detach, owned):
+            outcome = _detach(kernel, detach, set(owned))
+            if outcome is True:
                 result.detached.append(detach.target.key)
+            elif outcome is None and isinstance(detach.target, TcTarget):
+                kept.append(tc_record(detach.target))  # could not tell: keep claiming it, retry later
     finally:
         program.handle.close()
-    tc_records = [tc_record(t) for t in res.targets if isinstance(t, TcTarget)]
-    if plan.record.fingerprint != wanted or plan.record.tc != tc_records or result.detached:
-        record = ProgramMeta(
-            fingerprint=wanted,
-            program=spec.name,
-            digest=plan.digest,
-            generation=res.meta.generation,
-            bindings={k: str(v.pin_path) for k, v in plan.bindings.items()},
-            map_ids=dict(ids),
-            tc=tc_records,
-        )
-        kernel.write_record(layout.meta_pin(res.name), record)
+    confirmed = ProgramMeta(
+        fingerprint=wanted,
+        program=spec.name,
+        digest=plan.digest,
+        generation=res.meta.generation,
+        bindings={k: str(v.pin_path) for k, v in plan.bindings.items()},
+        map_ids=dict(ids),
+        tc=tc_claims + kept,
+        program_ids=[program.view.id],
+        pins=record.pins,
+    )
+    if confirmed != record:
+        kernel.write_record(meta_pin, confirmed.encode())
     result.status.program = ProgramStatus(
         program_id=program.view.id,
         tag=program.view.tag,
@@ -270,21 +375,31 @@ def apply_program(
     return result
 
 
+def _union(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = list(first)
+    out += [entry for entry in second if entry not in out]
+    return out
+
+
 def _attachment_status(target: AttachTarget, done: AttachResult) -> AttachmentStatus:
     pin = str(done.pin_path) if done.pin_path is not None else None
     return AttachmentStatus(target.key, link_id=done.link_id, pin_path=pin, handle=done.handle)
 
 
-def _detach(kernel: NodeKernel, detach: Detach, owned: set[int]) -> bool:
-    """Remove a stale attachment of ours; a tc filter only if it still runs one of our programs."""
+def _detach(kernel: NodeKernel, detach: Detach, owned: set[int]) -> bool | None:
+    """Remove a stale attachment of ours: True when removed, False when there is nothing of ours
+    left there, None when the kernel could not say (the claim must stay). A tc filter is only
+    removed if it still runs one of our programs."""
     if detach.link_pin is not None:
         kernel.unpin(detach.link_pin)  # the last reference: the kernel detaches the link
         return True
     assert isinstance(detach.target, TcTarget)
     try:
         current = kernel.tc_filter(detach.target)
-    except BpfshareError:
-        return False  # interface or namespace gone: nothing left to detach
+    except TargetNotFoundError:
+        return False  # interface or namespace gone: its filters went with it
+    except (BpfshareError, OSError):
+        return None
     if current is not None and current.prog_id in owned:
         kernel.detach_tc(detach.target)
         return True
@@ -314,24 +429,31 @@ def plan_removal(kernel: NodeKernel, layout: Layout, name: str, reason: str) -> 
     return RemoveProgram(directory, reason) if kernel.exists(directory) else None
 
 
-def apply_removal(kernel: NodeKernel, layout: Layout, name: str) -> list[str]:
-    """Detach everything the program owns on this node and remove its directory."""
+def apply_removal(kernel: NodeKernel, layout: Layout, name: str, claimed_pins: Mapping[str, set[str]]) -> list[str]:
+    """Detach everything the program's record claims on this node, unpin the maps it pinned by
+    name that no other program claims, and remove its directory."""
     prog_dir = layout.program_dir(name)
     if not layout.inside(prog_dir):
         raise BpfshareError(f"refusing to remove {prog_dir}: outside the pin root {layout.root}")
     if not kernel.exists(prog_dir):
         return []
-    record = kernel.read_record(layout.meta_pin(name)) or ProgramMeta()
+    record = read_program_record(kernel, layout, name)
     current = kernel.program_at(layout.program_pin(name))
-    owned = {current.id} if current is not None else set()
+    owned = set(record.program_ids) | ({current.id} if current is not None else set())
     removed = []
     for entry in record.tc:
         target = tc_target(entry)
-        if _detach(kernel, Detach(target), owned):
+        outcome = _detach(kernel, Detach(target), owned)
+        if outcome is None:
+            raise BpfshareError(f"cannot tell what runs at {describe_slot(target)}: kept, retried on the next pass")
+        if outcome:
             removed.append(target.key)
     links = prog_dir / LINKS_DIR
     for link in kernel.list_dir(links):
         kernel.unpin(links / link)
         removed.append(link)
+    for pin in record.pins:
+        if not claimed_pins.get(pin, set()) - {name}:
+            kernel.unpin(Path(pin))
     kernel.remove_tree(prog_dir)
     return removed

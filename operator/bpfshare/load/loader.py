@@ -23,13 +23,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfshare.errors import BpfshareError
+from bpfshare.errors import BpfshareError, KernelError
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
-from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec
+from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec, kernel_object_name
 
 PROGRAM_PIN = "program"
+PRIVATE_MAPS_DIR = "maps"  # <pin dir>/maps/<name>: the object's own maps, apart from the loader's pins
+# What a program directory holds besides ``maps/``: a private map may not take these names.
+RESERVED_PIN_NAMES = frozenset({PROGRAM_PIN, "meta", "links", PRIVATE_MAPS_DIR})
 
 
 @dataclass(frozen=True)
@@ -141,13 +144,31 @@ def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_r
         return LoadedMap(spec, open_binding(spec, binding), binding.pin_path, reused=True)
     if spec.style is DefinitionStyle.GLOBAL_DATA:
         live = Map.create(spec)
-        path = pin_dir / private_pin_name(spec.name)
+        path = pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
         replace_pin(live, path)
         return LoadedMap(spec, live, path, reused=False)
-    path = convention_pin_path(spec, pin_root) or pin_dir / private_pin_name(spec.name)
+    path = convention_pin_path(spec, pin_root) or pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
     ensure_pin_dir(path.parent)
+    _move_legacy_private_pin(spec, path, pin_dir)
     live, reused = get_or_create_pinned(spec, path, f"map {spec.name!r} pinned at {path}")
     return LoadedMap(spec, live, path, reused=reused)
+
+
+def _move_legacy_private_pin(spec: MapSpec, path: Path, pin_dir: Path) -> None:
+    """Private maps used to be pinned beside the program's own pins (``<pin dir>/<name>``), where a
+    map named ``program`` or ``meta`` collided with them: move such a pin to ``maps/`` once, so an
+    upgrade keeps its contents."""
+    legacy = pin_dir / private_pin_name(spec.name)
+    if path.parent != pin_dir / PRIVATE_MAPS_DIR or legacy.name in RESERVED_PIN_NAMES or path.exists():
+        return
+    try:
+        old = Map.from_pin(legacy)
+    except KernelError:
+        return  # nothing there (or not a map): nothing to move
+    with old:
+        if old.info().name == kernel_object_name(spec.name):
+            old.pin(path)
+            legacy.unlink()
 
 
 def private_pin_name(name: str) -> str:
