@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpfshare.object import read_collection
-from bpfshare.object.elf import SHT_NOBITS, SHT_REL, SHT_SYMTAB, ElfObject
+from bpfshare.object.elf import SHT_NOBITS, SHT_REL, SHT_SYMTAB, ElfObject, Section
 from tests.fixtures.objects import BpfObjects
 from tests.unit.untrusted import check_consistent, read_untrusted
 
@@ -103,29 +103,48 @@ def test_unmutated_objects_are_consistent(bpf_objects: BpfObjects) -> None:
         check_consistent(read_collection(path))
 
 
-def swept_words(data: bytes) -> list[int]:
-    """Offsets of every aligned 32-bit word of the structures the reader decodes field by field:
-    the ELF header, symbols, program code and its relocations, map definitions, .BTF's header and
-    types, .BTF.ext's header. (Strings, section headers and data are left to the random mutations.)"""
+def swept_words(data: bytes, parts: set[str]) -> list[int]:
+    """Offsets of every aligned 32-bit word of the structures the reader decodes field by field, of
+    the given ``parts``: "header" (ELF), "symbols", "code" (with its relocations), "maps" (legacy
+    definitions and .maps), "btf" (.BTF's header and types, .BTF.ext's header). Strings, section
+    headers and data are left to the random mutations."""
     elf = ElfObject(data)
-    decoded = {sec.index for sec in elf.sections if sec.executable or sec.name in ("maps", ".maps")}
-    ranges = [(0, 64)]
+
+    def part(sec: Section) -> str:
+        target = elf.sections[sec.info] if sec.type == SHT_REL and sec.info < len(elf.sections) else sec
+        if target.executable:
+            return "code"
+        if target.name in ("maps", ".maps"):
+            return "maps"
+        if sec.type == SHT_SYMTAB:
+            return "symbols"
+        return "btf" if sec.name in (".BTF", ".BTF.ext") else ""
+
+    ranges = [(0, 64)] if "header" in parts else []
     for sec in elf.sections[1:]:
+        if part(sec) not in parts:
+            continue
         end = sec.offset + sec.size
         if sec.name == ".BTF":
             hdr_len, type_off, type_len = struct.unpack_from("<III", data, sec.offset + 4)
             end = sec.offset + hdr_len + type_off + type_len
         elif sec.name == ".BTF.ext":
             end = sec.offset + 32
-        elif not (sec.index in decoded or sec.type == SHT_SYMTAB or (sec.type == SHT_REL and sec.info in decoded)):
-            continue
         ranges.append((sec.offset, end))
     return [offset for start, end in ranges for offset in range(start, end - 3, 4)]
 
 
-@pytest.mark.parametrize("example", ["flow_counter", "features", "flow_counter_legacy"])
-def test_every_word_set_to_all_ones(bpf_objects: BpfObjects, example: str) -> None:
+@pytest.mark.parametrize(
+    ("example", "parts"),
+    [
+        ("flow_counter", {"header", "symbols", "code", "maps", "btf"}),  # BTF maps, five programs
+        ("features", {"code", "symbols"}),  # subprograms, global data, callbacks refused
+        ("flow_counter_legacy", {"code", "maps"}),  # struct bpf_elf_map
+    ],
+    ids=["flow_counter", "features", "flow_counter_legacy"],
+)
+def test_every_word_set_to_all_ones(bpf_objects: BpfObjects, example: str, parts: set[str]) -> None:
     """0xffffffff in any one field: every index, offset, size and count out of range, one at a time."""
     data = bpf_objects[example].read_bytes()
-    for offset in swept_words(data):
+    for offset in swept_words(data, parts):
         read_untrusted(data[:offset] + b"\xff\xff\xff\xff" + data[offset + 4 :])
