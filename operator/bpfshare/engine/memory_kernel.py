@@ -96,6 +96,9 @@ class MemoryKernel:
         self._faults: dict[str, list[BpfshareError]] = defaultdict(list)
         self._rejected: dict[str, str] = {}  # program name -> verifier log
         self.calls: list[str] = []  # every mutating call, in order: what a pass did to the node
+        self.call_count = 0  # every protocol call
+        self._fail_at = 0
+        self._fail_error: BpfshareError | None = None
 
     # -- the test's hands on the node ----------------------------------------------------------
 
@@ -123,6 +126,11 @@ class MemoryKernel:
             if isinstance(link.target, CgroupTarget) and _cgroup_key(link.target.path) == key:
                 link.defunct = True
         self._collect()
+
+    def fail_call(self, n: int, error: BpfshareError) -> None:
+        """The ``n``-th protocol call from now on (counting every method) raises ``error``."""
+        self._fail_at = self.call_count + n
+        self._fail_error = error
 
     def fail(self, operation: str, error: BpfshareError, times: int = 1) -> None:
         """The next ``times`` calls of ``operation`` (a protocol method's name) raise ``error``."""
@@ -368,6 +376,9 @@ class MemoryKernel:
     # -- internals -----------------------------------------------------------------------------
 
     def _fault(self, operation: str) -> None:
+        self.call_count += 1
+        if self.call_count == self._fail_at and self._fail_error is not None:
+            raise self._fail_error
         pending = self._faults.get(operation)
         if pending:
             raise pending.pop(0)

@@ -297,7 +297,7 @@ class Engine:
             return ProgramPlan(res, outcome=StatusEntry(Phase.Error, str(exc)))
 
     def _apply_program(
-        self, pp: ProgramPlan, map_ids: Mapping[str, int | None], claimed: Mapping[str, set[str]], report: Report
+        self, pp: ProgramPlan, map_ids: Mapping[str, int | None], claimed: dict[str, set[str]], report: Report
     ) -> StatusEntry:
         name = pp.res.name
         if pp.outcome is not None:

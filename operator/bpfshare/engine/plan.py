@@ -162,6 +162,7 @@ class ProgramPlan:
     bindings: dict[str, MapBinding] = field(default_factory=dict)
     bound_maps: dict[str, str] = field(default_factory=dict)  # object map -> BpfMap name (through a resource)
     predicted_ids: dict[str, int | None] = field(default_factory=dict)  # object map -> map ID
+    convention_pins: list[Path] = field(default_factory=list)  # maps it pins by name, outside its directory
     previous: ProgramView | None = None  # the program pinned now
     record: ProgramMeta = field(default_factory=ProgramMeta)
     load: LoadProgram | None = None

@@ -154,14 +154,13 @@ def plan_program(
         raise BpfshareError(f"spec.program: {exc.args[0]}") from None
     for target in res.targets:
         check_fits(spec, target)
+    for name in spec.map_names:
+        m = collection.maps.get(name)
+        pin = convention_pin_path(m, layout.root) if m is not None and name not in plan.bindings else None
+        if pin is not None:
+            plan.convention_pins.append(pin)
     reserved = sorted(
-        name
-        for name in spec.map_names
-        if name not in plan.bindings
-        and (m := collection.maps.get(name)) is not None
-        and (pin := convention_pin_path(m, layout.root)) is not None
-        and pin.parent == layout.root
-        and pin.name in layout.reserved_names
+        p.name for p in plan.convention_pins if p.parent == layout.root and p.name in layout.reserved_names
     )
     if reserved:
         raise BpfshareError(
@@ -280,7 +279,7 @@ def apply_program(
     layout: Layout,
     plan: ProgramPlan,
     map_ids: Mapping[str, int | None],
-    claimed_pins: Mapping[str, set[str]] | None = None,
+    claimed_pins: dict[str, set[str]] | None = None,
 ) -> ProgramResult:
     """Carry out the program's plan. ``map_ids``: the bound maps' IDs after the maps were applied
     (None: that BpfMap did not become Ready, so the program waits). ``claimed_pins``: pin path ->
@@ -314,8 +313,14 @@ def apply_program(
     previous_id = plan.previous.id if plan.previous is not None else 0
     tc_claims = [tc_record(t) for t in res.targets if isinstance(t, TcTarget)]
     record = dataclasses.replace(plan.record)
+    shared = claimed_pins if claimed_pins is not None else {}
     program: Loaded
     if load is not None:
+        # Intent: the maps this load will pin by name, if nobody has yet (then they are ours).
+        new_pins = {str(p) for p in plan.convention_pins if not kernel.exists(p)} - set(record.pins)
+        if new_pins:
+            record.pins = sorted({*record.pins, *new_pins})
+            kernel.write_record(meta_pin, record.encode())
         program = kernel.load(plan.collection, spec.name, plan.bindings, layout.root, pin_dir)
         result.loaded, result.upgraded = True, bool(previous_id)
         result.kernel_seconds = program.kernel_seconds
@@ -325,11 +330,12 @@ def apply_program(
         # Intent: everything this pass may leave behind is claimed before it exists.
         claims = _union(record.tc, tc_claims)
         owned = sorted({*record.program_ids, previous_id, program.view.id} - {0})
-        shared = claimed_pins or {}
         pins = sorted(
             {*record.pins}
             | {str(p) for p, created in program.pinned.items() if created or shared.get(str(p), set()) - {res.name}}
         )
+        for pin in pins:  # later programs of this pass see the claim
+            shared.setdefault(pin, set()).add(res.name)
         if (claims, owned, pins) != (record.tc, record.program_ids, record.pins):
             record.tc, record.program_ids, record.pins = claims, owned, pins
             kernel.write_record(meta_pin, record.encode())
