@@ -28,7 +28,7 @@ Desired = tuple[list[MapResource], list[ProgramResource]]
 
 
 def resources(version: str = "") -> Desired:
-    path = obj("flow_counter.o") if not version else version
+    path = version or obj("flow_counter.o")
     return (
         [bpfmap(), bpfmap("legacy", pinName="legacy")],
         [
