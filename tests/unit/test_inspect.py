@@ -1,4 +1,9 @@
-"""``bpfshare inspect``: JSON for the examples, clear errors for bad input."""
+"""``bpfshare inspect``: JSON for the examples, clear errors for bad input.
+
+Always invoked through the ``bpfshare`` group, never as a bare command: click (>= 8.2) caches a
+command's help option from the first context it sees, so a bare invocation would leave ``inspect``
+without the group's ``-h`` for every later test in the process.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,14 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bpfshare.commands.inspect import inspect
+from bpfshare.cli import cli
 from bpfshare.errors import ObjectError
 from tests.fixtures.objects import BpfObjects
 
 
 def test_inspect_flow_counter(bpf_objects: BpfObjects) -> None:
     path = bpf_objects["flow_counter"]
-    result = CliRunner().invoke(inspect, [str(path)])
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["license"] == "GPL"
@@ -59,25 +64,25 @@ def test_inspect_styles(bpf_objects: BpfObjects) -> None:
         "flow_counter_tc": ("btf", "ByName"),
     }
     for name, (style, pinning) in expected.items():
-        result = runner.invoke(inspect, ["--compact", str(bpf_objects[name])])
+        result = runner.invoke(cli, ["inspect", "--compact", str(bpf_objects[name])])
         assert result.exit_code == 0, result.output
         assert len(result.output.strip().splitlines()) == 1
         (shared,) = json.loads(result.output)["maps"]
         assert (shared["style"], shared["pinning"]) == (style, pinning)
-    legacy = json.loads(runner.invoke(inspect, [str(bpf_objects["flow_counter_legacy"])]).output)
+    legacy = json.loads(runner.invoke(cli, ["inspect", str(bpf_objects["flow_counter_legacy"])]).output)
     assert legacy["maps"][0]["extra"] == {"id": 0, "inner_id": 0, "inner_idx": 0}
-    features = json.loads(runner.invoke(inspect, [str(bpf_objects["features"])]).output)
+    features = json.loads(runner.invoke(cli, ["inspect", str(bpf_objects["features"])]).output)
     rodata = next(m for m in features["maps"] if m["name"] == ".rodata")
     assert (rodata["style"], rodata["flags"], rodata["valueSize"]) == ("global-data", ["RdonlyProg"], 4)
 
 
 def test_inspect_errors(tmp_path: Path) -> None:
     runner = CliRunner()
-    missing = runner.invoke(inspect, [str(tmp_path / "nope.o")])
+    missing = runner.invoke(cli, ["inspect", str(tmp_path / "nope.o")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"not an object")
-    result = runner.invoke(inspect, [str(junk)])
+    result = runner.invoke(cli, ["inspect", str(junk)])
     assert isinstance(result.exception, ObjectError)  # bpfshare.cli.main prints it without a traceback
 
 
