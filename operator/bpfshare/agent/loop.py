@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +32,14 @@ def node_entry(body: dict[str, Any], node: str) -> dict[str, Any] | None:
         if entry.get("node") == node:
             return entry
     return None
+
+
+@dataclass
+class Published:
+    """What one ``publish`` wrote: (kind, name, this node's entry or None, shared fields)."""
+
+    writes: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]] = field(default_factory=list)
+    failed: bool = False
 
 
 class Agent:
@@ -110,7 +119,8 @@ class Agent:
                 )
                 if self.metrics is not None:
                     self.metrics.observe_pass(snapshot, report)
-                await asyncio.to_thread(self.publish, snapshot, report)
+                published = await asyncio.to_thread(self.publish, snapshot, report)
+                self.remember(published)  # here, on the event loop: the watch handlers' thread
             except Exception:  # the loop must survive anything; the next pass retries
                 log.exception("reconcile pass failed; retrying")
                 if self.metrics is not None:
@@ -129,16 +139,20 @@ class Agent:
                 out[name] = int(entry["mapId"])
         return out
 
-    def publish(self, snapshot: Snapshot, report: Report) -> None:
-        """Write finalizers, this node's status entries and events; skip every no-op write."""
+    def publish(self, snapshot: Snapshot, report: Report) -> Published:
+        """Write finalizers, this node's status entries and events; skip every no-op write.
+
+        Runs in a worker thread, so it never touches the watch state: what it wrote comes back as
+        ``Published`` for ``remember`` to record on the event loop."""
+        published = Published()
         failed = False
         for (kind, name), message in snapshot.invalid.items():
-            failed |= not self._publish_entry(snapshot, kind, name, StatusEntry(Phase.Error, message))
+            failed |= not self._publish_entry(snapshot, kind, name, StatusEntry(Phase.Error, message), published)
         for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
             for name, entry in entries.items():
-                failed |= not self._publish_entry(snapshot, kind, name, entry)
+                failed |= not self._publish_entry(snapshot, kind, name, entry, published)
         for kind, name in report.released:
-            failed |= not self._release(snapshot, kind, name)
+            failed |= not self._release(snapshot, kind, name, published)
         for kind, entries in ((MAP_KIND, report.maps), (PROGRAM_KIND, report.programs)):
             for name, entry in entries.items():
                 if entry.phase is not Phase.Error:  # recovered: a later failure is news again
@@ -152,10 +166,12 @@ class Agent:
                 self._last_warnings[(event.kind, event.name)] = event.message
             body = snapshot.bodies.get((event.kind, event.name), {"metadata": {"name": event.name}})
             self.writer.post_event(body, event.kind, event.type, event.reason, event.message)
-        if failed:
-            self.state.mark_all()  # retry the writes on the next pass
+        published.failed = failed
+        return published
 
-    def _publish_entry(self, snapshot: Snapshot, kind: str, name: str, entry: StatusEntry) -> bool:
+    def _publish_entry(
+        self, snapshot: Snapshot, kind: str, name: str, entry: StatusEntry, published: Published
+    ) -> bool:
         body = snapshot.bodies.get((kind, name))
         if body is None:
             return True
@@ -168,13 +184,13 @@ class Agent:
             current = body.get("status") or {}
             if node_entry(body, self.node) != wanted or any(current.get(k) != v for k, v in shared.items()):
                 self.writer.set_status(kind, name, wanted, shared)
-                self._remember_status(kind, name, wanted, shared)
+                published.writes.append((kind, name, wanted, shared))
         except BpfshareError as exc:
             log.warning("%s", exc)
             return False
         return True
 
-    def _release(self, snapshot: Snapshot, kind: str, name: str) -> bool:
+    def _release(self, snapshot: Snapshot, kind: str, name: str, published: Published) -> bool:
         """This node holds nothing of the resource any more: drop our finalizer, then our entry
         (a deleting object whose last finalizer goes is gone, and needs no status)."""
         body = snapshot.bodies.get((kind, name))
@@ -186,17 +202,23 @@ class Agent:
                 self.writer.set_finalizer(kind, name, False)
             if not meta.get("deletionTimestamp") and node_entry(body, self.node) is not None:
                 self.writer.set_status(kind, name, None)
-                self._remember_status(kind, name, None)
+                published.writes.append((kind, name, None, None))
         except BpfshareError as exc:
             log.warning("%s", exc)
             return False
         return True
 
+    def remember(self, published: Published) -> None:
+        """Record our writes in the cached bodies (on the event loop), so the next pass does not
+        write them again before the watch events carrying them arrive; retry failed writes."""
+        for kind, name, entry, shared in published.writes:
+            self._remember_status(kind, name, entry, shared)
+        if published.failed:
+            self.state.mark_all()  # retry the writes on the next pass
+
     def _remember_status(
         self, kind: str, name: str, entry: dict[str, Any] | None, shared: dict[str, Any] | None = None
     ) -> None:
-        """Record our write in the cached body, so the next pass does not write it again before the
-        watch event carrying it arrives."""
         bodies = self.state.maps if kind == MAP_KIND else self.state.programs
         body = bodies.get(name)
         if body is None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget, parse_attach
-from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.errors import BpfshareError
 from bpfshare.kernel.pins import replace_pin
 from bpfshare.spec import ProgramSpec
 from bpfshare.types import CGROUP_PROG_TYPE, ProgType
@@ -121,7 +121,9 @@ def _adopt_link(pin: Path, target: TcxTarget | CgroupTarget) -> Link | None:
     """The pinned link for ``target`` if it is still attached to that very target, else None.
 
     A link whose interface was deleted (and maybe re-created with a new ifindex), or whose cgroup
-    was removed, is defunct: unpin it so a fresh one takes its place.
+    was removed, is defunct: unpin it so a fresh one takes its place. Only a link known to be
+    defunct is unpinned: when the kernel cannot say (a refused setns, a missing target), the error
+    goes to the caller and the link, which may well be running, stays.
     """
     from bpfshare.kernel.links import Link
 
@@ -129,10 +131,12 @@ def _adopt_link(pin: Path, target: TcxTarget | CgroupTarget) -> Link | None:
         return None
     link = Link.from_pin(pin)
     try:
-        if _link_matches(link, target):
-            return link
-    except (KernelError, BpfshareError):
-        pass
+        matches = _link_matches(link, target)
+    except BaseException:
+        link.close()
+        raise
+    if matches:
+        return link
     link.close()
     pin.unlink(missing_ok=True)
     return None
