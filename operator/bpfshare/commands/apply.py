@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bpfshare.cli import pin_root_option
+from bpfshare.commands.limits import limits_from, limits_options
+from bpfshare.engine.node import Limits
 from bpfshare.errors import BpfshareError
 
 if TYPE_CHECKING:
@@ -100,7 +102,13 @@ def _dump(data: object, output: str) -> None:
 
 
 def _run(
-    files: tuple[Path, ...], pin_root: str, labels: tuple[str, ...], output: str, delete: bool, dry_run: bool
+    files: tuple[Path, ...],
+    pin_root: str,
+    labels: tuple[str, ...],
+    output: str,
+    delete: bool,
+    dry_run: bool,
+    limits: Limits,
 ) -> None:
     from dataclasses import replace
 
@@ -111,7 +119,7 @@ def _run(
         maps = [replace(m, meta=replace(m.meta, deleting=True)) for m in maps]
         programs = [replace(p, meta=replace(p.meta, deleting=True)) for p in programs]
     node = socket.gethostname()
-    engine = Engine(Path(pin_root), node)
+    engine = Engine(Path(pin_root), node, limits=limits)
     if dry_run:
         # What a pass would change, read from the node without changing it (as kubectl diff shows).
         _dump(engine.plan(maps, programs, _labels(labels)).to_list(), output)
@@ -148,10 +156,20 @@ _dry_run = click.option(
 @_labels_opt
 @_output
 @_dry_run
+@limits_options
 @pin_root_option
-def apply(files: tuple[Path, ...], labels: tuple[str, ...], output: str, dry_run: bool, pin_root: str) -> None:
+def apply(
+    files: tuple[Path, ...],
+    labels: tuple[str, ...],
+    output: str,
+    dry_run: bool,
+    max_bytecode_bytes: int,
+    map_memory_budget: int,
+    pin_root: str,
+) -> None:
     """Reconcile BpfMap/BpfProgram YAML on this node and print their status."""
-    _run(files, pin_root, labels, output, delete=False, dry_run=dry_run)
+    limits = limits_from(max_bytecode_bytes, map_memory_budget)
+    _run(files, pin_root, labels, output, delete=False, dry_run=dry_run, limits=limits)
 
 
 @click.command("delete")
@@ -162,4 +180,4 @@ def apply(files: tuple[Path, ...], labels: tuple[str, ...], output: str, dry_run
 @pin_root_option
 def delete(files: tuple[Path, ...], labels: tuple[str, ...], output: str, dry_run: bool, pin_root: str) -> None:
     """Remove the resources in the YAML from this node (programs detached; maps per reclaimPolicy)."""
-    _run(files, pin_root, labels, output, delete=True, dry_run=dry_run)
+    _run(files, pin_root, labels, output, delete=True, dry_run=dry_run, limits=Limits())

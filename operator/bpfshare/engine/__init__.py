@@ -5,7 +5,7 @@ One engine, two drivers: ``bpfshare apply/delete -f`` (no cluster) and ``bpfshar
 
 from bpfshare.api.status import Phase, StatusEntry
 from bpfshare.engine.kernel import NodeKernel
-from bpfshare.engine.node import Engine, Report
+from bpfshare.engine.node import Engine, Limits, Report
 from bpfshare.engine.plan import Plan
 
-__all__ = ["Engine", "NodeKernel", "Phase", "Plan", "Report", "StatusEntry"]
+__all__ = ["Engine", "Limits", "NodeKernel", "Phase", "Plan", "Report", "StatusEntry"]

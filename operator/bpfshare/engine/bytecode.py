@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from bpfshare.api.resources import Bytecode
 from bpfshare.errors import BpfshareError
 from bpfshare.spec import CollectionSpec
 
-MAX_BYTECODE = 32 * 1024 * 1024
+MAX_BYTECODE = 64 * 1024 * 1024  # the default limit (agent and apply: --max-bytecode-bytes)
 ELF_MAGIC = b"\x7fELF"
 
 # (namespace, name, key) -> bytes; the agent reads ConfigMaps from the API, the CLI has none.
@@ -23,18 +25,45 @@ def no_config_maps(namespace: str, name: str, key: str) -> bytes:
     raise BpfshareError(f"spec.bytecode.configMap {namespace}/{name}: ConfigMaps need a cluster (use the agent)")
 
 
-def fetch(bytecode: Bytecode, read_config_map: ConfigMapReader = no_config_maps) -> bytes:
+def read_node_file(path: Path, limit: int, where: str) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them, never blocking: opened O_NONBLOCK (a FIFO
+    would otherwise wait for a writer), refused unless fstat says regular (not /dev/zero, a FIFO,
+    a socket or a directory), and read no further than the limit whatever the size claims."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise BpfshareError(f"{where}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BpfshareError(f"{where}: not a regular file ({_file_kind(st.st_mode)})")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > limit:
+            raise BpfshareError(f"{where}: {st.st_size} bytes is larger than the {limit} byte limit")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BpfshareError(f"{where}: larger than the {limit} byte limit")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def fetch(bytecode: Bytecode, read_config_map: ConfigMapReader = no_config_maps, limit: int = MAX_BYTECODE) -> bytes:
     """Return the object's bytes, after the size, ELF and sha256 checks, naming the source on error."""
     where = f"spec.bytecode ({bytecode.describe()})"
     if bytecode.path is not None:
-        path = Path(bytecode.path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_BYTECODE:
-                raise BpfshareError(f"{where}: {size} bytes is larger than the {MAX_BYTECODE} byte limit")
-            data = path.read_bytes()
-        except OSError as exc:
-            raise BpfshareError(f"{where}: {exc.strerror or exc}") from None
+        data = read_node_file(Path(bytecode.path), limit, where)
     elif bytecode.config_map is not None:
         data = read_config_map(*bytecode.config_map)
     else:
@@ -42,8 +71,8 @@ def fetch(bytecode: Bytecode, read_config_map: ConfigMapReader = no_config_maps)
             data = base64.b64decode(bytecode.inline or "", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise BpfshareError(f"{where}: not valid base64 ({exc})") from None
-    if len(data) > MAX_BYTECODE:
-        raise BpfshareError(f"{where}: {len(data)} bytes is larger than the {MAX_BYTECODE} byte limit")
+    if len(data) > limit:
+        raise BpfshareError(f"{where}: {len(data)} bytes is larger than the {limit} byte limit")
     if not data.startswith(ELF_MAGIC):
         raise BpfshareError(f"{where}: not an ELF object")
     digest = hashlib.sha256(data).hexdigest()

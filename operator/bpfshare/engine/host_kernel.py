@@ -41,6 +41,11 @@ def _program_view(info: ProgramInfo) -> ProgramView:
 class HostKernel:
     """This machine's kernel. Stateless: every answer is read from bpffs and the kernel."""
 
+    def possible_cpus(self) -> int:
+        from bpfshare.kernel.cpus import possible_cpus
+
+        return possible_cpus()
+
     # -- bpffs ---------------------------------------------------------------------------------
     def exists(self, path: Path) -> bool:
         return os.path.lexists(path)

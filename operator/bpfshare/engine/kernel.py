@@ -71,6 +71,10 @@ class Loaded:
 
 
 class NodeKernel(Protocol):
+    def possible_cpus(self) -> int:
+        """How many CPUs a per-CPU map holds a value for."""
+        ...
+
     # -- bpffs ---------------------------------------------------------------------------------
     def exists(self, path: Path) -> bool:
         """A pin or a directory at ``path``."""

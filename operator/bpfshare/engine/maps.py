@@ -25,6 +25,7 @@ from bpfshare.engine.meta import MapRecord
 from bpfshare.engine.plan import AdoptMap, CreateMap, MapPlan, MapRelease, MoveMap, RepinMap, RetainMap, UnpinMap
 from bpfshare.errors import BpfshareError, IncompatibleMapError
 from bpfshare.kernel.compat import map_differences
+from bpfshare.kernel.maps import PERCPU_TYPES
 from bpfshare.spec import MapSpec, kernel_object_name
 
 
@@ -42,6 +43,34 @@ def map_spec(res: MapResource) -> MapSpec:
 def differences(spec: MapSpec, view: MapView) -> list[str]:
     """Every field in which a live map differs from the spec (compat's rules, cilium/ebpf's words)."""
     return map_differences(spec, view)
+
+
+def map_memory(spec: MapSpec, possible_cpus: int) -> int:
+    """What the map's entries take at most: (key + value) x max entries; a per-CPU map holds one
+    value, rounded up to 8 bytes, per possible CPU (the kernel's own accounting is close to this)."""
+    value = spec.value_size
+    if spec.type in PERCPU_TYPES:
+        value = ((value + 7) & ~7) * possible_cpus
+    return (spec.key_size + value) * spec.max_entries
+
+
+def over_budget(spec: MapSpec, budget: int, possible_cpus: int) -> str:
+    """Why creating the map is refused ("" if it fits), naming the sizes and the limit."""
+    need = map_memory(spec, possible_cpus)
+    if need <= budget:
+        return ""
+    per_cpu = f" x {possible_cpus} CPUs" if spec.type in PERCPU_TYPES else ""
+    return (
+        f"spec: {spec.max_entries} entries x (key {spec.key_size} + value {spec.value_size}{per_cpu}) bytes = "
+        f"{_size(need)}, more than the map memory budget of {_size(budget)} (agent flag --map-memory-budget)"
+    )
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
 
 
 def read_map_record(kernel: NodeKernel, layout: Layout, name: str) -> MapRecord | None:

@@ -171,6 +171,9 @@ class MemoryKernel:
     def live_links(self) -> list[int]:
         return sorted(i for i, link in self._links.items() if not link.defunct)
 
+    def possible_cpus(self) -> int:
+        return POSSIBLE_CPUS
+
     # -- bpffs ---------------------------------------------------------------------------------
 
     def exists(self, path: Path) -> bool:

@@ -19,12 +19,20 @@ from pathlib import Path
 
 from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramResource
 from bpfshare.api.status import Event, MapStatus, Phase, StatusEntry
-from bpfshare.engine.bytecode import CollectionCache, ConfigMapReader, fetch, no_config_maps
+from bpfshare.engine.bytecode import MAX_BYTECODE, CollectionCache, ConfigMapReader, fetch, no_config_maps
 from bpfshare.engine.kernel import NodeKernel
 from bpfshare.engine.layout import Layout
-from bpfshare.engine.maps import apply_map, apply_release, map_spec, plan_map, plan_release, read_map_record
+from bpfshare.engine.maps import (
+    apply_map,
+    apply_release,
+    map_spec,
+    over_budget,
+    plan_map,
+    plan_release,
+    read_map_record,
+)
 from bpfshare.engine.meta import MapRecord, ProgramMeta
-from bpfshare.engine.plan import MapPlan, MapRelease, Plan, ProgramPlan, ProgramRemoval, RetainMap, UnpinMap
+from bpfshare.engine.plan import CreateMap, MapPlan, MapRelease, Plan, ProgramPlan, ProgramRemoval, RetainMap, UnpinMap
 from bpfshare.engine.programs import (
     SlotClaims,
     WaitingError,
@@ -83,6 +91,14 @@ class _Desired:
         )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one resource may ask of the node, checked before the kernel is asked."""
+
+    max_bytecode_bytes: int = MAX_BYTECODE  # a bytecode file or ConfigMap larger than this is refused
+    map_memory_budget: int = 1 << 30  # bytes one BpfMap may take: (key + value) x entries, per CPU if per-CPU
+
+
 class Engine:
     def __init__(
         self,
@@ -90,12 +106,14 @@ class Engine:
         node: str = "",
         read_config_map: ConfigMapReader = no_config_maps,
         kernel: NodeKernel | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if kernel is None:
             from bpfshare.engine.host_kernel import HostKernel
 
             kernel = HostKernel()
         self.kernel: NodeKernel = kernel
+        self.limits = limits or Limits()
         self.layout = Layout(Path(pin_root))
         self.node = node
         self.read_config_map = read_config_map
@@ -220,7 +238,12 @@ class Engine:
             if known is None and record is None:
                 known = self._recorded_map_id(res, records)
             other = holder if holder != res.name else None
-            return plan_map(self.kernel, self.layout, res, record, other, known)
+            plan = plan_map(self.kernel, self.layout, res, record, other, known)
+            if isinstance(plan.action, CreateMap):
+                over = over_budget(plan.spec, self.limits.map_memory_budget, self.kernel.possible_cpus())
+                if over:
+                    plan.action, plan.outcome = None, StatusEntry(Phase.Error, over)
+            return plan
         except (BpfshareError, OSError) as exc:  # OSError: bpffs or /proc refused (permissions, ...)
             plan = MapPlan(res, map_spec(res), self.layout.map_pin(res.pin_name))
             plan.outcome = StatusEntry(Phase.Error, str(exc))
@@ -289,7 +312,7 @@ class Engine:
 
     def _plan_program(self, res: ProgramResource, maps: Mapping[str, MapPlan], slots: SlotClaims) -> ProgramPlan:
         try:
-            data = fetch(res.bytecode, self.read_config_map)
+            data = fetch(res.bytecode, self.read_config_map, self.limits.max_bytecode_bytes)
             digest, collection = self.collections.parse(data)
             source = res.bytecode.describe()
             return plan_program(self.kernel, self.layout, res, maps, collection, digest, source, slots)
