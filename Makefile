@@ -28,11 +28,11 @@ lint:
 	$(VENV)/bin/mypy --strict
 
 bench: install
-	$(VENV)/bin/python bench/loader.py --write docs/benchmarks.md
-	$(VENV)/bin/python bench/latency.py --write docs/benchmarks.md
-	$(VENV)/bin/python bench/scale_node.py --write docs/benchmarks.md
-	$(VENV)/bin/python bench/scale_nodes.py --write docs/benchmarks.md
-	$(VENV)/bin/python bench/idle.py --write docs/benchmarks.md
+	$(VENV)/bin/python -m bench.loader --write docs/benchmarks.md
+	$(VENV)/bin/python -m bench.latency --write docs/benchmarks.md
+	$(VENV)/bin/python -m bench.scale_node --write docs/benchmarks.md
+	$(VENV)/bin/python -m bench.scale_nodes --write docs/benchmarks.md
+	$(VENV)/bin/python -m bench.idle --write docs/benchmarks.md
 
 clean:
 	$(MAKE) -C bpf clean

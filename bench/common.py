@@ -1,15 +1,18 @@
-"""Shared pieces of the scale benchmarks: a private control plane, agent processes, network
-namespaces with veths, cgroups, bpffs mounts, a status watch, resource builders, process statistics
-and the clock that adds up kernel time.
+"""Shared pieces of the benchmarks: running one (arguments, root, signals, its section of a markdown
+file), a private control plane, agents for simulated nodes (``bpfshare.controlplane.agents``), network
+namespaces with veths, cgroups, bpffs mounts, a status watch, resource builders, process statistics and
+the clock that adds up kernel time.
 
-Everything a benchmark creates is registered on one ``contextlib.ExitStack`` as soon as it exists and
-is removed by name when the stack unwinds, which ``main()`` makes happen on normal exit, on an
-exception, on Ctrl-C and on SIGTERM/SIGHUP. Network addresses: only 127.0.0.1 (the control plane and
-the agents' liveness endpoints); veths get none.
+Run the benchmarks from the repository's root as modules: ``python -m bench.latency``. Everything a
+benchmark creates is registered on one ``contextlib.ExitStack`` as soon as it exists and is removed by
+name when the stack unwinds, which ``main()`` makes happen on normal exit, on an exception, on Ctrl-C
+and on SIGTERM/SIGHUP. Network addresses: only 127.0.0.1 (the control plane and the agents' liveness
+endpoints); veths get none.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,18 +23,19 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "operator"))  # runnable from a checkout without installing
+from bpfshare.api.resources import API_VERSION, GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION
+from bpfshare.controlplane.agents import Agent, mount_bpffs, unmount_bpffs
+from bpfshare.controlplane.agents import start_agent as launch_agent
+from bpfshare.controlplane.run import ControlPlane
+from bpfshare.controlplane.wait import REPORT_PLURALS, Key, install_crds, node_report
 
-GROUP, VERSION = "bpfshare.io", "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-MAPS, PROGS = "bpfmaps", "bpfprograms"
+REPO = Path(__file__).resolve().parents[1]
+MAPS, PROGS = MAP_PLURAL, PROGRAM_PLURAL
 PROBE_CACHE_SECONDS = 10.0  # kopf's liveness endpoint caches probe results this long
 TAG = f"bsb{os.getpid() % 100000}"  # prefix of every name this run creates (netns, cgroups, nodes)
 
@@ -39,11 +43,53 @@ TAG = f"bsb{os.getpid() % 100000}"  # prefix of every name this run creates (net
 # -- running a benchmark -----------------------------------------------------------------------------
 
 
-def run_main(body: Callable[[contextlib.ExitStack], None]) -> None:
-    """Run ``body(stack)`` as root with SIGTERM/SIGHUP turned into SystemExit and SIGINT into
-    KeyboardInterrupt, so that every cleanup registered on ``stack`` runs on any exit."""
+@dataclass(frozen=True)
+class Section:
+    """A benchmark's section of a markdown file, between two marker comments."""
+
+    script: str  # the module's name in bench/, e.g. "latency"
+    heading: str  # the heading of a new section, for a file that does not have it yet
+    doc: str = "docs/benchmarks.md"
+
+    @property
+    def begin(self) -> str:
+        return f"<!-- bench/{self.script}.py begin -->"
+
+    @property
+    def end(self) -> str:
+        return f"<!-- bench/{self.script}.py end -->"
+
+    def command(self, args: str = "") -> str:
+        """The command line that reproduces the section, as the section quotes it."""
+        return f"`sudo .venv/bin/python -m bench.{self.script}{' ' + args if args else ''} --write {self.doc}`"
+
+    def write(self, doc: Path, body: str) -> None:
+        """Replace the section in ``doc`` (or append it under its heading)."""
+        section = f"{self.begin}\n{body}\n{self.end}"
+        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+        if self.begin in text:
+            head, rest = text.split(self.begin, 1)
+            text = head + section + rest.split(self.end, 1)[1]
+        else:
+            text = text.rstrip() + f"\n\n## {self.heading}\n\n" + section + "\n"
+        doc.write_text(text)
+
+
+def main(
+    section: Section,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    report: Callable[[argparse.Namespace], str],
+) -> None:
+    """Parse the arguments (``add_arguments`` adds the benchmark's own, ``--write FILE`` is common),
+    then, as root with SIGTERM/SIGHUP turned into SystemExit and SIGINT into KeyboardInterrupt (so that
+    every cleanup runs on any exit), print ``report(args)`` and write it into the file's section."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{section.script}", description=description.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--write", type=Path, metavar="FILE", help=f"update this file's section (e.g. {section.doc})")
+    args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit(f"{sys.argv[0]} needs root (bpffs mounts, netns, cgroups, program loads)")
+        sys.exit(f"bench.{section.script} needs root (bpffs mounts, netns, cgroups, program loads)")
 
     def bail(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -51,8 +97,10 @@ def run_main(body: Callable[[contextlib.ExitStack], None]) -> None:
     signal.signal(signal.SIGTERM, bail)
     signal.signal(signal.SIGHUP, bail)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
-    with contextlib.ExitStack() as stack:
-        body(stack)
+    body = report(args)
+    print(f"{section.begin}\n{body}\n{section.end}", flush=True)
+    if args.write:
+        section.write(args.write, body)
 
 
 def log(message: str) -> None:
@@ -63,17 +111,6 @@ def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.C
     return subprocess.run(list(argv), check=check, capture_output=True, text=True, input=input)
 
 
-def write_section(doc: Path, begin: str, end: str, section: str, heading: str) -> None:
-    """Replace the text between ``begin`` and ``end`` in ``doc`` (or append a new section)."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n## {heading}\n\n" + section + "\n"
-    doc.write_text(text)
-
-
 LOAD_AT_START = os.getloadavg()[0]
 
 
@@ -81,6 +118,10 @@ def machine() -> str:
     """The machine, and its 1-minute load average when the benchmark started (other work on it
     shows there)."""
     return f"{os.cpu_count()} CPUs, kernel {os.uname().release}, load average {LOAD_AT_START:.2f} at start"
+
+
+def verdict(good: bool) -> str:
+    return "met" if good else "**missed**"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -94,11 +135,20 @@ def median(samples: Iterable[float]) -> float:
     return statistics.median(list(samples))
 
 
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` took."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 # -- example objects ---------------------------------------------------------------------------------
 
 
 def build_objects(stack: contextlib.ExitStack) -> Path:
-    out = Path(tempfile.mkdtemp(prefix="bpfshare-bench-objs-"))
+    """A scratch directory, removed on unwind, holding the example objects built from bpf/ (and room
+    for the agents' logs)."""
+    out = Path(tempfile.mkdtemp(prefix="bpfshare-bench-"))
     stack.callback(sh, "rm", "-rf", str(out), check=False)
     sh("make", "-s", "-C", str(REPO / "bpf"), f"O={out}")
     return out
@@ -106,10 +156,8 @@ def build_objects(stack: contextlib.ExitStack) -> Path:
 
 # -- control plane -----------------------------------------------------------------------------------
 
-CRD_NAMES = ("crd/bpfmaps.bpfshare.io", "crd/bpfprograms.bpfshare.io")
 
-
-def control_plane(stack: contextlib.ExitStack) -> Any:
+def control_plane(stack: contextlib.ExitStack) -> ControlPlane:
     """A private etcd + kube-apiserver on free loopback ports with the CRDs installed; stopped (and
     its state directory removed) when the stack unwinds. Its processes die with this one."""
     from bpfshare.controlplane.build import ensure_built
@@ -127,17 +175,11 @@ def control_plane(stack: contextlib.ExitStack) -> Any:
     stack.callback(teardown)
     log("starting the control plane")
     cp = start(state, bin_dir, die_with_parent=True)
-    cp.kubectl("apply", "-f", str(REPO / "crds"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *CRD_NAMES, timeout=70)
-    deadline = time.monotonic() + 60
-    while "bpfmaps" not in cp.kubectl("api-resources", "--api-group=bpfshare.io", check=False).stdout:
-        if time.monotonic() > deadline:
-            raise RuntimeError("bpfshare.io resources never appeared in discovery")
-        time.sleep(0.2)
+    install_crds(cp.kubectl, REPO / "crds")
     return cp
 
 
-def kubectl_apply(cp: Any, docs: list[dict[str, Any]], *args: str) -> float:
+def kubectl_apply(cp: ControlPlane, docs: list[dict[str, Any]], *args: str) -> float:
     """``kubectl apply -f -`` of ``docs`` as one List; returns the seconds the kubectl process took."""
     payload = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     start = time.perf_counter()
@@ -145,7 +187,7 @@ def kubectl_apply(cp: Any, docs: list[dict[str, Any]], *args: str) -> float:
     return time.perf_counter() - start
 
 
-def add_node(cp: Any, name: str, labels: dict[str, str] | None = None) -> None:
+def add_node(cp: ControlPlane, name: str, labels: dict[str, str] | None = None) -> None:
     cp.kubectl(
         "apply",
         "-f",
@@ -154,39 +196,14 @@ def add_node(cp: Any, name: str, labels: dict[str, str] | None = None) -> None:
     )
 
 
-def object_sizes(cp: Any, plural: str) -> dict[str, int]:
-    """Bytes of each object as ``kubectl get PLURAL NAME -o json`` prints it."""
-    items = json.loads(cp.kubectl("get", plural, "-o", "json", timeout=300).stdout)["items"]
-    return {item["metadata"]["name"]: len(json.dumps(item, indent=4)) + 1 for item in items}
-
-
 # -- status watch ------------------------------------------------------------------------------------
 
 
-def node_entry(body: dict[str, Any], node: str) -> dict[str, Any] | None:
-    for entry in (body.get("status") or {}).get("nodes") or []:
-        if entry.get("node") == node:
-            return entry
-    return None
-
-
-def ready_on(body: dict[str, Any] | None, node: str) -> bool:
-    """This node's entry is Ready for the object's current generation."""
-    if body is None:
-        return False
-    entry = node_entry(body, node)
-    return (
-        entry is not None
-        and entry.get("phase") == "Ready"
-        and entry.get("observedGeneration") == body["metadata"].get("generation")
-    )
-
-
 class StatusWatch:
-    """The latest body of every BpfMap and BpfProgram, kept by one watch per plural (no polling, so
-    the benchmark does not load the API server it measures)."""
+    """The latest body of every object node reports are read from, kept by one watch per plural (no
+    polling, so the benchmark does not load the API server it measures)."""
 
-    def __init__(self, cp: Any, stack: contextlib.ExitStack) -> None:
+    def __init__(self, cp: ControlPlane, stack: contextlib.ExitStack) -> None:
         self.api = cp.api_client()
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.events = 0
@@ -195,10 +212,10 @@ class StatusWatch:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._synced: set[str] = set()
-        for plural in (MAPS, PROGS):
+        for plural in REPORT_PLURALS:
             threading.Thread(target=self._run, args=(plural,), daemon=True, name=f"watch-{plural}").start()
         stack.callback(self._stop.set)
-        self.wait(lambda objs: len(self._synced) == 2, timeout=30, what="the initial lists")
+        self.wait(lambda objs: len(self._synced) == len(REPORT_PLURALS), timeout=30, what="the initial lists")
 
     def _run(self, plural: str) -> None:
         from kubernetes import client, watch
@@ -281,15 +298,20 @@ class StatusWatch:
                     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
                 self._cond.wait(timeout=min(left, 0.5))
 
-    def all_ready(self, names: Iterable[tuple[str, str]], nodes: Iterable[str]) -> Callable[..., bool]:
+    def get(self, plural: str, name: str, /) -> dict[str, Any] | None:
+        """The latest body seen of ``plural/name`` (a ``Getter``)."""
+        return self.objects.get((plural, name))
+
+    def all_ready(self, names: Iterable[Key], nodes: Iterable[str]) -> Callable[..., bool]:
+        """Every node reports Ready on every resource at its current generation."""
         names, nodes = list(names), list(nodes)
 
-        def check(objects: dict[tuple[str, str], dict[str, Any]]) -> bool:
-            return all(ready_on(objects.get(key), node) for key in names for node in nodes)
+        def check(objects: dict[Key, dict[str, Any]]) -> bool:
+            return all(node_report(self.get, key, node) for key in names for node in nodes)
 
         return check
 
-    def gone(self, names: Iterable[tuple[str, str]]) -> Callable[..., bool]:
+    def gone(self, names: Iterable[Key]) -> Callable[..., bool]:
         names = list(names)
         return lambda objects: not any(key in objects for key in names)
 
@@ -302,9 +324,24 @@ def bpfmap(
 ) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
-        "kind": "BpfMap",
+        "kind": MAP_KIND,
         "metadata": {"name": name},
         "spec": {"type": type_, "keySize": key_size, "valueSize": value_size, "maxEntries": max_entries, **spec},
+    }
+
+
+def program_doc(name: str, obj: Path, program: str, attach: dict[str, Any], map_name: str) -> dict[str, Any]:
+    """A BpfProgram loading ``program`` of ``obj`` with its map ``shared_counts`` bound to ``map_name``."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": PROGRAM_KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "bytecode": {"path": str(obj)},
+            "program": program,
+            "attach": attach,
+            "maps": {"shared_counts": map_name},
+        },
     }
 
 
@@ -321,37 +358,13 @@ def tc_program(
     tc: dict[str, Any] = {"interfaces": interfaces, "direction": direction}
     if netns:
         tc["networkNamespace"] = netns
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "BpfProgram",
-        "metadata": {"name": name},
-        "spec": {
-            "bytecode": {"path": str(obj)},
-            "program": program,
-            "attach": {"tc": tc},
-            "maps": {"shared_counts": map_name},
-        },
-    }
+    return program_doc(name, obj, program, {"tc": tc}, map_name)
 
 
 def cgroup_program(
     name: str, obj: Path, cgroup: str, *, map_name: str, program: str = "count_cgroup_egress", type_: str = "egress"
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "BpfProgram",
-        "metadata": {"name": name},
-        "spec": {
-            "bytecode": {"path": str(obj)},
-            "program": program,
-            "attach": {"cgroup": {"path": cgroup, "type": type_}},
-            "maps": {"shared_counts": map_name},
-        },
-    }
-
-
-def key_of(doc: dict[str, Any]) -> tuple[str, str]:
-    return (MAPS if doc["kind"] == "BpfMap" else PROGS, doc["metadata"]["name"])
+    return program_doc(name, obj, program, {"cgroup": {"path": cgroup, "type": type_}}, map_name)
 
 
 # -- kernel objects: bpffs, netns + veths, cgroups -----------------------------------------------------
@@ -359,15 +372,8 @@ def key_of(doc: dict[str, Any]) -> tuple[str, str]:
 
 def bpffs(stack: contextlib.ExitStack, label: str = "") -> Path:
     """A fresh bpffs mount in a temporary directory; unmounted (pins released) on unwind."""
-    path = Path(tempfile.mkdtemp(prefix=f"bpfshare-bench-{label}"))
-    sh("mount", "-t", "bpf", "bpf", str(path))
-
-    def teardown() -> None:
-        sh("umount", "-l", str(path), check=False)
-        with contextlib.suppress(OSError):
-            path.rmdir()
-
-    stack.callback(teardown)
+    path = mount_bpffs(f"bpfshare-bench-{label}")
+    stack.callback(unmount_bpffs, path)
     return path
 
 
@@ -442,94 +448,26 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 
 @dataclass
-class AgentProcess:
-    """``bpfshare agent`` for one simulated node, with its liveness endpoint on a loopback port.
+class BenchAgent(Agent):
+    """An agent with its liveness endpoint on, whose probe values count its reconcile passes and API
+    requests; and its CPU and memory from /proc."""
 
-    ``wrapper`` is a shell snippet run before the agent's ``exec`` (in the same process, so the pid
-    stays the agent's): item 3 uses it to give each node its own mount and cgroup namespace."""
-
-    node: str
-    pin_root: Path
-    kubeconfig: Path
-    log_path: Path
-    resync: float = 60.0
-    wrapper: list[str] | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
     _probed_at: float | None = None
 
-    def start(self, stack: contextlib.ExitStack) -> None:
-        from bpfshare.controlplane.procs import free_ports
-
-        self.port = free_ports(1)[0]
-        argv = [
-            sys.executable,
-            "-m",
-            "bpfshare",
-            "agent",
-            "--node",
-            self.node,
-            "--pin-root",
-            str(self.pin_root),
-            "--resync",
-            str(self.resync),
-            "--liveness",
-            f"http://127.0.0.1:{self.port}/healthz",
-        ]
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(REPO / "operator"), **self.env}
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*(self.wrapper or []), *argv], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        stack.callback(self.stop)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def probe(self) -> dict[str, Any]:
-        """The liveness endpoint's probe values. kopf recollects them at most every 10 s and serves
-        the cached values in between (see ``counters(fresh=True)``)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as resp:
-            data = dict(json.load(resp))
+    def health(self) -> dict[str, Any]:
+        """The probe values. kopf recollects them at most every 10 s and serves the cached values in
+        between (see ``counters(fresh=True)``)."""
+        data = super().health()
         if self._probed_at is None or time.monotonic() - self._probed_at >= PROBE_CACHE_SECONDS:
             self._probed_at = time.monotonic()
         return data
-
-    def wait_up(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait until the liveness endpoint answers (the agent has listed everything and runs)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"agent {self.node} exited:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                return self.probe()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agent {self.node} not up after {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.1)
 
     def counters(self, fresh: bool = True) -> tuple[int, int]:
         """(reconcile passes, API requests beyond the watches), from the liveness probe; ``fresh``
         waits out kopf's probe cache, so that the values are current."""
         if fresh and self._probed_at is not None:
             time.sleep(max(0.0, self._probed_at + PROBE_CACHE_SECONDS + 0.2 - time.monotonic()))
-        probe = self.probe()
+        probe = self.health()
         return int(probe.get("reconcilePasses", 0)), int(probe.get("apiRequests", 0))
 
     def cpu_seconds(self) -> float:
@@ -541,30 +479,44 @@ class AgentProcess:
     def peak_rss_mib(self) -> float:
         return proc_status_kib(self.pid, "VmHWM") / 1024
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
-    def problems(self) -> list[str]:
-        """Log lines at WARNING or above, and tracebacks."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        return [
-            line
-            for line in text.splitlines()
-            if " ERROR " in line or " WARNING " in line or " CRITICAL " in line or "Traceback" in line
-        ]
+def start_agent(
+    stack: contextlib.ExitStack,
+    cp: ControlPlane,
+    node: str,
+    workdir: Path,
+    *,
+    labels: dict[str, str] | None = None,
+    resync: float = 60.0,
+    pin_root: Path | None = None,
+    prefix: list[str] | None = None,
+    wait: bool = True,
+) -> BenchAgent:
+    """A Node object and its agent (log in ``workdir``; without ``pin_root``, a private bpffs), stopped
+    on unwind; with ``wait``, once it serves its liveness endpoint."""
+    add_node(cp, node, labels)
+    agent = launch_agent(
+        node,
+        cp.kubeconfig,
+        workdir / f"agent-{node}.log",
+        pin_root=pin_root,
+        resync=resync,
+        liveness=True,
+        prefix=prefix or (),
+        agent_class=BenchAgent,
+    )
+    assert isinstance(agent, BenchAgent)
+    stack.callback(agent.close)
+    if wait:
+        agent.wait_serving()
+    return agent
 
 
 # -- kernel time, in process -------------------------------------------------------------------------
 
 
 class KernelClock:
-    """Adds up the time spent in bpf() (libc's syscall(), as the kernel layer calls it) and in the
+    """Adds up the time spent in bpf() (kernel/libc's syscall(), as the kernel layer calls it) and in the
     netlink calls kernel/tc.py makes: its raw reads (filter dumps, the qdisc check) and its pyroute2
     changes (socket creation, qdisc add, filter replace and delete; these include pyroute2's own
     encoding and decoding, so the netlink share is an upper bound of the kernel's)."""
@@ -599,19 +551,17 @@ class KernelClock:
     def installed(self) -> Iterator[None]:
         from pyroute2 import IPRoute
 
-        from bpfshare.kernel import syscall
+        from bpfshare.kernel import libc, tc
 
-        real_syscall = syscall._libc.syscall
+        real_syscall = libc.syscall  # bpf() is the kernel layer's only syscall() (kernel/syscall.py)
 
-        def timed_syscall(*args: object) -> int:
+        def timed_syscall(*args: int) -> int:
             start = time.perf_counter()
             try:
-                return real_syscall(*args)  # type: ignore[no-any-return]
+                return real_syscall(*args)
             finally:
                 self.bpf_seconds += time.perf_counter() - start
                 self.bpf_calls += 1
-
-        from bpfshare.kernel import tc
 
         real_init, real_getattr = IPRoute.__init__, IPRoute.__getattr__
         real_close = IPRoute.close
@@ -625,11 +575,11 @@ class KernelClock:
         IPRoute.__init__ = self._timed_netlink(real_init)  # the socket and pyroute2's event loop
         IPRoute.__getattr__ = timed_getattr
         IPRoute.close = self._timed_netlink(real_close)
-        syscall._libc.syscall = timed_syscall
+        libc.syscall = timed_syscall
         try:
             yield
         finally:
-            syscall._libc.syscall = real_syscall
+            libc.syscall = real_syscall
             tc._rtnl_request = real_rtnl
             IPRoute.__init__, IPRoute.__getattr__ = real_init, real_getattr
             del IPRoute.close  # back to the inherited SyncAPI.close

@@ -12,7 +12,8 @@ CPU, its RSS (sampled; and VmHWM, the peak since start, which includes the apply
 beyond the watches per minute (the liveness probe's apiRequests), reconcile passes (the resync
 period is the agent's default, 60 s), and status writes: watch events on the 1000 objects during
 the window (there must be none).
-Run as root: `.venv/bin/python bench/idle.py [--window 300] [--quick] [--write docs/benchmarks.md]`.
+Run as root, from the repository's root:
+`.venv/bin/python -m bench.idle [--window 300] [--quick] [--write docs/benchmarks.md]`.
 """
 
 from __future__ import annotations
@@ -22,36 +23,35 @@ import contextlib
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     TAG,
-    AgentProcess,
+    BenchAgent,
+    Section,
     StatusWatch,
-    add_node,
-    bpffs,
     bpfmap,
     build_objects,
     cgroup_program,
     cgroup_tree,
     control_plane,
-    key_of,
     kubectl_apply,
     log,
     machine,
+    main,
     netns_with_veths,
     py_spy,
-    run_main,
+    start_agent,
     summarize_profile,
     tc_program,
-    write_section,
+    verdict,
 )
+from bpfshare.controlplane.wait import key_of
 
-MARK_BEGIN = "<!-- bench/idle.py begin -->"
-MARK_END = "<!-- bench/idle.py end -->"
+SECTION = Section("idle", "Idle cost")
 TARGET_CPU = 0.01
 TARGET_RSS_MIB = 150e6 / 2**20  # the target is 150 MB: 143 MiB
 
 
-def observe(agent: AgentProcess, watch: StatusWatch, seconds: float) -> dict[str, float]:
+def observe(agent: BenchAgent, watch: StatusWatch, seconds: float) -> dict[str, float]:
     """Watch the agent for ``seconds``: CPU share, RSS (mean and max of samples), requests, passes,
     watch events."""
     passes0, requests0 = agent.counters()
@@ -79,7 +79,10 @@ def observe(agent: AgentProcess, watch: StatusWatch, seconds: float) -> dict[str
     }
 
 
-def report(window: float, baseline: float, apps: int, resync: float, profile: Path | None) -> str:
+def report(args: argparse.Namespace) -> str:
+    if args.quick:
+        args.window, args.baseline, args.apps = 60.0, 20.0, 100
+    window, baseline, apps, resync, profile = args.window, args.baseline, args.apps, args.resync, args.profile
     with contextlib.ExitStack() as stack:
         objs = build_objects(stack)
         obj = objs / "flow_counter.o"
@@ -91,12 +94,7 @@ def report(window: float, baseline: float, apps: int, resync: float, profile: Pa
         cg_top = cgroup_tree(stack, f"{TAG}-idle", [f"c{j}" for j in range(n_cg)])
         cp = control_plane(stack)
         node = f"{TAG}-idle-node"
-        add_node(cp, node)
-        mount = bpffs(stack, "agent-")
-        agent = AgentProcess(node, mount / "bpfshare", cp.kubeconfig, mount.parent / f"{node}.log", resync=resync)
-        stack.callback(lambda: agent.log_path.unlink(missing_ok=True))
-        agent.start(stack)
-        agent.wait_up()
+        agent = start_agent(stack, cp, node, objs, resync=resync)
         watch = StatusWatch(cp, stack)
         time.sleep(5)  # past start-up
         log(f"baseline: the agent with no resources, {baseline:.0f} s")
@@ -129,13 +127,10 @@ def report(window: float, baseline: float, apps: int, resync: float, profile: Pa
             log(f"profile of the idle agent, {out}:\n{summarize_profile(out)}")
         problems = agent.problems()
 
-    ok = lambda good: "met" if good else "**missed**"  # noqa: E731
     cpu_ratio = f"{busy['cpu'] / empty['cpu']:.1f}x" if empty["cpu"] else "—"
     per_pass = busy["cpu_seconds"] / busy["passes"] if busy["passes"] else 0.0
     lines = [
-        MARK_BEGIN,
-        f"Command: `sudo .venv/bin/python bench/idle.py --window {window:.0f} --write docs/benchmarks.md` "
-        f"({machine()}; agent resync {resync:.0f} s).",
+        f"Command: {SECTION.command(f'--window {window:.0f}')} ({machine()}; agent resync {resync:.0f} s).",
         "",
         f"{len(docs)} resources ({apps} BpfMaps, {n_tc} tc and {n_cg} cgroup BpfPrograms) applied in "
         f"{apply_s:.1f} s (`kubectl apply`), all Ready after {ready_s:.1f} s; then {busy['seconds']:.0f} s "
@@ -145,48 +140,34 @@ def report(window: float, baseline: float, apps: int, resync: float, profile: Pa
         "|---|---:|---:|---:|---:|---|",
         f"| agent CPU (share of one CPU) | {busy['cpu']:.2%} | {empty['cpu']:.2%} "
         f"| {cpu_ratio} | < {TARGET_CPU:.0%} "
-        f"| {ok(busy['cpu'] < TARGET_CPU)} |",
+        f"| {verdict(busy['cpu'] < TARGET_CPU)} |",
         f"| agent RSS, mean of samples (MiB) | {busy['rss']:.0f} | {empty['rss']:.0f} "
         f"| {busy['rss'] / empty['rss']:.2f}x | < {TARGET_RSS_MIB:.0f} (150 MB) "
-        f"| {ok(busy['rss_max'] < TARGET_RSS_MIB)} |",
+        f"| {verdict(busy['rss_max'] < TARGET_RSS_MIB)} |",
         f"| agent RSS, max of samples / peak since start (MiB) | {busy['rss_max']:.0f} / {busy['hwm']:.0f} "
         f"| {empty['rss_max']:.0f} / {empty['hwm']:.0f} | | | |",
         f"| API requests beyond the watches, per minute | {busy['requests_per_min']:.1f} "
-        f"| {empty['requests_per_min']:.1f} | | 0 | {ok(busy['requests'] == 0)} |",
+        f"| {empty['requests_per_min']:.1f} | | 0 | {verdict(busy['requests'] == 0)} |",
         f"| status writes (watch events on the {len(docs)} objects) | {busy['events']} | {empty['events']} "
-        f"| | 0 | {ok(busy['events'] == 0)} |",
+        f"| | 0 | {verdict(busy['events'] == 0)} |",
         f"| reconcile passes (resyncs) | {busy['passes']} | {empty['passes']} | | | |",
         f"| CPU per resync pass (s) | {per_pass:.2f} | | | | |",
         "",
         f"Agent log lines at WARNING or above: {len(problems)}.",
-        MARK_END,
     ]
     if problems:
         log("agent problems:\n" + "\n".join(problems[:20]))
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=float, default=300.0, help="idle seconds measured (default 300)")
     parser.add_argument("--baseline", type=float, default=60.0, help="seconds measured with no resources")
     parser.add_argument("--apps", type=int, default=500, help="BpfMap + BpfProgram pairs (default 500)")
     parser.add_argument("--resync", type=float, default=60.0, help="the agent's resync period (its default: 60)")
     parser.add_argument("--quick", action="store_true", help="100 pairs, 60 s window, 20 s baseline")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the agent during the window into DIR")
-    parser.add_argument("--write", type=Path, help="update this markdown file's section")
-    args = parser.parse_args()
-    if args.quick:
-        args.window, args.baseline, args.apps = 60.0, 20.0, 100
-
-    def body(_stack: contextlib.ExitStack) -> None:
-        section = report(args.window, args.baseline, args.apps, args.resync, args.profile)
-        print(section)
-        if args.write:
-            write_section(args.write, MARK_BEGIN, MARK_END, section, "Idle cost")
-
-    run_main(body)
 
 
 if __name__ == "__main__":
-    main()
+    main(SECTION, __doc__ or "", arguments, report)

@@ -8,45 +8,47 @@ status entry is Ready, next to the same loads done directly by `bpfshare load`, 
 - direct: `bpfshare load flow_counter.o --program count_ingress --attach tc:...` then
   `--program count_cgroup_egress --attach cgroup:...` (two processes; the first creates and pins the
   shared map by name, the second reuses it), then the pins and the tc filter are removed.
-Run as root: `.venv/bin/python bench/latency.py [--runs 20] [--quick] [--write docs/benchmarks.md]`.
+Run as root, from the repository's root:
+`.venv/bin/python -m bench.latency [--runs 20] [--quick] [--write docs/benchmarks.md]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from common import (
+from bench.common import (
     TAG,
-    AgentProcess,
+    BenchAgent,
+    Section,
     StatusWatch,
-    add_node,
     bpffs,
     bpfmap,
     build_objects,
     cgroup_program,
     cgroup_tree,
     control_plane,
-    key_of,
     kubectl_apply,
     log,
     machine,
+    main,
     median,
     netns_with_veths,
     pct,
-    run_main,
     sh,
+    start_agent,
     tc_program,
-    write_section,
+    verdict,
 )
+from bpfshare.controlplane.run import ControlPlane
+from bpfshare.controlplane.wait import key_of
 
-MARK_BEGIN = "<!-- bench/latency.py begin -->"
-MARK_END = "<!-- bench/latency.py end -->"
+SECTION = Section("latency", "Apply-to-ready latency")
 TARGET_P50, TARGET_P99, TARGET_OVERHEAD = 1.0, 2.0, 0.3
 
 
@@ -97,7 +99,7 @@ def inprocess_runs(obj: Path, root: Path, netns: str, iface: str, cgroup: str, r
 
 
 def agent_runs(
-    cp: object, watch: StatusWatch, agent: AgentProcess, docs: list[dict], runs: int
+    cp: ControlPlane, watch: StatusWatch, agent: BenchAgent, docs: list[dict[str, Any]], runs: int
 ) -> tuple[list[float], list[float], int, int]:
     """Apply-to-ready seconds and kubectl apply seconds per run; reconcile passes and API requests
     over all the runs (applies and deletions)."""
@@ -114,13 +116,14 @@ def agent_runs(
             totals.append(ready - start)
             applies.append(applies_s)
         time.sleep(0.2)  # let the pass that reported Ready finish its last write (usedBy on the map)
-        cp.kubectl("delete", "--wait=false", *[f"{plural}/{name}" for plural, name in keys])  # type: ignore[attr-defined]
+        cp.kubectl("delete", "--wait=false", *[f"{plural}/{name}" for plural, name in keys])
         watch.wait(watch.gone(keys), timeout=60, what="deletion")
     passes1, requests1 = agent.counters()
     return totals, applies, passes1 - passes0, requests1 - requests0
 
 
-def report(runs: int) -> str:
+def report(args: argparse.Namespace) -> str:
+    runs = 5 if args.quick else args.runs
     with contextlib.ExitStack() as stack:
         objs = build_objects(stack)
         obj = objs / "flow_counter.o"
@@ -134,13 +137,7 @@ def report(runs: int) -> str:
         inproc = inprocess_runs(obj, root, netns, iface, f"{cgroups.name}/direct", runs)
 
         cp = control_plane(stack)
-        node = f"{TAG}-node"
-        add_node(cp, node)
-        mount = bpffs(stack, "agent-")
-        agent = AgentProcess(node, mount / "bpfshare", cp.kubeconfig, mount.parent / f"{TAG}-latency-agent.log")
-        stack.callback(lambda: agent.log_path.unlink(missing_ok=True))
-        agent.start(stack)
-        agent.wait_up()
+        agent = start_agent(stack, cp, f"{TAG}-node", objs)
         watch = StatusWatch(cp, stack)
         docs = [
             bpfmap("flow-counts"),
@@ -155,11 +152,8 @@ def report(runs: int) -> str:
     a50, a99 = median(totals), pct(totals, 99)
     k50 = median(applies)
     i50 = median(inproc)
-    ok = lambda good: "met" if good else "**missed**"  # noqa: E731
     lines = [
-        MARK_BEGIN,
-        f"Command: `sudo .venv/bin/python bench/latency.py --runs {runs} --write docs/benchmarks.md` "
-        f"({runs} runs each after one warm-up; {machine()}).",
+        f"Command: {SECTION.command(f'--runs {runs}')} ({runs} runs each after one warm-up; {machine()}).",
         "",
         "| | p50 (ms) | p99 (ms) | direct p50 (ms) | ratio p50 | agent minus direct, p50 (ms) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -174,40 +168,26 @@ def report(runs: int) -> str:
         "| target | measured | |",
         "|---|---:|---|",
         f"| p50 < {TARGET_P50 * 1000:.0f} ms | {a50 * 1000:.0f} ms ({a50 / TARGET_P50:.2f}x of target) "
-        f"| {ok(a50 < TARGET_P50)} |",
+        f"| {verdict(a50 < TARGET_P50)} |",
         f"| p99 < {TARGET_P99 * 1000:.0f} ms | {a99 * 1000:.0f} ms ({a99 / TARGET_P99:.2f}x of target) "
-        f"| {ok(a99 < TARGET_P99)} |",
+        f"| {verdict(a99 < TARGET_P99)} |",
         f"| agent adds ≤ {TARGET_OVERHEAD * 1000:.0f} ms over the direct load (p50) | "
-        f"{(a50 - d50) * 1000:+.0f} ms | {ok(a50 - d50 <= TARGET_OVERHEAD)} |",
+        f"{(a50 - d50) * 1000:+.0f} ms | {verdict(a50 - d50 <= TARGET_OVERHEAD)} |",
         "",
         f"Over the {runs} measured apply + delete cycles the agent made {passes} reconcile passes "
         f"({passes / runs:.1f} per cycle) and {requests} API requests beyond its watches "
         f"({requests / runs:.1f} per cycle: finalizers, status entries, events); agent log lines at "
         f"WARNING or above: {len(problems)}.",
-        MARK_END,
     ]
     if problems:
         log("agent problems:\n" + "\n".join(problems[:20]))
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 runs")
-    parser.add_argument("--write", type=Path, help="update this markdown file's section")
-    args = parser.parse_args()
-    runs = 5 if args.quick else args.runs
-
-    def body(_stack: contextlib.ExitStack) -> None:
-        section = report(runs)
-        print(section)
-        if args.write:
-            write_section(args.write, MARK_BEGIN, MARK_END, section, "Apply-to-ready latency")
-
-    run_main(body)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    main(SECTION, __doc__ or "", arguments, report)

@@ -7,24 +7,25 @@ For each BTF example object (the ones bpftool and tc can load too):
 - bpftool: `bpftool prog loadall OBJ DIR pinmaps DIR`, the whole process (what a user waits for);
 - tc attach: `bpfshare load --attach tc:...` work in process vs `tc filter add ... bpf obj` (whole process);
 - CLI start-up: `bpfshare inspect OBJ` as a process.
-Run as root: `make bench` or `.venv/bin/python bench/loader.py [--rounds N] [--write docs/benchmarks.md]`.
+Run as root, from the repository's root: `make bench` or
+`.venv/bin/python -m bench.loader [--rounds N] [--write docs/benchmarks.md]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import KernelClock, Section, bpffs, build_objects, main, median, netns_with_veths, timed
+
+SECTION = Section("loader", "Loader")
 # bpftool (libbpf 1.1 in Debian 12) refuses legacy SEC("maps") objects and does not know tcx/ sections; the
 # objects it can load are compared with `type classifier` (its strict mode does not guess classifier/*).
 OBJECTS = ("flow_counter_tc", "features", "cgroup_counter_mapdef", "flow_counter_legacy", "flow_counter")
@@ -33,57 +34,10 @@ BPFTOOL_CANNOT = {
     "cgroup_counter_mapdef": 'refuses SEC("maps")',
     "flow_counter_legacy": 'refuses SEC("maps")',
 }
-MARK_BEGIN = "<!-- bench/loader.py begin -->"
-MARK_END = "<!-- bench/loader.py end -->"
-
-
-class SyscallClock:
-    """Wraps libc's syscall() as the kernel layer calls it, adding up the time spent in bpf()."""
-
-    def __init__(self) -> None:
-        from bpfshare.kernel import syscall
-
-        self.module = syscall
-        self.real = syscall._libc.syscall
-        self.seconds = 0.0
-        self.calls = 0
-
-    def __call__(self, *args: object) -> int:
-        start = time.perf_counter()
-        try:
-            return self.real(*args)
-        finally:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        self.module._libc.syscall = self
-        try:
-            yield
-        finally:
-            self.module._libc.syscall = self.real
-
-
-@contextmanager
-def bpffs() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="bpfshare-bench-"))
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-        path.rmdir()
 
 
 def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return median(samples) * 1000
 
 
 def bench_parse(obj: Path, rounds: int) -> float:
@@ -99,12 +53,12 @@ def bench_bpfshare_load(obj: Path, rounds: int) -> tuple[float, float]:
     from bpfshare.load.loader import load_program
     from bpfshare.object import read_collection
 
-    clock = SyscallClock()
     totals: list[float] = []
     shares: list[float] = []
     for i in range(rounds):
-        with bpffs() as root:
-            clock.seconds = 0.0
+        with contextlib.ExitStack() as stack:
+            root = bpffs(stack)
+            clock = KernelClock()
             with clock.installed():
                 start = time.perf_counter()
                 collection = read_collection(obj)
@@ -113,7 +67,7 @@ def bench_bpfshare_load(obj: Path, rounds: int) -> tuple[float, float]:
                 elapsed = time.perf_counter() - start
             if i:  # the first round pays one-off imports
                 totals.append(elapsed)
-                shares.append(clock.seconds / elapsed)
+                shares.append(clock.bpf_seconds / elapsed)
     return median_ms(totals), statistics.median(shares)
 
 
@@ -141,32 +95,6 @@ def bench_bpftool(obj: Path, rounds: int) -> float:
     return median_ms(samples)
 
 
-@contextmanager
-def veth_namespace() -> Iterator[tuple[str, str]]:
-    ns, ifname = f"bsbench{os.getpid()}", "bsbench0"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(
-            [
-                "nsenter",
-                f"--net=/run/netns/{ns}",
-                "ip",
-                "link",
-                "add",
-                ifname,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "bsbench1",
-            ],
-            check=True,
-        )
-        yield ns, ifname
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-
-
 def bench_tc(obj: Path, rounds: int) -> tuple[float, float]:
     """(bpfshare in-process load + tc attach, tc filter add as a process), median ms each."""
     from bpfshare.api.targets import TcTarget
@@ -175,11 +103,14 @@ def bench_tc(obj: Path, rounds: int) -> tuple[float, float]:
     from bpfshare.object import read_collection
 
     ours, theirs = [], []
-    with veth_namespace() as (ns, ifname):
+    with contextlib.ExitStack() as outer:
+        ns = f"bsbench{os.getpid()}"
+        ifname = netns_with_veths(outer, ns, 1)[0]
         for i in range(rounds + 1):
-            with bpffs() as root:
+            with contextlib.ExitStack() as stack:
+                root = bpffs(stack)
 
-                def load_and_attach() -> None:
+                def load_and_attach(root: Path = root) -> None:
                     loaded = load_program(read_collection(obj), "count_ingress", pin_root=root)
                     with loaded.program:
                         attach_program(
@@ -226,17 +157,15 @@ def bench_cli_startup(obj: Path, rounds: int) -> float:
     return median_ms([timed(lambda: subprocess.run(cmd, check=True, capture_output=True)) for _ in range(rounds)])
 
 
-def build_objects() -> Path:
-    out = Path(tempfile.mkdtemp(prefix="bpfshare-bench-objs-"))
-    subprocess.run(["make", "-s", "-C", str(REPO / "bpf"), f"O={out}"], check=True)
-    return out
+def report(args: argparse.Namespace) -> str:
+    private_sys_fs_bpf()
+    with contextlib.ExitStack() as stack:
+        return measure(build_objects(stack), 3 if args.quick else args.rounds)
 
 
-def report(rounds: int) -> str:
-    objs = build_objects()
+def measure(objs: Path, rounds: int) -> str:
     lines = [
-        MARK_BEGIN,
-        f"Command: `sudo .venv/bin/python bench/loader.py --rounds {rounds} --write docs/benchmarks.md` "
+        f"Command: {SECTION.command(f'--rounds {rounds}')} "
         f"(median of {rounds} rounds; {os.cpu_count()} CPUs, kernel {os.uname().release}).",
         "",
         "| object | parse (ms) | bpfshare load, in process (ms) | in bpf() | bpftool prog loadall (ms) | ratio |",
@@ -261,34 +190,14 @@ def report(rounds: int) -> str:
         f"| {tc_ours:.2f} | {tc_theirs:.2f} | {tc_ours / tc_theirs:.2f}x |",
         f"| CLI start-up: `bpfshare inspect flow_counter.o` (process) vs target 300 ms "
         f"| {startup:.1f} | 300 | {startup / 300:.2f}x |",
-        MARK_END,
     ]
     return "\n".join(lines)
 
 
-def write_section(doc: Path, section: str) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Loader\n\n" + section + "\n"
-    doc.write_text(text)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--write", type=Path, help="update this markdown file's loader section")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench/loader.py needs root (bpffs mounts, program loads)")
-    private_sys_fs_bpf()
-    section = report(args.rounds)
-    print(section)
-    if args.write:
-        write_section(args.write, section)
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
 
 
 if __name__ == "__main__":
-    main()
+    main(SECTION, __doc__ or "", arguments, report)

@@ -14,7 +14,8 @@ this process on a fresh bpffs with the same resources, and the time spent in bpf
 pyroute2 netlink calls of kernel/tc.py is added up. Then a fresh agent (its own bpffs mount) gets the
 resources through the API server; reported: apply-to-all-Ready, the agent's CPU seconds and peak
 RSS, its reconcile passes (a burst must coalesce) and API requests.
-Run as root: `.venv/bin/python bench/scale_node.py [--sizes 50,100,200,300] [--quick] [--write FILE]`.
+Run as root, from the repository's root:
+`.venv/bin/python -m bench.scale_node [--sizes 50,100,200,300] [--quick] [--write FILE]`.
 """
 
 from __future__ import annotations
@@ -27,32 +28,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
+from bench.common import (
     TAG,
-    AgentProcess,
     KernelClock,
+    Section,
     StatusWatch,
-    add_node,
     bpffs,
     bpfmap,
     build_objects,
     cgroup_program,
     cgroup_tree,
     control_plane,
-    key_of,
     kubectl_apply,
     log,
     machine,
+    main,
     netns_with_veths,
     py_spy,
-    run_main,
+    start_agent,
     summarize_profile,
     tc_program,
-    write_section,
+    verdict,
 )
+from bpfshare.api.resources import MAP_KIND, MAP_PLURAL, PROGRAM_KIND
+from bpfshare.controlplane.run import ControlPlane
+from bpfshare.controlplane.wait import Key, key_of
 
-MARK_BEGIN = "<!-- bench/scale_node.py begin -->"
-MARK_END = "<!-- bench/scale_node.py end -->"
+SECTION = Section("scale_node", "Many attachments on one node")
 MAX_INTERFACES = 256  # the CRD's maxItems for attach.tc.interfaces
 TARGET_RATIO = 3.0
 
@@ -98,7 +100,7 @@ def documents(shape: str, obj: Path, netns: str, interfaces: list[str], cgroups:
     return docs
 
 
-def engine_pass(stack: contextlib.ExitStack, docs: list[dict[str, Any]], result: Result) -> None:
+def engine_pass(docs: list[dict[str, Any]], result: Result) -> None:
     """The kernel reference: one engine pass in this process over the same resources, on a fresh bpffs;
     then everything is detached and unpinned again."""
     from bpfshare.api.resources import parse_map, parse_program
@@ -123,23 +125,18 @@ def engine_pass(stack: contextlib.ExitStack, docs: list[dict[str, Any]], result:
 
 
 def agent_run(
-    stack: contextlib.ExitStack,
-    cp: Any,
+    cp: ControlPlane,
     watch: StatusWatch,
     docs: list[dict[str, Any]],
     result: Result,
+    workdir: Path,
     resync: float,
     profile: Path | None,
 ) -> None:
     node = f"{TAG}-{result.shape}-{result.interfaces}"
-    add_node(cp, node)
     keys = [key_of(d) for d in docs]
     with contextlib.ExitStack() as local:
-        mount = bpffs(local, "agent-")
-        agent = AgentProcess(node, mount / "bpfshare", cp.kubeconfig, mount.parent / f"{node}.log", resync=resync)
-        local.callback(lambda: agent.log_path.unlink(missing_ok=True))
-        agent.start(local)
-        agent.wait_up()
+        agent = start_agent(local, cp, node, workdir, resync=resync)
         passes0, requests0 = agent.counters()
         cpu0 = agent.cpu_seconds()
         out = profile / f"{result.shape}-{result.interfaces}.txt" if profile else None
@@ -166,7 +163,7 @@ def agent_run(
     cp.kubectl("delete", "node", node)
 
 
-def api_floor(cp: Any, keys: list[tuple[str, str]]) -> float:
+def api_floor(cp: ControlPlane, keys: list[Key]) -> float:
     """Seconds for the writes that must precede "all Ready", made by this process against the same API
     server: per resource, a finalizer and a status entry for a made-up node (server-side apply, as the
     agent does); the finalizers are taken off again afterwards (untimed)."""
@@ -175,17 +172,19 @@ def api_floor(cp: Any, keys: list[tuple[str, str]]) -> float:
     writer = Writer(cp.api_client(), "bench-floor")
     entry = {"node": "bench-floor", "phase": "Ready", "message": "", "observedGeneration": 1}
     start = time.perf_counter()
-    for plural, name in keys:
-        kind = "BpfMap" if plural == "bpfmaps" else "BpfProgram"
+    kinds = [(MAP_KIND if plural == MAP_PLURAL else PROGRAM_KIND, name) for plural, name in keys]
+    for kind, name in kinds:
         writer.set_finalizer(kind, name, True)
         writer.set_status(kind, name, entry)
     elapsed = time.perf_counter() - start
-    for plural, name in keys:
-        writer.set_finalizer("BpfMap" if plural == "bpfmaps" else "BpfProgram", name, False)
+    for kind, name in kinds:
+        writer.set_finalizer(kind, name, False)
     return elapsed
 
 
-def report(sizes: list[int], shapes: list[str], resync: float, profile: Path | None) -> str:
+def report(args: argparse.Namespace) -> str:
+    sizes = [12, 24] if args.quick else [int(s) for s in args.sizes.split(",")]
+    shapes, resync, profile = args.shapes.split(","), args.resync, args.profile
     results: list[Result] = []
     with contextlib.ExitStack() as stack:
         objs = build_objects(stack)
@@ -204,9 +203,9 @@ def report(sizes: list[int], shapes: list[str], resync: float, profile: Path | N
                 docs = documents(shape, obj, netns, interfaces[:n], cgroups)
                 result = Result(shape, n, m, len(docs))
                 log(f"{shape}: {n} interfaces, {m} cgroups, {len(docs)} resources: in-process engine")
-                engine_pass(stack, docs, result)
+                engine_pass(docs, result)
                 log(f"{shape}: kernel {result.kernel:.2f} s, engine {result.engine_wall:.2f} s; agent")
-                agent_run(stack, cp, watch, docs, result, resync, profile)
+                agent_run(cp, watch, docs, result, objs, resync, profile)
                 log(
                     f"{shape}: ready after {result.ready_seconds:.2f} s (apply {result.apply_seconds:.2f} s), "
                     f"{result.passes} passes, {result.requests} requests"
@@ -218,11 +217,8 @@ def report(sizes: list[int], shapes: list[str], resync: float, profile: Path | N
 def render(results: list[Result], sizes: list[int], shapes: list[str], resync: float) -> str:
     sizes_arg = ",".join(str(s) for s in sizes)
     shapes_arg = "" if shapes == ["per-target", "lists"] else f" --shapes {','.join(shapes)}"
-    ok = lambda good: "met" if good else "**missed**"  # noqa: E731
     lines = [
-        MARK_BEGIN,
-        f"Command: `sudo .venv/bin/python bench/scale_node.py --sizes {sizes_arg}{shapes_arg} "
-        f"--write docs/benchmarks.md` ({machine()}; agent resync {resync:.0f} s).",
+        f"Command: {SECTION.command(f'--sizes {sizes_arg}{shapes_arg}')} ({machine()}; agent resync {resync:.0f} s).",
         "",
         "| shape | tc + cgroup attachments | resources | kernel: bpf() + netlink (s) | engine in process (s) "
         "| API floor (s) | apply → all Ready (s) | ratio to kernel | ratio to kernel + API floor "
@@ -248,45 +244,31 @@ def render(results: list[Result], sizes: list[int], shapes: list[str], resync: f
         ratio = top.ready_seconds / top.kernel
         lines.append(
             f"| {shape}, {top.interfaces} + {top.cgroups}: all Ready within {TARGET_RATIO:.0f}x the kernel "
-            f"time | {ratio:.1f}x | {ok(ratio <= TARGET_RATIO)} |"
+            f"time | {ratio:.1f}x | {verdict(ratio <= TARGET_RATIO)} |"
         )
     worst_passes = max(r.passes for r in results)
     most = max(results, key=lambda r: r.resources)
     lines.append(
         f"| a burst coalesces (not one pass per event) | at most {worst_passes} passes for up to "
-        f"{most.resources} resources | {ok(worst_passes < most.resources / 10)} |"
+        f"{most.resources} resources | {verdict(worst_passes < most.resources / 10)} |"
     )
     if any(r.problems for r in results):
         lines.append(f"| agent log lines at WARNING or above | {sum(r.problems for r in results)} | **check** |")
-    lines += ["", MARK_END]
-    return "\n".join(lines)
+    return "\n".join([*lines, ""])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="50,100,200,300", help="interface counts (cgroups: a sixth of each)")
     parser.add_argument("--shapes", default="per-target,lists")
     parser.add_argument("--resync", type=float, default=60.0, help="the agent's resync period (its default: 60)")
     parser.add_argument("--quick", action="store_true", help="sizes 12,24 (cgroups 2, 4)")
-    parser.add_argument("--write", type=Path, help="update this markdown file's section")
     parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
         help="py-spy the agent from apply to Ready into DIR (slows it down; for diagnosis)",
     )
-    args = parser.parse_args()
-    sizes = [12, 24] if args.quick else [int(s) for s in args.sizes.split(",")]
-    shapes = args.shapes.split(",")
-
-    def body(_stack: contextlib.ExitStack) -> None:
-        section = report(sizes, shapes, args.resync, args.profile)
-        print(section)
-        if args.write:
-            write_section(args.write, MARK_BEGIN, MARK_END, section, "Many attachments on one node")
-
-    run_main(body)
 
 
 if __name__ == "__main__":
-    main()
+    main(SECTION, __doc__ or "", arguments, report)

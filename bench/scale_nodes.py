@@ -16,7 +16,8 @@ requests per agent, object sizes (as `kubectl get -o json` prints them, and as s
 with managedFields) and their growth per node (a least-squares fit over the sizes the watch saw as
 entries arrived), that no entry is lost, that the host sees each node's attachments on that node's
 own cgroups and namespace, and that no agent logged a warning or an error (write conflicts).
-Run as root: `.venv/bin/python bench/scale_nodes.py [--nodes 20] [--programs 50] [--quick] [--write FILE]`.
+Run as root, from the repository's root:
+`.venv/bin/python -m bench.scale_nodes [--nodes 20] [--programs 50] [--quick] [--write FILE]`.
 """
 
 from __future__ import annotations
@@ -31,36 +32,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (
+from bench.common import (
     MAPS,
     PROGS,
     TAG,
-    AgentProcess,
+    BenchAgent,
+    Section,
     StatusWatch,
-    add_node,
     bpfmap,
     build_objects,
     cgroup_program,
     cgroup_tree,
     control_plane,
-    key_of,
     kubectl_apply,
     log,
     machine,
+    main,
     median,
     netns_with_veths,
-    node_entry,
     proc_cpu_seconds,
     py_spy,
-    run_main,
     sh,
+    start_agent,
     summarize_profile,
     tc_program,
-    write_section,
+    verdict,
 )
+from bpfshare.controlplane.run import ControlPlane
+from bpfshare.controlplane.wait import key_of, node_report
 
-MARK_BEGIN = "<!-- bench/scale_nodes.py begin -->"
-MARK_END = "<!-- bench/scale_nodes.py end -->"
+SECTION = Section("scale_nodes", "Many nodes")
 ETCD_LIMIT = 1536 * 1024  # etcd's default --max-request-bytes (1.5 MiB): the largest object it stores
 
 # Runs in the agent's process before `exec`: join the node's cgroup, then new mount and cgroup
@@ -123,11 +124,11 @@ def per_node_bytes(obj: dict[str, Any], nodes: list[str]) -> tuple[list[int], li
     return shares_stored, shares_printed, stored_size(bare), printed_size(bare)
 
 
-def control_plane_cpu(cp: Any) -> float:
+def control_plane_cpu(cp: ControlPlane) -> float:
     return sum(proc_cpu_seconds(rec.pid) for rec in cp.processes.values())
 
 
-def node_wrapper(stack: contextlib.ExitStack, tmp: Path) -> Path:
+def node_wrapper(tmp: Path) -> Path:
     path = tmp / "node-wrapper.sh"
     path.write_text(NODE_WRAPPER)
     return path
@@ -172,7 +173,7 @@ class Burst:
 
 
 def burst(
-    cp: Any, watch: StatusWatch, agents: list[AgentProcess], docs: list[dict[str, Any]], profile: Path | None
+    cp: ControlPlane, watch: StatusWatch, agents: list[BenchAgent], docs: list[dict[str, Any]], profile: Path | None
 ) -> Burst:
     keys = [key_of(d) for d in docs]
     names = [a.node for a in agents]
@@ -202,7 +203,9 @@ def burst(
     return result
 
 
-def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Path | None) -> str:
+def report(args: argparse.Namespace) -> str:
+    nodes, programs = (4, 10) if args.quick else (args.nodes, args.programs)
+    tc_share, resync, profile = args.tc_percent, args.resync, args.profile
     with contextlib.ExitStack() as stack:
         objs = build_objects(stack)
         obj = objs / "flow_counter.o"
@@ -216,7 +219,7 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
         top = cgroup_tree(stack, f"{TAG}-nodes", [f"n{i}/bench/p{j}" for i in range(nodes) for j in range(n_cg)])
         for i in range(nodes):
             netns_with_veths(stack, f"{TAG}n{i}", n_tc, prefix="e")
-        wrapper = node_wrapper(stack, tmp)
+        wrapper = node_wrapper(tmp)
 
         cp = control_plane(stack)
         watch = StatusWatch(cp, stack)
@@ -226,30 +229,30 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
         docs += [tc_program(f"tc-{k}", obj, [f"e{k}a"], str(netns_path), map_name="shared") for k in range(n_tc)]
         keys = [key_of(d) for d in docs]
 
-        def start_agent(i: int) -> AgentProcess:
-            add_node(cp, names[i], {"bench": TAG})
-            agent = AgentProcess(
+        def node_agent(i: int) -> BenchAgent:
+            return start_agent(
+                stack,
+                cp,
                 names[i],
-                Path("/sys/fs/bpf/bpfshare"),
-                cp.kubeconfig,
-                tmp / f"agent-{i}.log",
+                tmp,
+                labels={"bench": TAG},
                 resync=resync,
-                wrapper=["sh", str(wrapper), str(top / f"n{i}"), f"{TAG}n{i}", str(netns_path)],
+                pin_root=Path("/sys/fs/bpf/bpfshare"),  # in the node's own bpffs (the wrapper mounts it)
+                prefix=["sh", str(wrapper), str(top / f"n{i}"), f"{TAG}n{i}", str(netns_path)],
+                wait=False,
             )
-            agent.start(stack)
-            return agent
 
         # The reference: the same resources with one node, in the same run.
-        agents = [start_agent(0)]
-        agents[0].wait_up()
+        agents = [node_agent(0)]
+        agents[0].wait_serving()
         single = burst(cp, watch, agents, docs, None)
         cp.kubectl("delete", "bpfprograms,bpfmaps", "--all", "--wait=false", timeout=300)
         watch.wait(watch.gone(keys), timeout=300, what="deletion")
 
         started = time.perf_counter()
-        agents += [start_agent(i) for i in range(1, nodes)]
+        agents += [node_agent(i) for i in range(1, nodes)]
         for agent in agents:
-            agent.wait_up(timeout=300)
+            agent.wait_serving(timeout=300)
         log(f"{nodes} agents up after {time.perf_counter() - started:.1f} s")
         many = burst(cp, watch, agents, docs, profile / f"nodes-{nodes}.txt" if profile else None)
 
@@ -262,14 +265,13 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
             if sorted(entries) != sorted(names) or sorted(status.get("phases") or {}) != sorted(names):
                 lost.append(f"{key[1]}: {len(entries)} entries, {len(status.get('phases') or {})} phases")
             for node in names:
-                entry = node_entry(body, node) or {}
+                entry = node_report(watch.get, key, node, None, current=False) or {}
                 if entry.get("phase") != "Ready":
                     lost.append(f"{key[1]} on {node}: {entry.get('phase')} {entry.get('message', '')[:80]}")
         verified = verify_attachments(top, nodes, n_cg, n_tc)
         problems = {a.node: a.problems() for a in agents}
         final = {key: copy.deepcopy(watch.objects[key]) for key in keys}
 
-    ok = lambda good: "met" if good else "**missed**"  # noqa: E731
     per = lambda b, xs: f"{median(xs):.{b}f} ({min(xs):.{b}f}..{max(xs):.{b}f})"  # noqa: E731
     total_problems = sum(len(v) for v in problems.values())
     rows = [
@@ -334,9 +336,8 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
             f"| {(max(stored_shares) - min(stored_shares)) / mean_stored:.1%} | {limit:,.0f} |"
         )
     lines = [
-        MARK_BEGIN,
-        f"Command: `sudo .venv/bin/python bench/scale_nodes.py --nodes {nodes} --programs {programs} "
-        f"--write docs/benchmarks.md` ({machine()}; agent resync {resync:.0f} s).",
+        f"Command: {SECTION.command(f'--nodes {nodes} --programs {programs}')} "
+        f"({machine()}; agent resync {resync:.0f} s).",
         "",
         f"{len(docs)} resources (1 BpfMap, {n_cg} cgroup and {n_tc} tc BpfPrograms), applied with one "
         f"`kubectl apply`: first with one node (the reference), then, after deleting them, with {nodes} "
@@ -348,11 +349,11 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
         "",
         "| check | measured | target | |",
         "|---|---:|---:|---|",
-        f"| status entries lost or not Ready | {len(lost)} of {nodes * len(docs)} | 0 | {ok(not lost)} |",
+        f"| status entries lost or not Ready | {len(lost)} of {nodes * len(docs)} | 0 | {verdict(not lost)} |",
         f"| nodes whose attachments the host sees on the node's own cgroups and netns | {verified} | {nodes} "
-        f"| {ok(verified == nodes)} |",
+        f"| {verdict(verified == nodes)} |",
         f"| agent log lines at WARNING or above (write conflicts, errors) | {total_problems} | 0 "
-        f"| {ok(not total_problems)} |",
+        f"| {verdict(not total_problems)} |",
         "",
         f"Object sizes in bytes with {nodes} nodes reporting; a node's share is the size with its entry, "
         "summary keys, finalizer and managedFields minus the size without them:",
@@ -362,7 +363,6 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
         "| per node, stored: median (min..max) | spread of the shares | nodes until etcd's 1.5 MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *size_rows,
-        MARK_END,
     ]
     if lost:
         log("lost or not Ready:\n" + "\n".join(lost[:20]))
@@ -372,26 +372,14 @@ def report(nodes: int, programs: int, tc_share: int, resync: float, profile: Pat
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--programs", type=int, default=50)
     parser.add_argument("--tc-percent", type=int, default=20, help="share of the programs that are tc")
     parser.add_argument("--resync", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="4 nodes x 10 programs")
-    parser.add_argument("--write", type=Path, help="update this markdown file's section")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the first agent during the burst")
-    args = parser.parse_args()
-    nodes, programs = (4, 10) if args.quick else (args.nodes, args.programs)
-
-    def body(_stack: contextlib.ExitStack) -> None:
-        section = report(nodes, programs, args.tc_percent, args.resync, args.profile)
-        print(section)
-        if args.write:
-            write_section(args.write, MARK_BEGIN, MARK_END, section, "Many nodes")
-
-    run_main(body)
 
 
 if __name__ == "__main__":
-    main()
+    main(SECTION, __doc__ or "", arguments, report)

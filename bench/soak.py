@@ -8,7 +8,7 @@ Runs (as root, with the local control plane built):
 - drift repair, the node-reboot model and hostile input (the test versions).
 Each figure comes from the test itself ($BPFSHARE_SOAK_RECORD); a failing run is reported as failed.
 
-    sudo .venv/bin/python bench/soak.py [--quick] [--write docs/reliability.md]
+    sudo .venv/bin/python -m bench.soak [--quick] [--write docs/reliability.md]    (from the repository's root)
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-MARK_BEGIN = "<!-- bench/soak.py begin -->"
-MARK_END = "<!-- bench/soak.py end -->"
+from bench.common import REPO, Section, main
+
+SECTION = Section("soak", "Figures", doc="docs/reliability.md")
 
 
 def run_pytest(selection: list[str], env: dict[str, str]) -> tuple[bool, float, str]:
@@ -40,13 +40,7 @@ def run_pytest(selection: list[str], env: dict[str, str]) -> tuple[bool, float, 
     return proc.returncode == 0, time.monotonic() - start, tail
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs, for trying the script")
-    parser.add_argument("--write", type=Path)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench/soak.py needs root")
+def report(args: argparse.Namespace) -> str:
     upgrades, kills, outage, fuzz = (3, 3, 10, 500) if args.quick else (50, 20, 60, 10_000)
     record = Path(tempfile.mkstemp(prefix="bpfshare-soak-", suffix=".jsonl")[1])
     faults = "tests/reliability/test_faults.py"
@@ -89,29 +83,21 @@ def main() -> None:
         rows.append(f"| {name} | {'passed' if ok else 'FAILED'} | {seconds:.0f} | {detail} |")
         print(rows[-1], flush=True)
     record.unlink(missing_ok=True)
-    section = "\n".join(
+    return "\n".join(
         [
-            MARK_BEGIN,
-            f"Command: `sudo .venv/bin/python bench/soak.py{' --quick' if args.quick else ''} "
-            "--write docs/reliability.md` "
+            f"Command: {SECTION.command('--quick' if args.quick else '')} "
             f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, kernel {os.uname().release}).",
             "",
             "| scenario | result | seconds | figures |",
             "|---|---|---:|---|",
             *rows,
-            MARK_END,
         ]
     )
-    print(section)
-    if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Reliability\n"
-        if MARK_BEGIN in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + section + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        args.write.write_text(text)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="short runs, for trying the script")
 
 
 if __name__ == "__main__":
-    main()
+    main(SECTION, __doc__ or "", arguments, report)
