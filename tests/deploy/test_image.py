@@ -101,7 +101,11 @@ def test_install_step_gives_a_working_bpfshare_in_a_fresh_environment(image_root
     objects = image_root / "opt" / "bpfshare" / "bpf"
     report = json.loads(
         subprocess.run(
-            [str(bpfshare), "inspect", str(objects / "flow_counter.o")], capture_output=True, text=True, check=True
+            [str(bpfshare), "inspect", str(objects / "flow_counter.o")],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=clean_env(),
         ).stdout
     )
     assert {p["name"] for p in report["programs"]} >= {"count_ingress"}
@@ -112,10 +116,13 @@ def test_install_step_gives_a_working_bpfshare_in_a_fresh_environment(image_root
             capture_output=True,
             text=True,
             check=True,
+            env=clean_env(),
         ).stdout
     )
     assert {m["name"]: m["style"] for m in legacy["maps"]}["shared_counts"] == "libbpf-legacy"
-    help_text = subprocess.run([str(bpfshare), "agent", "--help"], capture_output=True, text=True, check=True).stdout
+    help_text = subprocess.run(
+        [str(bpfshare), "agent", "--help"], capture_output=True, text=True, check=True, env=clean_env()
+    ).stdout
     assert "--metrics" in help_text and "--liveness" in help_text
     # The installed package is the wheel's, not this checkout's.
     where = subprocess.run(
@@ -123,6 +130,7 @@ def test_install_step_gives_a_working_bpfshare_in_a_fresh_environment(image_root
         capture_output=True,
         text=True,
         check=True,
+        env=clean_env(),
     ).stdout
     assert where.startswith(str(venv))
     assert_agent_only(venv)
@@ -142,7 +150,9 @@ def assert_agent_only(venv: Path) -> None:
     assert "bpfshare.agent.operator" in report["imported"] and len(report["imported"]) > 30
     for argv in (["cluster", "up"], ["cluster", "build", "--force"], ["cluster", "--help"], ["demo"]):
         assert_needs_dev_extra(venv / "bin" / "bpfshare", argv)
-    overview = subprocess.run([str(venv / "bin" / "bpfshare"), "--help"], capture_output=True, text=True, check=True)
+    overview = subprocess.run(
+        [str(venv / "bin" / "bpfshare"), "--help"], capture_output=True, text=True, check=True, env=clean_env()
+    )
     assert "(not installed: needs bpfshare[dev])" in overview.stdout
 
 
