@@ -33,7 +33,7 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
                 "pinName": name,
                 "pinPath": str(pin),
                 "mapId": info.id,
-                "type": info.type.name,
+                "type": getattr(info.type, "name", str(info.type)),
                 "keySize": info.key_size,
                 "valueSize": info.value_size,
                 "maxEntries": info.max_entries,
@@ -61,13 +61,15 @@ def node_programs(root: Path) -> list[dict[str, Any]]:
             if layout.program_pin(name).exists():
                 with Program.from_pin(layout.program_pin(name)) as prog:
                     info = prog.info()
-                entry.update(programId=info.id, tag=info.tag, type=info.type.name, mapIds=list(info.map_ids))
+                kind = getattr(info.type, "name", str(info.type))  # a type newer than this code: its number
+                entry.update(programId=info.id, tag=info.tag, type=kind, mapIds=list(info.map_ids))
             raw = kernel.read_record(layout.meta_pin(name))
             meta = ProgramMeta.decode(raw) if raw else None
             attachments: list[dict[str, Any]] = []
             if meta is not None:
                 entry["program"] = meta.program
                 entry["maps"] = meta.bindings
+                entry["pins"] = list(meta.pins)  # maps it pinned by name, outside its directory
                 attachments += [
                     {
                         "target": "tc:{interface}:{direction}".format(**t)
