@@ -123,3 +123,19 @@ def test_every_kernel_call_failing_in_turn_leaves_no_partial_state(scenario: str
             converged(node, desired)
             node.run(*deleted(desired), complete=True)
         nothing_left(node)
+
+
+@pytest.mark.parametrize("operation", ["map_at", "get_or_create_map", "attach", "tc_filter", "write_record"])
+def test_a_bug_in_one_resource_is_its_error_and_the_pass_goes_on(operation: str) -> None:
+    node = fresh_node()
+    node.run(*resources())
+    node.kernel.fail(operation, ValueError("unexpected"))  # not a kernel refusal: a bug somewhere
+    node.kernel.detach_tc(TcTarget("eth0", "ingress"))  # so that "in" needs work (attach, tc_filter)
+    maps, programs = resources()
+    extra = bpfmap("new", pinName="new")
+    report = node.run([*maps, extra], programs)  # must not raise
+    entries = {**report.maps, **report.programs}
+    broken = [n for n, e in entries.items() if e.phase is Phase.Error]
+    assert len(broken) == 1, {n: e.message for n, e in entries.items()}
+    assert "internal error (ValueError: unexpected); this is a bug in bpfshare" in entries[broken[0]].message
+    converged(node, ([*maps, extra], programs))

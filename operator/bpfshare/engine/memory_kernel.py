@@ -93,7 +93,7 @@ class MemoryKernel:
         self._interfaces: set[tuple[str | None, str]] = set()  # (netns, name)
         self._cgroups: set[str] = {"/"}
         self._tc: dict[tuple[str | None, str, str, int, int], TcFilterView] = {}
-        self._faults: dict[str, list[BpfshareError]] = defaultdict(list)
+        self._faults: dict[str, list[Exception]] = defaultdict(list)
         self._rejected: dict[str, str] = {}  # program name -> verifier log
         self.calls: list[str] = []  # every mutating call, in order: what a pass did to the node
         self.call_count = 0  # every protocol call
@@ -132,7 +132,7 @@ class MemoryKernel:
         self._fail_at = self.call_count + n
         self._fail_error = error
 
-    def fail(self, operation: str, error: BpfshareError, times: int = 1) -> None:
+    def fail(self, operation: str, error: Exception, times: int = 1) -> None:
         """The next ``times`` calls of ``operation`` (a protocol method's name) raise ``error``."""
         self._faults[operation] += [error] * times
 

@@ -46,6 +46,16 @@ from bpfshare.errors import BpfshareError
 log = logging.getLogger("bpfshare.engine")
 
 
+def failure(exc: Exception) -> str:
+    """What a resource's status says about an exception. Expected failures (the kernel's refusals,
+    bad input, bpffs) say their cause; anything else is a bug, logged with its traceback, and
+    still only that resource's Error: one resource never stalls the node."""
+    if isinstance(exc, (BpfshareError, OSError)):
+        return str(exc)
+    log.error("internal error: %s", exc, exc_info=exc)
+    return f"internal error ({type(exc).__name__}: {exc}); this is a bug in bpfshare: the agent's log has the traceback"
+
+
 @dataclass
 class Report:
     maps: dict[str, StatusEntry] = field(default_factory=dict)
@@ -196,8 +206,8 @@ class Engine:
             users = self._users(pin, res.name, desired.active_programs, records, removed, loading)
             try:
                 plan.releases.append(plan_release(self.kernel, self.layout, res, record, users))
-            except (BpfshareError, OSError) as exc:
-                log.warning("cannot plan the release of BpfMap %s: %s", res.name, exc)
+            except Exception as exc:
+                log.warning("cannot plan the release of BpfMap %s: %s", res.name, failure(exc))
         return plan
 
     def apply(self, plan: Plan) -> Report:
@@ -244,17 +254,18 @@ class Engine:
                 if over:
                     plan.action, plan.outcome = None, StatusEntry(Phase.Error, over)
             return plan
-        except (BpfshareError, OSError) as exc:  # OSError: bpffs or /proc refused (permissions, ...)
+        except Exception as exc:  # one resource never stalls the node: its Error, and the pass goes on
             plan = MapPlan(res, map_spec(res), self.layout.map_pin(res.pin_name))
-            plan.outcome = StatusEntry(Phase.Error, str(exc))
+            plan.outcome = StatusEntry(Phase.Error, failure(exc))
             return plan
 
     def _apply_map(self, mp: MapPlan, report: Report) -> StatusEntry:
         try:
             result = apply_map(self.kernel, self.layout, mp)
-        except (BpfshareError, OSError) as exc:
-            report.event(MAP_KIND, mp.res.name, "Failed", str(exc), warning=True)
-            return StatusEntry(Phase.Error, str(exc))
+        except Exception as exc:
+            message = failure(exc)
+            report.event(MAP_KIND, mp.res.name, "Failed", message, warning=True)
+            return StatusEntry(Phase.Error, message)
         for reason, message, warning in result.events:
             report.event(MAP_KIND, mp.res.name, reason, message, warning=warning)
         if result.status.map_id is not None:
@@ -300,8 +311,8 @@ class Engine:
             report.event(MAP_KIND, res.name, "Retained", f"pin {pin} and its contents kept (reclaimPolicy Retain)")
         try:
             apply_release(self.kernel, self.layout, release)
-        except (BpfshareError, OSError) as exc:
-            report.maps[res.name] = StatusEntry(Phase.Error, f"cannot unpin {pin}: {exc}")
+        except Exception as exc:
+            report.maps[res.name] = StatusEntry(Phase.Error, f"cannot unpin {pin}: {failure(exc)}")
             return
         if isinstance(release.action, UnpinMap):
             report.event(MAP_KIND, res.name, "Deleted", f"unpinned {pin}")
@@ -316,8 +327,8 @@ class Engine:
             digest, collection = self.collections.parse(data)
             source = res.bytecode.describe()
             return plan_program(self.kernel, self.layout, res, maps, collection, digest, source, slots)
-        except (BpfshareError, OSError) as exc:
-            return ProgramPlan(res, outcome=StatusEntry(Phase.Error, str(exc)))
+        except Exception as exc:
+            return ProgramPlan(res, outcome=StatusEntry(Phase.Error, failure(exc)))
 
     def _apply_program(
         self, pp: ProgramPlan, map_ids: Mapping[str, int | None], claimed: dict[str, set[str]], report: Report
@@ -331,9 +342,10 @@ class Engine:
             result = apply_program(self.kernel, self.layout, pp, map_ids, claimed)
         except WaitingError as exc:
             return StatusEntry(Phase.Pending, str(exc))
-        except (BpfshareError, OSError) as exc:
-            report.event(PROGRAM_KIND, name, "Failed", str(exc), warning=True)
-            return StatusEntry(Phase.Error, str(exc))
+        except Exception as exc:
+            message = failure(exc)
+            report.event(PROGRAM_KIND, name, "Failed", message, warning=True)
+            return StatusEntry(Phase.Error, message)
         if result.kernel_seconds is not None:
             report.kernel_load_seconds.append(result.kernel_seconds)
         prog_id = result.status.program_id
@@ -355,16 +367,17 @@ class Engine:
     def _plan_removal(self, name: str, reason: str) -> ProgramRemoval:
         try:
             return ProgramRemoval(name, plan_removal(self.kernel, self.layout, name, reason))
-        except (BpfshareError, OSError):
+        except Exception:
             return ProgramRemoval(name, None)
 
     def _apply_removal(self, removal: ProgramRemoval, report: Report) -> None:
         name = removal.name
         try:
             removed = apply_removal(self.kernel, self.layout, name, self._claimed_pins())
-        except (BpfshareError, OSError) as exc:
-            report.programs[name] = StatusEntry(Phase.Error, f"cannot remove from this node: {exc}")
-            report.event(PROGRAM_KIND, name, "Failed", f"cannot remove from this node: {exc}", warning=True)
+        except Exception as exc:
+            message = f"cannot remove from this node: {failure(exc)}"
+            report.programs[name] = StatusEntry(Phase.Error, message)
+            report.event(PROGRAM_KIND, name, "Failed", message, warning=True)
             return
         if removed:
             report.event(PROGRAM_KIND, name, "Detached", f"detached from {', '.join(removed)}")
@@ -378,7 +391,7 @@ class Engine:
         for name in self.layout.program_names(self.kernel):
             try:
                 raw = self.kernel.read_record(self.layout.meta_pin(name))
-            except (BpfshareError, OSError):
+            except Exception:
                 continue
             if raw:
                 records[name] = ProgramMeta.decode(raw)
@@ -390,7 +403,7 @@ class Engine:
         for name in self.layout.map_record_names(self.kernel):
             try:
                 record = read_map_record(self.kernel, self.layout, name)
-            except (BpfshareError, OSError):
+            except Exception:
                 continue
             if record is not None and record.owner:
                 records[record.owner] = record
