@@ -14,15 +14,14 @@ install:
 DROP_CAPS ?= setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs --
 NONE_SELECTED_OK = $(if $(strip $(PYTEST_ARGS)),|| [ $$? -eq 5 ])
 
-test: install
-	$(VENV)/bin/ruff check operator tests bench
+test: install lint
 	BPFSHARE_NO_CAPS=1 $(DROP_CAPS) $(VENV)/bin/pytest -m "not kernel and not cluster" $(PYTEST_ARGS) $(NONE_SELECTED_OK)
 	$(VENV)/bin/pytest -m "kernel or cluster" $(PYTEST_ARGS) $(NONE_SELECTED_OK)
 
 demo: install
 	$(VENV)/bin/bpfshare demo
 
-lint:
+lint:  # ruff, the formatting, and strict types: CI runs it as the first step of `make test`
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy --strict

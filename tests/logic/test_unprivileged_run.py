@@ -1,7 +1,7 @@
 """`make test` runs the tests marked neither kernel nor cluster with every capability dropped, so a
 test that needs a capability but lacks the ``kernel`` marker fails CI, then the rest as is.
 
-The Makefile is run with a recording ``pytest`` and ``ruff`` in place of the virtual environment's
+The Makefile is run with a recording ``pytest``, ``ruff`` and ``mypy`` in place of the virtual environment's
 (``make -o install``: the install step is not run); the guard in tests/conftest.py is run on synthetic
 /proc/self/status texts and, through setpriv, on real pytest sessions."""
 
@@ -171,7 +171,7 @@ Path({str(calls)!r}, f"{{time.monotonic_ns()}}").write_text(json.dumps(record))
 part = "unprivileged" if "not kernel and not cluster" in args else "privileged"
 sys.exit(int(os.environ.get("FAKE_STATUS_" + part.upper(), "0")) if record["tool"] == "pytest" else 0)
 """
-    for tool in ("ruff", "pytest"):
+    for tool in ("ruff", "mypy", "pytest"):
         (venv / "bin" / tool).write_text(recorder)
         (venv / "bin" / tool).chmod(0o755)
     argv = ["make", "-s", "-o", "install", "-C", str(REPO), "test", f"VENV={venv}"]
@@ -190,17 +190,19 @@ def make_available() -> None:
         pytest.skip("needs make and setpriv (util-linux)")
 
 
-def test_make_test_runs_ruff_then_unprivileged_tests_without_capabilities_then_the_rest(
+def test_make_test_runs_lint_then_unprivileged_tests_without_capabilities_then_the_rest(
     tmp_path: Path, make_available: None
 ) -> None:
     status, calls = make_test(tmp_path)
     assert status == 0
     assert [(c["tool"], c["args"]) for c in calls] == [
         ("ruff", ["check", "operator", "tests", "bench"]),
+        ("ruff", ["format", "--check", "operator", "tests", "bench"]),
+        ("mypy", ["--strict"]),
         ("pytest", ["-m", "not kernel and not cluster"]),
         ("pytest", ["-m", "kernel or cluster"]),
     ]
-    unprivileged, privileged = calls[1], calls[2]
+    unprivileged, privileged = calls[3], calls[4]
     assert unprivileged["CapEff"] == "0000000000000000" and unprivileged["NoNewPrivs"] == "1"
     assert unprivileged["no_caps"] == "1"
     # The kernel and cluster tests keep what make had (everything, as root in CI).
