@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from bpfshare.api.resources import MAP_PLURAL as MAPS
+from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
 from tests.fixtures.agents import Cluster
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
 from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, counters, filters_on, send_from_cgroup
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
-MAPS, PROGS = "bpfmaps", "bpfprograms"
 
 
 def test_kubectl_apply_shares_one_map_and_reports_ids(

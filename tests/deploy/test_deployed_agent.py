@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bpfshare.api.resources import MAP_PLURAL as MAPS
+from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
 from tests.deploy.conftest import DeployCluster, DeployedAgent, daemonset_caps, parse_metrics, sample
 from tests.fixtures.agents import sharing
 from tests.fixtures.netenv import NetnsPair
@@ -18,7 +20,6 @@ from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
 from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, counters, send_from_cgroup
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
-MAPS, PROGS = "bpfmaps", "bpfprograms"
 CAP_BITS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "BPF": 39, "PERFMON": 38, "SYS_RESOURCE": 24}
 
 

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from bpfshare.api.resources import API_VERSION, PROGRAM_KIND
+from bpfshare.api.resources import MAP_PLURAL as MAPS
+from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
 from bpfshare.controlplane.agents import Agent
 from tests.fixtures.agents import Cluster
 from tests.fixtures.netenv import NetnsPair, run
@@ -27,7 +30,6 @@ from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, count
 from tests.reliability.traffic import CgroupTraffic, VethTraffic, quiet_link, record, salted_inline
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
-PROGS, MAPS = "bpfprograms", "bpfmaps"
 CYCLES = int(os.environ.get("BPFSHARE_FAULT_CYCLES", "6"))
 
 
@@ -36,8 +38,8 @@ def programs(obj: Path, pair: NetnsPair, cgroup: Path, salt: int) -> list[dict[s
 
     def prog(name: str, program: str, attach: dict[str, Any], bpfmap_name: str) -> dict[str, Any]:
         return {
-            "apiVersion": "bpfshare.io/v1alpha1",
-            "kind": "BpfProgram",
+            "apiVersion": API_VERSION,
+            "kind": PROGRAM_KIND,
             "metadata": {"name": name},
             "spec": {"bytecode": inline, "program": program, "attach": attach, "maps": {"shared_counts": bpfmap_name}},
         }

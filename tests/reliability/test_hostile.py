@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from bpfshare.api.resources import MAP_PLURAL as MAPS
+from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
 from tests.fixtures.agents import Cluster
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
 from tests.integration.test_sharing import filters_on, pins_in
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster]
-PROGS, MAPS = "bpfprograms", "bpfmaps"
 
 
 def refused(cluster: Cluster, doc: dict[str, Any]) -> str:
@@ -85,7 +86,9 @@ def test_the_agent_reports_the_rest_and_disturbs_nothing(
             tc_program(bpf_objects["flow_counter"], netns_pair, name="wrong-kind", program="count_cgroup_egress"),
         )
         too_big = cluster.wait_phase(MAPS, "too-big", node, "Error")
-        assert "BPF_MAP_CREATE" in too_big["message"]
+        # Refused before the kernel is asked: more memory than the node's budget for maps.
+        assert "more than the map memory budget" in too_big["message"], too_big["message"]
+        assert "--map-memory-budget" in too_big["message"]
         assert cluster.wait_phase(PROGS, "from-configmap", node)["maps"]["shared_counts"] == good_map["mapId"]
         assert "no-such-configmap" in cluster.wait_phase(PROGS, "cm-missing", node, "Error")["message"]
         assert "not an ELF object" in cluster.wait_phase(PROGS, "cm-not-elf", node, "Error")["message"]
