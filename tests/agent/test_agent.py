@@ -161,7 +161,7 @@ def test_bad_resources_are_errors_in_status_and_disturb_nothing(
         ),
     )
     m2 = cluster.wait_phase(MAPS, "flow-counts-2", node, "Error")
-    assert "Type: Array changed to Hash" in m2["message"] and "KeySize: 4 changed to 8" in m2["message"]
+    assert "is held by BpfMap flow-counts: two BpfMaps may not share a pin" in m2["message"]
     assert "does-not-exist" in cluster.wait_phase(PROGS, "no-map", node, "Pending")["message"]
     assert "nosuchif0" in cluster.wait_phase(PROGS, "no-iface", node, "Error")["message"]
     assert "sha256" in cluster.wait_phase(PROGS, "bad-digest", node, "Error")["message"]

@@ -241,6 +241,7 @@ def test_apt_step_fails_on_a_missing_package(tmp_path: Path) -> None:
     assert proc.returncode == 100 and "Unable to locate" in proc.stderr
 
 
+@pytest.mark.kernel  # mounts bpffs: CAP_SYS_ADMIN
 def test_mount_bpffs_script_mounts_once_and_is_idempotent() -> None:
     require_root()
     target = Path(tempfile.mkdtemp(prefix="bpfshare-mount-test-"))
