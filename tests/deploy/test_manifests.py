@@ -186,6 +186,13 @@ def test_the_daemonset_runs_the_agent_as_documented(deployed: Deployed) -> None:
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
     assert agent["resources"]["requests"] and agent["resources"]["limits"]["memory"]
+    # BPF maps are charged to the agent's memory cgroup: the limit leaves room for the largest map the
+    # agent may create (--map-memory-budget) beside the agent itself (~150Mi measured idle with 1000 resources).
+    from bpfshare.commands.limits import parse_quantity
+
+    limit = parse_quantity(agent["resources"]["limits"]["memory"])
+    assert limit >= parse_quantity(_arg(agent, "--map-memory-budget")) + (256 << 20)
+    assert parse_quantity(_arg(agent, "--max-bytecode-bytes")) <= 64 << 20
     # Mounts: bpffs and netns follow host mounts; only the init container propagates back.
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     assert mounts["bpffs"]["mountPath"] == "/sys/fs/bpf"

@@ -193,3 +193,23 @@ def test_development_commands_say_what_to_install_when_it_is_missing(
                 "(no cryptography, psutil): install bpfshare[dev]"
             )
     assert bpfshare("inspect", "--help").status == 0  # the rest of the CLI is unaffected
+
+
+@pytest.mark.parametrize("command", ["agent", "apply"])
+def test_the_limits_are_flags_of_the_agent_and_of_apply(bpfshare: Bpfshare, command: str) -> None:
+    assert (
+        "--map-memory-budget" in bpfshare(command, "-h").out and "--max-bytecode-bytes" in bpfshare(command, "-h").out
+    )
+    run = bpfshare(command, "--map-memory-budget", "lots", *(["-f", "/dev/null"] if command == "apply" else []))
+    assert run.status == 2 and "'lots' is not a size" in run.err
+
+
+def test_apply_dry_run_shows_a_map_over_the_budget_as_refused(bpfshare: Bpfshare, tmp_path: Path) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(
+        "apiVersion: bpfshare.io/v1alpha1\nkind: BpfMap\nmetadata: {name: big}\n"
+        "spec: {type: Hash, keySize: 4, valueSize: 8, maxEntries: 1024}\n"
+    )
+    run = bpfshare("apply", "-f", str(path), "--dry-run", "--map-memory-budget", "4Ki", "-o", "json")
+    assert run.status == 0, run.err
+    assert "1024 entries x (key 4 + value 8) bytes = 12.0 KiB, more than the map memory budget of 4.0 KiB" in run.out

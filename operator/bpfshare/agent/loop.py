@@ -19,7 +19,7 @@ from bpfshare.agent.state import ClusterState, Snapshot
 from bpfshare.agent.writer import Writer
 from bpfshare.api.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION, attach_summary
 from bpfshare.api.status import Phase
-from bpfshare.engine import Engine, Report, StatusEntry
+from bpfshare.engine import Engine, Limits, Report, StatusEntry
 from bpfshare.errors import BpfshareError
 
 log = logging.getLogger("bpfshare.agent")
@@ -51,11 +51,12 @@ class Agent:
         *,
         resync_seconds: float = 60.0,
         debounce_seconds: float = 0.05,
+        limits: Limits | None = None,
     ) -> None:
         self.node = node
         self.state = ClusterState()
         self.writer = Writer(api_client, node)
-        self.engine = Engine(pin_root, node, read_config_map=self.writer.read_config_map)
+        self.engine = Engine(pin_root, node, read_config_map=self.writer.read_config_map, limits=limits)
         self.api_client = api_client
         self.resync_seconds = resync_seconds
         self.debounce_seconds = debounce_seconds

@@ -26,6 +26,7 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from bpfshare.agent.loop import Agent
 from bpfshare.api.resources import GROUP, MAP_PLURAL, PROGRAM_PLURAL, VERSION
+from bpfshare.engine.node import Limits
 from bpfshare.errors import BpfshareError
 
 log = logging.getLogger("bpfshare.agent")
@@ -242,10 +243,16 @@ def build_registry(agent: Agent, credentials: ApiCredentials) -> kopf.OperatorRe
 
 
 def run_agent(
-    node: str, pin_root: Path, *, resync_seconds: float = 60.0, liveness: str | None = None, metrics: str | None = None
+    node: str,
+    pin_root: Path,
+    *,
+    resync_seconds: float = 60.0,
+    liveness: str | None = None,
+    metrics: str | None = None,
+    limits: Limits | None = None,
 ) -> None:
     credentials = ApiCredentials.load()
-    agent = Agent(node, pin_root, credentials.api_client(), resync_seconds=resync_seconds)
+    agent = Agent(node, pin_root, credentials.api_client(), resync_seconds=resync_seconds, limits=limits)
     registry = build_registry(agent, credentials)
     if metrics:
         from bpfshare.agent.metrics import AgentMetrics, serve

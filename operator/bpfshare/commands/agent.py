@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bpfshare.cli import pin_root_option
+from bpfshare.commands.limits import limits_from, limits_options
 
 
 @click.command("agent")
@@ -32,9 +33,17 @@ from bpfshare.cli import pin_root_option
     help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9090 (default: off)",
 )
 @click.option("-v", "--verbose", is_flag=True)
+@limits_options
 @pin_root_option
 def agent(
-    node: str | None, resync_seconds: float, liveness: str | None, metrics: str | None, verbose: bool, pin_root: str
+    node: str | None,
+    resync_seconds: float,
+    liveness: str | None,
+    metrics: str | None,
+    verbose: bool,
+    max_bytecode_bytes: int,
+    map_memory_budget: int,
+    pin_root: str,
 ) -> None:
     """Run the agent for this node: reconcile BpfMaps and BpfPrograms that select it."""
     from bpfshare.agent.operator import run_agent
@@ -43,5 +52,10 @@ def agent(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     run_agent(
-        node or os.uname().nodename, Path(pin_root), resync_seconds=resync_seconds, liveness=liveness, metrics=metrics
+        node or os.uname().nodename,
+        Path(pin_root),
+        resync_seconds=resync_seconds,
+        liveness=liveness,
+        metrics=metrics,
+        limits=limits_from(max_bytecode_bytes, map_memory_budget),
     )
