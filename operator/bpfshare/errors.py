@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class BpfshareError(Exception):
     """Base of every error bpfshare reports to a user."""
@@ -38,6 +40,20 @@ class IncompatibleMapError(BpfshareError):
         self.subject = subject
         self.differences = differences
         super().__init__(f"{subject}: " + ", ".join(differences))
+
+
+class MapRuleError(KernelError):
+    """A map spec breaks the kernel's rules for its type (``bpfshare.spec.map_rule_violations``),
+    found before the kernel was asked. A KernelError with errno EINVAL, what the kernel would have
+    answered, so callers that look at the errno see the same either way.
+
+    ``violations`` lists every broken rule, e.g. ``["Array needs keySize 4, not 8", ...]``.
+    """
+
+    def __init__(self, subject: str, violations: list[str]) -> None:
+        self.subject = subject
+        self.violations = violations
+        super().__init__(f"{subject}: " + "; ".join(violations), errno.EINVAL)
 
 
 class TargetNotFoundError(BpfshareError):

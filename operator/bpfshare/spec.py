@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import mmap
 import re
 import struct
 from dataclasses import dataclass, field
@@ -109,6 +110,256 @@ def effective_spec(spec: MapSpec, possible_cpus: int) -> MapSpec:
         changes = {"key_size": 0, "value_size": 0}
     changes = {name: value for name, value in changes.items() if getattr(spec, name) != value}
     return dataclasses.replace(spec, **changes) if changes else spec  # type: ignore[arg-type]
+
+
+# -- the kernel's per-type rules at map creation ---------------------------------------------------
+#
+# Each map type checks its attributes in its own map_alloc_check (or map_alloc) function and answers
+# a bare EINVAL (a few: E2BIG, ENOTSUPP) for any it dislikes. ``map_rule_violations`` says the same
+# thing in words, before the kernel is asked. Transcribed from kernel/bpf/*.c and net/*/ (6.18); the
+# function each rule mirrors is named beside it. tests/kernel/test_map_rules.py sweeps the real
+# kernel to keep both in step.
+
+# BPF_F_ACCESS_MASK: how the map may be accessed (fd and program side).
+_ACCESS = MapFlag.Rdonly | MapFlag.Wronly | MapFlag.RdonlyProg | MapFlag.WronlyProg
+_FD_ACCESS = MapFlag.Rdonly | MapFlag.Wronly
+# Flags map_create (kernel/bpf/syscall.c) consumes itself before the type's check sees them.
+_GENERIC_FLAGS = MapFlag.TokenFd | MapFlag.VtypeBtfObjFd
+# PCPU_MIN_UNIT_SIZE: a per-CPU value, rounded up to 8 bytes, must fit one per-CPU allocation unit.
+PERCPU_VALUE_MAX = 32768
+# include/linux/bpf.h: struct bpf_lpm_trie_key_u8 is a 4-byte prefix length followed by the data.
+LPM_PREFIXLEN_SIZE = 4
+LPM_DATA_SIZE_MAX = 256  # kernel/bpf/lpm_trie.c LPM_DATA_SIZE_MAX
+MAX_BPF_STACK = 512  # include/linux/filter.h: a program's stack, where it builds its keys
+PERF_MAX_STACK_DEFAULT = 127  # the sysctl kernel.perf_event_max_stack's default (PERF_MAX_STACK_DEPTH)
+_ARRAY_TYPES = frozenset(
+    {
+        MapType.Array,
+        MapType.PercpuArray,
+        MapType.ProgArray,
+        MapType.PerfEventArray,
+        MapType.CgroupArray,
+        MapType.ArrayOfMaps,
+        MapType.ReuseportSockArray,
+    }
+)
+_FD_ARRAY_TYPES = frozenset({MapType.ProgArray, MapType.PerfEventArray, MapType.CgroupArray, MapType.ArrayOfMaps})
+_HASH_TYPES = frozenset({MapType.Hash, MapType.PercpuHash, MapType.LruHash, MapType.LruPercpuHash, MapType.HashOfMaps})
+_LRU_TYPES = frozenset({MapType.LruHash, MapType.LruPercpuHash})
+_PERCPU_TYPES = frozenset({MapType.PercpuArray, MapType.PercpuHash, MapType.LruPercpuHash})
+_LOCAL_STORAGE_TYPES = frozenset({MapType.SkStorage, MapType.InodeStorage, MapType.TaskStorage, MapType.CgrpStorage})
+
+
+class _Check:
+    """Collects the violations of one spec, each worded ``<Type> needs <field> <rule>, not <value>``."""
+
+    def __init__(self, spec: MapSpec) -> None:
+        self.spec = spec
+        self.type = str(getattr(spec.type, "name", spec.type))
+        self.out: list[str] = []
+
+    def sizes(self, field: str, actual: int, allowed: tuple[int, ...], why: str = "") -> None:
+        if actual not in allowed:
+            words = " or ".join(str(a) for a in allowed)
+            self.out.append(f"{self.type} needs {field} {words}{why}, not {actual}")
+
+    def between(self, field: str, actual: int, low: int, high: int | None = None, why: str = "") -> None:
+        if actual < low or (high is not None and actual > high):
+            rule = f"at least {low}" if high is None else f"{low} to {high}"
+            self.out.append(f"{self.type} needs {field} {rule}{why}, not {actual}")
+
+    def flags(self, allowed: MapFlag, why: str = "") -> None:
+        extra = int(self.spec.flags) & ~int(allowed | _GENERIC_FLAGS)
+        if extra:
+            names = ", ".join(MapFlag.names(extra))
+            self.out.append(f"{self.type} does not accept the flag{'s' if ',' in names else ''} {names}{why}")
+
+    def require(self, flag: MapFlag, why: str = "") -> None:
+        if not self.spec.flags & flag:
+            self.out.append(f"{self.type} needs the {flag.name} flag{why}")
+
+    def refuse(self, text: str) -> None:
+        self.out.append(f"{self.type} {text}")
+
+
+def map_rule_violations(
+    spec: MapSpec, *, page_size: int = mmap.PAGESIZE, perf_max_stack: int = PERF_MAX_STACK_DEFAULT
+) -> list[str]:
+    """Every rule of the kernel's for ``spec``'s map type that ``spec`` breaks; empty if none.
+
+    Pure, so a resource can be refused at plan time, and ``Map.create`` checks it before asking the
+    kernel (which would answer a bare EINVAL). Each entry reads like ``Array needs keySize 4, not 8``
+    or ``LpmTrie needs the NoPrealloc flag``; callers join them with "; " after their subject.
+
+    The fields a loader fills in (``effective_spec``) count as filled in: a PerfEventArray's key and
+    value size 0, a map-in-map's value size 0, a PerfEventArray's or CpuMap's max entries 0 (the
+    possible CPUs). A ring buffer's key and value size are checked as given: must be 0 (an object's
+    ring buffer gets them zeroed by ``effective_spec`` before ``Map.create`` checks it). Types with
+    no rules here (Arena, types newer than this code) are left to the kernel. ``page_size`` and
+    ``perf_max_stack`` (the sysctl kernel.perf_event_max_stack) are the node's; the defaults are this
+    machine's page size and the sysctl's default.
+    """
+    c = _Check(spec)
+    t = spec.type
+    key, value, entries = spec.key_size, spec.value_size, spec.max_entries
+    if t is MapType.PerfEventArray:
+        key, value = key or 4, value or 4
+    if t in MAP_IN_MAP_TYPES:
+        value = value or 4
+    entries_filled_in = t in (MapType.PerfEventArray, MapType.CpuMap)
+
+    def entries_at_least_one() -> None:
+        if not entries_filled_in:
+            c.between("maxEntries", entries, 1)
+
+    # map_create (kernel/bpf/syscall.c): bpf_get_file_flag refuses Rdonly with Wronly;
+    # bpf_map_flags_access_ok refuses RdonlyProg with WronlyProg.
+    if spec.flags & _FD_ACCESS == _FD_ACCESS:
+        c.refuse("cannot take both Rdonly and Wronly")
+    if spec.flags & (MapFlag.RdonlyProg | MapFlag.WronlyProg) == MapFlag.RdonlyProg | MapFlag.WronlyProg:
+        c.refuse("cannot take both RdonlyProg and WronlyProg")
+
+    if t is MapType.Unspec:
+        c.refuse("is not a map type (give one, e.g. Hash or Array)")
+    elif t in _ARRAY_TYPES:
+        # kernel/bpf/arraymap.c array_map_alloc_check (every array below ends in it), after
+        # fd_array_map_alloc_check (fd arrays: value 4, a file descriptor) and
+        # kernel/bpf/reuseport_array.c reuseport_array_alloc_check (value 4 or 8).
+        c.sizes("keySize", key, (4,), " (an array index is a u32)")
+        if t in _FD_ARRAY_TYPES:
+            c.sizes("valueSize", value, (4,), " (its values are file descriptors)")
+        elif t is MapType.ReuseportSockArray:
+            c.sizes("valueSize", value, (4, 8), " (a socket fd or cookie)")
+        else:
+            c.between("valueSize", value, 1)
+        entries_at_least_one()
+        allowed = MapFlag.NumaNode | _ACCESS | MapFlag.PreserveElems | MapFlag.Mmapable | MapFlag.InnerMap
+        if t is not MapType.Array:
+            allowed &= ~(MapFlag.Mmapable | MapFlag.InnerMap)
+        if t is not MapType.PerfEventArray:
+            allowed &= ~MapFlag.PreserveElems
+        if t in _FD_ARRAY_TYPES:
+            allowed &= ~(MapFlag.RdonlyProg | MapFlag.WronlyProg)
+        if t in _PERCPU_TYPES:
+            allowed &= ~MapFlag.NumaNode  # a per-CPU array cannot be bound to one NUMA node
+        why = " (an array is always preallocated)" if spec.flags & MapFlag.NoPrealloc else ""
+        c.flags(allowed, why)
+    elif t in _HASH_TYPES:
+        # kernel/bpf/hashtab.c htab_map_alloc_check, after fd_htab_map_alloc_check for HashOfMaps.
+        c.between("keySize", key, 1)
+        if t is MapType.HashOfMaps:
+            c.sizes("valueSize", value, (4,), " (its values are file descriptors)")
+        else:
+            c.between("valueSize", value, 1)
+        entries_at_least_one()
+        lru = t in _LRU_TYPES
+        allowed = MapFlag.NoPrealloc | MapFlag.NoCommonLru | MapFlag.NumaNode | _ACCESS | MapFlag.ZeroSeed
+        if not lru:
+            allowed &= ~MapFlag.NoCommonLru  # a per-CPU LRU list only exists for LRU maps
+        if t in _PERCPU_TYPES or spec.flags & MapFlag.NoCommonLru:
+            allowed &= ~MapFlag.NumaNode
+        if lru:
+            allowed &= ~MapFlag.NoPrealloc  # ENOTSUPP: an LRU map is always preallocated
+        c.flags(allowed)
+    elif t is MapType.LpmTrie:
+        # kernel/bpf/lpm_trie.c trie_alloc (LPM_KEY_SIZE_MIN/MAX, LPM_VAL_SIZE_MIN, LPM_CREATE_FLAG_MASK).
+        c.between(
+            "keySize",
+            key,
+            LPM_PREFIXLEN_SIZE + 1,
+            LPM_PREFIXLEN_SIZE + LPM_DATA_SIZE_MAX,
+            " (a 4-byte prefix length, then 1 to 256 bytes of data)",
+        )
+        c.between("valueSize", value, 1)
+        entries_at_least_one()
+        c.require(MapFlag.NoPrealloc, " (a trie allocates its nodes as they are inserted)")
+        c.flags(MapFlag.NoPrealloc | MapFlag.NumaNode | _ACCESS)
+    elif t in (MapType.Queue, MapType.Stack):
+        # kernel/bpf/queue_stack_maps.c queue_stack_map_alloc_check.
+        c.sizes("keySize", key, (0,), " (it has no keys)")
+        c.between("valueSize", value, 1)
+        entries_at_least_one()
+        c.flags(MapFlag.NumaNode | _ACCESS)
+    elif t is MapType.BloomFilter:
+        # kernel/bpf/bloom_filter.c bloom_map_alloc (BLOOM_CREATE_FLAG_MASK).
+        c.sizes("keySize", key, (0,), " (it has no keys)")
+        c.between("valueSize", value, 1)
+        entries_at_least_one()
+        c.flags(MapFlag.NumaNode | MapFlag.ZeroSeed | _ACCESS)
+    elif t in (MapType.RingBuf, MapType.UserRingBuf):
+        # kernel/bpf/ringbuf.c ringbuf_map_alloc (shared by both): maxEntries is the size in bytes.
+        c.sizes("keySize", key, (0,), " (it has no keys)")
+        c.sizes("valueSize", value, (0,), " (it has no fixed-size values)")
+        if entries <= 0 or entries & (entries - 1) or entries % page_size:
+            c.refuse(
+                f"needs maxEntries (its size in bytes) a power of 2 and a multiple of the page size "
+                f"({page_size}), not {entries}"
+            )
+        c.flags(MapFlag.NumaNode)
+    elif t in (MapType.DevMap, MapType.DevMapHash):
+        # kernel/bpf/devmap.c dev_map_alloc_check: value 4 (ifindex) or 8 (ifindex + program fd).
+        c.sizes("keySize", key, (4,))
+        c.sizes("valueSize", value, (4, 8), " (an ifindex, or an ifindex and a program fd)")
+        entries_at_least_one()
+        c.flags(MapFlag.NumaNode | _FD_ACCESS)
+    elif t is MapType.CpuMap:
+        # kernel/bpf/cpumap.c cpu_map_alloc: value 4 (queue size) or 8 (queue size + program fd).
+        c.sizes("keySize", key, (4,), " (a CPU number)")
+        c.sizes("valueSize", value, (4, 8), " (a queue size, or a queue size and a program fd)")
+        c.flags(MapFlag.NumaNode)
+    elif t is MapType.XskMap:
+        # net/xdp/xskmap.c xsk_map_alloc.
+        c.sizes("keySize", key, (4,))
+        c.sizes("valueSize", value, (4,), " (an AF_XDP socket fd)")
+        entries_at_least_one()
+        c.flags(MapFlag.NumaNode | _FD_ACCESS)
+    elif t in (MapType.SockMap, MapType.SockHash):
+        # net/core/sock_map.c sock_map_alloc (key 4) and sock_hash_alloc (any key).
+        if t is MapType.SockMap:
+            c.sizes("keySize", key, (4,))
+        else:
+            c.between("keySize", key, 1, MAX_BPF_STACK, " (a program builds the key on its stack)")
+        c.sizes("valueSize", value, (4, 8), " (a socket fd or cookie)")
+        entries_at_least_one()
+        c.flags(MapFlag.NumaNode | _FD_ACCESS)
+    elif t is MapType.StackTrace:
+        # kernel/bpf/stackmap.c stack_map_alloc: values are arrays of u64 addresses (or of 32-byte
+        # struct bpf_stack_build_id with StackBuildId).
+        c.sizes("keySize", key, (4,), " (a stack id)")
+        unit = 32 if spec.flags & MapFlag.StackBuildId else 8
+        if value < unit or value % unit:
+            c.refuse(f"needs valueSize a multiple of {unit} (at least {unit}), not {value}")
+        elif value // unit > perf_max_stack:
+            c.refuse(
+                f"needs valueSize at most {unit * perf_max_stack} ({perf_max_stack} frames of {unit} bytes, "
+                f"the sysctl kernel.perf_event_max_stack), not {value}"
+            )
+        entries_at_least_one()
+        c.flags(MapFlag.NumaNode | _FD_ACCESS | MapFlag.StackBuildId)
+    elif t in (MapType.CgroupStorage, MapType.PercpuCgroupStorage):
+        # kernel/bpf/local_storage.c cgroup_storage_map_alloc: the key is a cgroup id (8 bytes) or
+        # a struct bpf_cgroup_storage_key (16, padded); max_entries is unused and must be 0.
+        c.sizes("keySize", key, (8, 16), " (a cgroup id, or a struct bpf_cgroup_storage_key)")
+        # BPF_LOCAL_STORAGE_MAX_VALUE_SIZE: a u16 less the element's header (E2BIG beyond).
+        c.between("valueSize", value, 1, 0xFFFF, " (less the kernel's element header)")
+        c.sizes("maxEntries", entries, (0,), " (one value per cgroup, created on attach)")
+        c.flags(MapFlag.NumaNode | _ACCESS)
+    elif t in _LOCAL_STORAGE_TYPES:
+        # kernel/bpf/bpf_local_storage.c bpf_local_storage_map_alloc_check.
+        c.sizes("keySize", key, (4,), " (an fd of the owner)")
+        c.between("valueSize", value, 1)
+        c.sizes("maxEntries", entries, (0,), " (one value per owner)")
+        c.require(MapFlag.NoPrealloc)
+        c.flags(MapFlag.NoPrealloc | MapFlag.Clone)
+        c.refuse("needs BTF type information for its key and value, which bpfshare does not pass")
+    elif t is MapType.StructOps:
+        # kernel/bpf/bpf_struct_ops.c bpf_struct_ops_map_alloc_check: a kernel struct's BTF type.
+        c.refuse("needs the BTF type of a kernel struct, which bpfshare does not pass")
+    if (t in _PERCPU_TYPES or t is MapType.PercpuCgroupStorage) and (value + 7) & ~7 > PERCPU_VALUE_MAX:
+        # array_map_alloc_check / htab_map_alloc_check: a value, rounded up to 8 bytes, must fit
+        # one per-CPU allocation unit (PCPU_MIN_UNIT_SIZE; E2BIG otherwise).
+        c.refuse(f"needs valueSize at most {PERCPU_VALUE_MAX} (one per-CPU allocation unit), not {value}")
+    return c.out
 
 
 class RelocationKind(enum.IntEnum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 from pathlib import Path
 
@@ -156,9 +157,12 @@ def test_map_of_maps_uses_inner_spec() -> None:
 
 def test_create_error_names_the_map() -> None:
     bad = MapSpec(name="broken", type=MapType.Hash, key_size=0, value_size=8, max_entries=1)
-    with pytest.raises(KernelError) as exc:
+    with pytest.raises(KernelError) as exc:  # a MapRuleError: found before the kernel is asked
         Map.create(bad)
-    assert "creating map 'broken'" in str(exc.value) and "EINVAL" in str(exc.value)
+    assert str(exc.value) == (
+        "creating map 'broken' (Hash, key 0, value 8, max entries 1): Hash needs keySize at least 1, not 0"
+    )
+    assert exc.value.errno == errno.EINVAL
 
 
 def test_fds_are_close_on_exec_and_owned() -> None:

@@ -14,12 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from bpfshare.errors import KernelError
+from bpfshare.errors import KernelError, MapRuleError
 from bpfshare.kernel.abi import BPF_ANY, BPF_F_RDONLY, Cmd, MapInfoStruct
 from bpfshare.kernel.cpus import possible_cpus
 from bpfshare.kernel.objects import KernelObject, ObjectKind, obj_get, obj_info
 from bpfshare.kernel.syscall import FD, bpf, fdinfo, new_attr
-from bpfshare.spec import DefinitionStyle, MapSpec, effective_spec, kernel_object_name
+from bpfshare.spec import (
+    PERF_MAX_STACK_DEFAULT,
+    DefinitionStyle,
+    MapSpec,
+    effective_spec,
+    kernel_object_name,
+    map_rule_violations,
+)
 from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType, ProgType, member_or_number
 
 PERCPU_TYPES = frozenset({MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage})
@@ -73,8 +80,15 @@ class Map(KernelObject[MapInfo]):
     @classmethod
     def create(cls, spec: MapSpec, name: str | None = None) -> Self:
         """Create a map from ``spec``; global data maps get their initial contents (and .rodata
-        is frozen, so neither user space nor a program can change it afterwards)."""
+        is frozen, so neither user space nor a program can change it afterwards).
+
+        The kernel's rules for the map's type are checked first (``map_rule_violations``, on the
+        spec with its magic fields filled in, as it is sent): MapRuleError names every broken one,
+        where the kernel would answer a bare EINVAL."""
         spec = effective_spec(spec, possible_cpus())
+        violations = map_rule_violations(spec, perf_max_stack=_perf_max_stack(spec))
+        if violations:
+            raise MapRuleError(f"creating map {spec.name!r} ({_shape(spec)})", violations)
         inner: Self | None = None
         if spec.type in MAP_IN_MAP_TYPES:
             if spec.inner is None:
@@ -284,15 +298,29 @@ def _shape(spec: MapSpec) -> str:
     return text
 
 
+PERF_MAX_STACK = Path("/proc/sys/kernel/perf_event_max_stack")
+
+
+def _perf_max_stack(spec: MapSpec) -> int:
+    """The node's sysctl kernel.perf_event_max_stack, which bounds a StackTrace map's values."""
+    if spec.type is not MapType.StackTrace:
+        return PERF_MAX_STACK_DEFAULT
+    try:
+        return int(PERF_MAX_STACK.read_text())
+    except (OSError, ValueError):
+        return PERF_MAX_STACK_DEFAULT
+
+
 def _create_hint(spec: MapSpec, exc: KernelError) -> str:
+    """What an errno the rules did not foresee most likely means (they catch every EINVAL they know)."""
     if exc.errno == errno.EPERM:
         return " (needs CAP_BPF or root; on kernels before 5.11 also a high enough RLIMIT_MEMLOCK)"
+    if exc.errno == errno.E2BIG:
+        return " (a size or the number of entries is over the kernel's limit for this map type)"
+    if exc.errno == errno.ENOMEM:
+        return " (the kernel could not allocate the map: too many entries, or too little memory)"
     if exc.errno == errno.EINVAL:
-        if spec.max_entries == 0:
-            return " (max entries 0 is only valid for a few map types)"
-        no_prealloc_ok = (MapType.Hash, MapType.PercpuHash, MapType.LpmTrie)
-        if spec.flags & MapFlag.NoPrealloc and spec.type not in no_prealloc_ok:
-            return f" (NoPrealloc may not be allowed for {spec.type.name})"
+        return f" (the kernel refuses these attributes for {getattr(spec.type, 'name', spec.type)})"
     return ""
 
 
