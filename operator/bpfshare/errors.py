@@ -58,3 +58,7 @@ class MapRuleError(KernelError):
 
 class TargetNotFoundError(BpfshareError):
     """An interface, network namespace or cgroup named as an attach target does not exist."""
+
+
+class InvalidTargetError(TargetNotFoundError):
+    """A target named so that it cannot exist (an interface name the kernel would never accept)."""

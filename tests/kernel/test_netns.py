@@ -52,3 +52,24 @@ def test_ifindex_errors(netns_pair: NetnsPair) -> None:
         ifindex(netns_pair.if_b)
     with pytest.raises(TargetNotFoundError, match="network namespace 'bpfshare-nope' not found"):
         ifindex("lo", "bpfshare-nope")
+
+
+def test_a_name_longer_than_ifnamsiz_is_too_long_not_missing(netns_pair: NetnsPair) -> None:
+    from bpfshare.errors import InvalidTargetError
+    from bpfshare.kernel.tc import list_tc_filters
+    from bpfshare.kernel.tcx import list_tcx
+
+    long_name = netns_pair.if_a + "x" * (16 - len(netns_pair.if_a))  # 16 characters
+    assert len(long_name) == 16
+    expected = f"interface {long_name!r} is 16 characters, longer than the kernel's 15 characters (IFNAMSIZ)"
+    for lookup in (
+        lambda: ifindex(long_name, netns_pair.ns_a),
+        lambda: list_tc_filters(long_name, "ingress", netns_pair.ns_a),
+        lambda: list_tcx(long_name, "ingress", netns_pair.ns_a),
+        lambda: ifindex(long_name, "bpfshare-nope"),  # the name is wrong wherever it is looked for
+    ):
+        with pytest.raises(InvalidTargetError) as exc:
+            lookup()
+        assert str(exc.value) == expected
+        assert isinstance(exc.value, TargetNotFoundError)  # such an interface cannot exist anywhere
+    assert ifindex(netns_pair.if_a, netns_pair.ns_a) > 0

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bpfshare.errors import KernelError, TargetNotFoundError
+from bpfshare.errors import InvalidTargetError, KernelError, TargetNotFoundError
 from bpfshare.kernel import libc
 
 NETNS_RUN_DIR = Path("/run/netns")
+IFNAMSIZ = 16  # include/uapi/linux/if.h: an interface name and its NUL
+IFNAME_MAX = IFNAMSIZ - 1
 CLONE_NEWNET = 0x40000000
 SELF_NET = "/proc/thread-self/ns/net"
 
@@ -83,8 +85,36 @@ def netns_label(netns: str | None) -> str:
     return f"network namespace {netns!r}" if netns else "the host network namespace"
 
 
+def interface_name_problem(name: str) -> str:
+    """Why no interface can be called ``name`` ("" if one can), as net/core/dev.c dev_valid_name
+    says: not empty, at most 15 bytes (IFNAMSIZ with the NUL), not "." or "..", no '/', ':' or
+    white space. Pure: asked before looking the name up, so that "not found" is never the answer
+    for a name the kernel would never accept."""
+    size = len(name.encode())
+    if not name:
+        return "an interface name cannot be empty"
+    if size > IFNAME_MAX:
+        length = f"{size} characters" if size == len(name) else f"{size} bytes in UTF-8"
+        return f"interface {name!r} is {length}, longer than the kernel's {IFNAME_MAX} characters (IFNAMSIZ)"
+    if name in (".", ".."):
+        return f"{name!r} cannot be an interface name"
+    bad = sorted({c for c in name if c in "/:" or c.isspace()})
+    if bad:
+        return f"interface {name!r}: the kernel refuses {', '.join(map(repr, bad))} in interface names"
+    return ""
+
+
+def check_interface_name(name: str) -> None:
+    """Raise InvalidTargetError if no interface can be called ``name`` (``interface_name_problem``)."""
+    problem = interface_name_problem(name)
+    if problem:
+        raise InvalidTargetError(problem)
+
+
 def ifindex(name: str, netns: str | None = None) -> int:
-    """The interface index of ``name`` inside ``netns`` (None: the current namespace)."""
+    """The interface index of ``name`` inside ``netns`` (None: the current namespace). A name that
+    no interface can have is InvalidTargetError (a TargetNotFoundError) saying why, not "not found"."""
+    check_interface_name(name)
     with enter_netns(netns):
         try:
             return socket.if_nametoindex(name)
