@@ -70,7 +70,6 @@ class Result:
     engine_wall: float = 0.0
     apply_seconds: float = 0.0
     ready_seconds: float = 0.0
-    after_apply: float = 0.0
     cpu_seconds: float = 0.0
     peak_rss_mib: float = 0.0
     passes: int = 0
@@ -143,12 +142,10 @@ def agent_run(
         with py_spy(agent.pid, out):
             start = time.perf_counter()
             result.apply_seconds = kubectl_apply(cp, docs)
-            applied = time.perf_counter()
             ready = watch.wait(watch.all_ready(keys, [node]), timeout=900, what=f"{len(keys)} resources Ready")
         if out is not None:
             log(f"profile of agent {node} (apply to Ready), {out}:\n{summarize_profile(out)}")
         result.ready_seconds = ready - start
-        result.after_apply = ready - applied
         passes1, requests1 = agent.counters()  # waits out kopf's probe cache: the burst has settled
         result.cpu_seconds = agent.cpu_seconds() - cpu0
         result.peak_rss_mib = agent.peak_rss_mib()
