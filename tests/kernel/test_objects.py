@@ -68,3 +68,28 @@ def test_kind_mismatch_and_missing_ids_are_named(bpffs: Path) -> None:
     with pytest.raises(KernelError, match=r"opening link id 4294967295: .*ENOENT") as exc:
         Link.from_id(0xFFFFFFFF)
     assert exc.value.errno == errno.ENOENT
+
+
+def test_eacces_and_eperm_opening_a_pin_are_explained(bpffs: Path, tmp_path: Path) -> None:
+    """BPF_OBJ_GET answers EACCES for anything that is not a pinned object and EPERM for a '.'
+    anywhere in a name inside bpffs: each comes with its cause, never bare."""
+    (bpffs / "tc" / "globals").mkdir(parents=True)
+    with Map.create(ARRAY) as m:
+        m.pin(bpffs / "tc" / "globals" / "counts")
+    regular = tmp_path / "counts"
+    regular.write_text("not a pin")
+    cases = [
+        (bpffs / "tc" / "globals", errno.EACCES, f"{bpffs}/tc/globals is a directory, not a pinned map"),
+        (bpffs, errno.EACCES, f"{bpffs} is a directory, not a pinned map (name the pin inside it)"),
+        (regular, errno.EACCES, f"{regular} is not on a bpffs mount, so it is not a pinned map"),
+        (bpffs / "tc.v2" / "counts", errno.EPERM, f"bpffs refuses names containing '.': 'tc.v2' in {bpffs}"),
+        (bpffs / "tc" / "globals" / "flow.counts", errno.EPERM, "bpffs refuses names containing '.' ('flow.counts')"),
+    ]
+    for path, code, cause in cases:
+        with pytest.raises(KernelError) as exc:
+            Map.from_pin(path)
+        assert exc.value.errno == code
+        assert str(exc.value).startswith(f"opening pin {path}: BPF_OBJ_GET: ")
+        assert cause in str(exc.value), str(exc.value)
+    with pytest.raises(KernelError, match=r"not a pinned prog \(name the pin inside it\)"):
+        Program.from_pin(bpffs / "tc")

@@ -13,11 +13,14 @@ import ctypes
 import enum
 import errno
 import os
+import platform
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Generic, Self, TypeVar
 
 from bpfshare.errors import KernelError
+from bpfshare.kernel import libc
 from bpfshare.kernel.abi import Cmd
 from bpfshare.kernel.syscall import FD, bpf, fd_kind, new_attr
 
@@ -38,6 +41,25 @@ class ObjectKind(enum.StrEnum):
         return self.value.removeprefix("bpf-")
 
 
+BPF_FS_MAGIC = 0xCAFE4A11
+
+
+def fs_magic(path: Path | str) -> int:
+    """statfs(2)'s f_type: the filesystem's magic number (first field, a native long)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    libc.statfs(path, buf)
+    if platform.machine() == "s390x":  # the one 64-bit ABI where f_type is a 32-bit int
+        return ctypes.c_uint.from_buffer(buf).value
+    return ctypes.c_ulong.from_buffer(buf).value
+
+
+def is_bpffs(path: Path | str) -> bool:
+    try:
+        return fs_magic(path) == BPF_FS_MAGIC
+    except OSError:
+        return False
+
+
 def pin_name_problem(path: Path | str) -> str:
     """Why bpffs would refuse ``path``'s last component, or "" (it refuses any name with a '.',
     reserved by the kernel, with a bare EPERM)."""
@@ -45,6 +67,40 @@ def pin_name_problem(path: Path | str) -> str:
     if "." in name:
         return f"bpffs refuses names containing '.' ({name!r})"
     return ""
+
+
+def dotted_component_problem(path: Path | str) -> str:
+    """Why bpffs refuses ``path`` because of a '.' in one of its components inside bpffs, or "".
+
+    bpffs's lookup (kernel/bpf/inode.c bpf_lookup) answers EPERM for any name with a '.', in a
+    directory as much as in the last component; a '.' in a directory outside bpffs (the mount
+    point's own path) is fine. Names the component and the directory it is in."""
+    parts = Path(os.path.abspath(path)).parts
+    for depth in range(1, len(parts)):
+        parent, name = Path(*parts[:depth]), parts[depth]
+        if "." in name and is_bpffs(parent):
+            return f"bpffs refuses names containing '.': {name!r} in {parent}"
+    return ""
+
+
+def _get_hint(path: Path | str, kind: ObjectKind, err: int) -> str:
+    """What an EACCES or EPERM from BPF_OBJ_GET means for this path: never bare.
+
+    EACCES: the path is not a pinned object (a directory, a file outside bpffs: bpf_inode_type)
+    or its mode does not let us read it. EPERM: a '.' in a name inside bpffs, else privileges."""
+    if err == errno.EPERM:
+        return pin_name_problem(path) or dotted_component_problem(path) or "opening a pin needs CAP_BPF or root"
+    if err != errno.EACCES:
+        return ""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    if stat.S_ISDIR(st.st_mode):
+        return f"{path} is a directory, not a pinned {kind.noun} (name the pin inside it)"
+    if not is_bpffs(path):
+        return f"{path} is not on a bpffs mount, so it is not a pinned {kind.noun}"
+    return f"the pin's mode {stat.S_IMODE(st.st_mode):04o} (owner uid {st.st_uid}) does not let this process open it"
 
 
 def obj_pin(fd: int, path: Path | str) -> None:
@@ -59,13 +115,16 @@ def obj_pin(fd: int, path: Path | str) -> None:
     except KernelError as exc:
         hint = ""
         if exc.errno == errno.EPERM:
-            why = pin_name_problem(path)
+            why = pin_name_problem(path) or dotted_component_problem(path)
             hint = f" ({why})" if why else " (is the directory on a bpffs mount?)"
         raise KernelError(f"pinning at {path}: {exc}{hint}", exc.errno) from None
 
 
 def obj_get(path: Path | str, kind: ObjectKind, file_flags: int = 0) -> FD:
-    """Open a pinned object; refuse a pin of another kind (a program where a map was expected)."""
+    """Open a pinned object; refuse a pin of another kind (a program where a map was expected).
+
+    EACCES and EPERM, which the kernel gives for several unrelated causes, come with the one
+    that applies (a directory, a path outside bpffs, a '.' in a name, the pin's mode)."""
     raw = os.fsencode(str(path)) + b"\0"
     buf = ctypes.create_string_buffer(raw, len(raw))
     attr = new_attr()
@@ -74,10 +133,8 @@ def obj_get(path: Path | str, kind: ObjectKind, file_flags: int = 0) -> FD:
     try:
         fd = FD(bpf(Cmd.OBJ_GET, attr))
     except KernelError as exc:
-        hint = ""
-        if exc.errno == errno.EPERM:
-            why = pin_name_problem(path)
-            hint = f" ({why})" if why else " (is it on a bpffs mount?)"
+        why = _get_hint(path, kind, exc.errno)
+        hint = f" ({why})" if why else ""
         raise KernelError(f"opening pin {path}: {exc}{hint}", exc.errno) from None
     actual = fd_kind(fd.fileno())
     if actual != kind:

@@ -8,21 +8,19 @@ open the winner's. An existing map is only ever read (its info), never changed.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 from pathlib import Path
 from typing import Protocol
 
 from bpfshare.errors import KernelError
-from bpfshare.kernel import libc
 from bpfshare.kernel.compat import check_compatible
 from bpfshare.kernel.maps import Map
+from bpfshare.kernel.objects import BPF_FS_MAGIC as BPF_FS_MAGIC
+from bpfshare.kernel.objects import fs_magic as fs_magic
+from bpfshare.kernel.objects import is_bpffs as is_bpffs  # where callers have always found it
 from bpfshare.kernel.objects import pin_name_problem
 from bpfshare.spec import MapSpec
-
-BPF_FS_MAGIC = 0xCAFE4A11
 
 # How often to go round "open or create+pin" when the pin keeps appearing and disappearing
 # (another loader pinning, then an unpin) before giving up.
@@ -31,22 +29,6 @@ ATTEMPTS = 8
 
 class NotOnBpffsError(KernelError):
     """A pin path is not inside a bpffs mount (the kernel would answer a bare EPERM)."""
-
-
-def fs_magic(path: Path | str) -> int:
-    """statfs(2)'s f_type: the filesystem's magic number (first field, a native long)."""
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    libc.statfs(path, buf)
-    if platform.machine() == "s390x":  # the one 64-bit ABI where f_type is a 32-bit int
-        return ctypes.c_uint.from_buffer(buf).value
-    return ctypes.c_ulong.from_buffer(buf).value
-
-
-def is_bpffs(path: Path | str) -> bool:
-    try:
-        return fs_magic(path) == BPF_FS_MAGIC
-    except OSError:
-        return False
 
 
 def _nearest_existing(path: Path) -> Path:
