@@ -25,6 +25,12 @@ def map_id(pin: Path) -> int:
     return int(bpftool("map", "show", "pinned", str(pin))["id"])  # type: ignore[index]
 
 
+def another_tools_map(pin: Path, name: str) -> None:
+    """An Array(4, 8, 4) that bpftool creates and pins: a map bpfshare did not make."""
+    spec = ["type", "array", "key", "4", "value", "8", "entries", "4", "name", name]
+    subprocess.run(["bpftool", "map", "create", str(pin), *spec], check=True)
+
+
 def put(pin: Path, key: int, value: int) -> None:
     args = [f"{b}" for b in key.to_bytes(4, "little")], [f"{b}" for b in value.to_bytes(8, "little")]
     subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", *args[0], "value", *args[1]], check=True)
@@ -66,25 +72,7 @@ def test_an_adopted_map_is_pinned_again_from_its_id_though_its_name_is_the_other
     node: Node, bpffs: Path, bpf_objects, netns_pair: NetnsPair
 ) -> None:
     theirs = bpffs / "theirs"
-    subprocess.run(
-        [
-            "bpftool",
-            "map",
-            "create",
-            str(theirs),
-            "type",
-            "array",
-            "key",
-            "4",
-            "value",
-            "8",
-            "entries",
-            "4",
-            "name",
-            "their_counts",
-        ],
-        check=True,
-    )
+    another_tools_map(theirs, "their_counts")
     res, prog = bpfmap(adopt=str(theirs)), tc_program(bpf_objects["flow_counter"], netns_pair)
     first = node.apply(res, prog)
     ours = node.root / "maps" / "flow-counts"
@@ -99,25 +87,7 @@ def test_an_adopted_map_is_pinned_again_from_its_id_though_its_name_is_the_other
 
 def test_a_changed_adopt_is_reported_not_swapped(node: Node, bpffs: Path) -> None:
     for name in ("one", "two"):
-        subprocess.run(
-            [
-                "bpftool",
-                "map",
-                "create",
-                str(bpffs / name),
-                "type",
-                "array",
-                "key",
-                "4",
-                "value",
-                "8",
-                "entries",
-                "4",
-                "name",
-                name,
-            ],
-            check=True,
-        )
+        another_tools_map(bpffs / name, name)
     first = node.apply(bpfmap(adopt=str(bpffs / "one")))
     changed = node.apply(bpfmap(adopt=str(bpffs / "two")), ok=False)
     assert changed["flow-counts"]["phase"] == "Error"
