@@ -147,3 +147,112 @@ def test_traffic_from_the_cgroup_is_counted(cgroup_dir: Path) -> None:
         # Traffic from outside the cgroup is not counted.
         subprocess.run([sys.executable, "-c", SENDER, "-", "5"], check=True, timeout=30)
         assert read_u64(counter.lookup(u32(0))) == seen
+
+
+# -- refusals name the cgroup and the cause ------------------------------------------------------
+
+
+def _attach_through_the_loader(prog: Program, cgroup: Path, pin_dir: Path) -> str:
+    """attach_program on ``cgroup`` (its path relative to the root) must fail: the message."""
+    from bpfshare.api.targets import CgroupTarget
+    from bpfshare.errors import BpfshareError
+    from bpfshare.load.attach import attach_program
+
+    rel = "/" + str(cgroup.relative_to(cgroup2_root()))
+    spec = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name="ours")
+    with pytest.raises(BpfshareError) as exc:
+        attach_program(prog, spec, CgroupTarget(rel, "egress"), pin_dir)
+    assert not list((pin_dir / "links").glob("*")), "a refused attach left a pin"
+    message = str(exc.value)
+    assert " fd " not in message
+    return message
+
+
+@pytest.mark.kernel
+def test_an_exclusive_program_of_another_tool_is_named_not_replaced(cgroup_dir: Path, bpffs: Path) -> None:
+    """Another tool's program attached without BPF_F_ALLOW_MULTI (bpftool's default): EPERM,
+    which means "exclusive here", not "capabilities"; it stays where it is."""
+    from bpfshare.kernel.abi import BPF_F_ALLOW_OVERRIDE
+
+    rel = "/" + cgroup_dir.name
+    allow = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name="foreign")
+    with Program.load(allow, returns(1)) as foreign, Program.load(allow, returns(1), name="ours") as ours:
+        for flags, how in ((0, "exclusively"), (BPF_F_ALLOW_OVERRIDE, "with BPF_F_ALLOW_OVERRIDE")):
+            with open_cgroup(cgroup_dir) as cg:
+                prog_attach(int(cg), foreign.fd, EGRESS, flags)
+            try:
+                message = _attach_through_the_loader(ours, cgroup_dir, bpffs / "prog")
+                assert message.startswith(
+                    f"cgroup {rel}: another program is attached there {how} (by another tool, without "
+                    "BPF_F_ALLOW_MULTI): bpfshare does not replace it (BPF_LINK_CREATE: "
+                )
+                assert "EPERM" in message
+                with open_cgroup(cgroup_dir) as cg:
+                    assert query_cgroup(int(cg), EGRESS) == [foreign.info().id]
+            finally:
+                with open_cgroup(cgroup_dir) as cg:
+                    prog_detach(int(cg), foreign.fd, EGRESS)
+
+
+@pytest.mark.kernel
+def test_an_exclusive_program_above_is_named(cgroup_dir: Path, bpffs: Path) -> None:
+    from tests.fixtures.netenv import remove_cgroup
+
+    child = cgroup_dir / "child"
+    child.mkdir()
+    allow = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name="foreign")
+    try:
+        with Program.load(allow, returns(1)) as foreign, Program.load(allow, returns(1), name="ours") as ours:
+            with open_cgroup(cgroup_dir) as cg:
+                prog_attach(int(cg), foreign.fd, EGRESS)
+            try:
+                message = _attach_through_the_loader(ours, child, bpffs / "prog")
+            finally:
+                with open_cgroup(cgroup_dir) as cg:
+                    prog_detach(int(cg), foreign.fd, EGRESS)
+        assert message.startswith(
+            f"cgroup /{cgroup_dir.name}/child: cgroup /{cgroup_dir.name} above it has a program attached "
+            "exclusively (by another tool, without BPF_F_ALLOW_OVERRIDE or BPF_F_ALLOW_MULTI), which forbids "
+            "programs in the cgroups below: bpfshare does not replace it"
+        )
+    finally:
+        remove_cgroup(child, cgroup2_root())
+
+
+@pytest.mark.kernel
+def test_the_kernels_64_program_limit_is_named(cgroup_dir: Path, bpffs: Path) -> None:
+    specs = [simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name=f"p{i}") for i in range(65)]
+    programs = [Program.load(s, returns(1)) for s in specs]
+    links: list[Link] = []
+    try:
+        with open_cgroup(cgroup_dir) as cg:
+            links = [Link.create(p, int(cg), EGRESS) for p in programs[:64]]
+        message = _attach_through_the_loader(programs[64], cgroup_dir, bpffs / "prog")
+        assert message.startswith(
+            f"cgroup /{cgroup_dir.name} already holds 64 programs for egress, the kernel's limit (BPF_LINK_CREATE: "
+        )
+        assert "E2BIG" in message
+    finally:
+        for link in links:
+            link.close()
+        for prog in programs:
+            prog.close()
+
+
+@pytest.mark.kernel
+def test_link_create_names_the_cgroup_by_path_not_fd(cgroup_dir: Path) -> None:
+    """Without a label from the caller, the cgroup is named relative to the root, from the fd."""
+    allow = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name="foreign")
+    with (
+        Program.load(allow, returns(1)) as foreign,
+        Program.load(allow, returns(1), name="ours") as ours,
+        open_cgroup(cgroup_dir) as cg,
+    ):
+        prog_attach(int(cg), foreign.fd, EGRESS)
+        try:
+            with pytest.raises(KernelError) as exc:
+                Link.create(ours, int(cg), EGRESS)
+        finally:
+            prog_detach(int(cg), foreign.fd, EGRESS)
+    assert str(exc.value).startswith(f"cgroup /{cgroup_dir.name}: another program is attached there exclusively")
+    assert exc.value.errno == errno.EPERM

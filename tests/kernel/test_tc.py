@@ -129,3 +129,32 @@ def test_tcx_link_create_needs_the_netns(netns_pair: NetnsPair) -> None:
             assert link.info().ifindex == index
         with pytest.raises(TargetNotFoundError):
             attach_tcx("bpfshare-nope0", "egress", prog, netns=p.ns_b)
+
+
+def test_the_kernels_tcx_program_limit_is_named(netns_pair: NetnsPair, bpffs: Path) -> None:
+    """bpf_mprog holds 63 programs per hook (64 slots, one ends the array) and answers ERANGE
+    beyond: the message says so, naming the interface, the direction and the namespace."""
+    from bpfshare.api.targets import TcxTarget
+    from bpfshare.kernel.links import TCX_MAX_PROGS
+    from bpfshare.load.attach import attach_program
+
+    p = netns_pair
+    code = returns(0)
+    specs = [simple_spec(ProgType.SchedCls, code, name=f"p{i}") for i in range(TCX_MAX_PROGS + 1)]
+    programs = [Program.load(s, code) for s in specs]
+    links: list[Link] = []
+    try:
+        links = [attach_tcx(p.if_a, "ingress", prog, netns=p.ns_a) for prog in programs[:-1]]
+        with pytest.raises(KernelError) as exc:
+            attach_program(programs[-1], specs[-1], TcxTarget(p.if_a, "ingress", p.ns_a), bpffs / "prog")
+        assert str(exc.value).startswith(
+            f"{p.if_a} ingress in network namespace {p.ns_a!r} already holds 63 tcx programs, the kernel's limit "
+            "(BPF_LINK_CREATE: "
+        )
+        assert "ERANGE" in str(exc.value)
+        assert not list((bpffs / "prog" / "links").glob("*"))
+    finally:
+        for link in links:
+            link.close()
+        for prog in programs:
+            prog.close()

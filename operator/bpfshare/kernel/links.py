@@ -16,16 +16,19 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import os
+import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
 
-from bpfshare.errors import KernelError
-from bpfshare.kernel.abi import BPF_F_REPLACE, Cmd, LinkInfoStruct
+from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.kernel.abi import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BPF_F_REPLACE, Cmd, LinkInfoStruct
 from bpfshare.kernel.objects import KernelObject, ObjectKind, obj_info
 from bpfshare.kernel.programs import Program
 from bpfshare.kernel.syscall import FD, bpf, new_attr
-from bpfshare.types import AttachType
+from bpfshare.types import CGROUP_ATTACH_TYPES, AttachType
 
 
 class LinkType(enum.IntEnum):
@@ -91,10 +94,15 @@ class Link(KernelObject[LinkInfo]):
         flags: int = 0,
         relative_fd: int = 0,
         expected_revision: int = 0,
+        target_label: str | None = None,
     ) -> Self:
         """BPF_LINK_CREATE. cgroup: ``target_fd`` is an O_RDONLY|O_DIRECTORY fd of the cgroup dir.
         tcx: ``target_fd`` 0, ``target_ifindex`` the device (in the calling thread's netns), and
-        optionally ``flags`` (BPF_F_BEFORE/AFTER, ...) with ``relative_fd``/``expected_revision``."""
+        optionally ``flags`` (BPF_F_BEFORE/AFTER, ...) with ``relative_fd``/``expected_revision``.
+
+        A refusal names the target (``target_label``, e.g. ``cgroup /a`` or ``eth0 ingress``; by
+        default worked out from the fd or ifindex, never a bare descriptor number) and, where the
+        kernel's errno has a cause bpfshare can find, says it (``attach_refusal``)."""
         attr = new_attr()
         lc = attr.link_create
         lc.prog_fd = prog.fd
@@ -106,11 +114,15 @@ class Link(KernelObject[LinkInfo]):
         try:
             return cls(FD(bpf(Cmd.LINK_CREATE, attr)))
         except KernelError as exc:
-            target = f"ifindex {target_ifindex}" if target_ifindex else f"fd {target_fd}"
-            raise KernelError(
-                f"attaching program {prog.info().name!r} to {target} as {attach_type.name}: {exc}",
-                exc.errno,
-            ) from None
+            label = target_label or target_description(attach_type, target_fd, target_ifindex)
+            cause = attach_refusal(label, attach_type, exc.errno, cgroup_fd=target_fd, ifindex=target_ifindex)
+            if cause:
+                message = f"{cause} ({exc})"
+            else:
+                message = f"attaching program {prog.info().name!r} to {label} as {attach_type.name}: {exc}"
+                if exc.errno == errno.EPERM:
+                    message += " (attaching needs CAP_BPF and CAP_NET_ADMIN, or root)"
+            raise KernelError(message, exc.errno) from None
 
     def _summary(self, info: LinkInfo) -> str:
         return f"id={info.id}, type={info.type.name}, prog_id={info.prog_id}"
@@ -217,6 +229,28 @@ def _query(target: int, attach_type: AttachType, *, flags: int = 0, with_links: 
         return QueryResult(list(progs[:n]), list(links[:n]) if with_links else [0] * n, int(q.revision))
 
 
+def query_cgroup_flags(cgroup_fd: int, attach_type: AttachType) -> tuple[list[int], int]:
+    """The programs attached to the cgroup itself for ``attach_type`` and how they were attached:
+    BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE or 0 (exclusive: nothing else may join them)."""
+    capacity = 64
+    while True:
+        progs = (ctypes.c_uint32 * capacity)()
+        attr = new_attr()
+        q = attr.query
+        q.target_fd = cgroup_fd
+        q.attach_type = int(attach_type)
+        q.prog_ids = ctypes.addressof(progs)
+        q.count = capacity
+        try:
+            bpf(Cmd.PROG_QUERY, attr)
+        except KernelError as exc:
+            if exc.errno == errno.ENOSPC and capacity < 1 << 16:
+                capacity = max(capacity * 2, q.count)
+                continue
+            raise
+        return list(progs[: q.count]), int(q.attach_flags)
+
+
 def query_cgroup(cgroup_fd: int, attach_type: AttachType, *, effective: bool = False) -> list[int]:
     """IDs of the programs attached to a cgroup for ``attach_type`` (in run order).
 
@@ -234,3 +268,108 @@ def query_tcx(ifindex: int, attach_type: AttachType) -> QueryResult:
     if attach_type not in (AttachType.TcxIngress, AttachType.TcxEgress):
         raise ValueError(f"query_tcx needs TcxIngress or TcxEgress, not {attach_type.name}")
     return _query(ifindex, attach_type, with_links=True)
+
+
+# -- why an attachment was refused ----------------------------------------------------------------
+
+# How many programs one hook holds: include/linux/bpf-cgroup.h BPF_CGROUP_MAX_PROGS for a cgroup;
+# include/linux/bpf_mprog.h bpf_mprog_max() for tcx, its 64 slots less the one that ends the array.
+CGROUP_MAX_PROGS = 64
+TCX_MAX_PROGS = 63
+TCX_TYPES = (AttachType.TcxIngress, AttachType.TcxEgress)
+_CGROUP_SHORT_NAMES = {attach: short for short, attach in CGROUP_ATTACH_TYPES.items()}
+
+
+def target_description(attach_type: AttachType, target_fd: int, target_ifindex: int) -> str:
+    """How a message names a link's target when the caller did not: ``cgroup /a`` (relative to the
+    cgroup v2 root) from the fd's path, ``eth0 ingress`` from the ifindex (in the calling thread's
+    netns); the bare number only when neither can be found."""
+    if target_ifindex:
+        direction = "ingress" if attach_type is AttachType.TcxIngress else "egress"
+        try:
+            return f"{socket.if_indextoname(target_ifindex)} {direction}"
+        except OSError:
+            return f"ifindex {target_ifindex} {direction}"
+    try:
+        path = Path(os.readlink(f"/proc/self/fd/{target_fd}"))
+    except OSError:
+        return f"fd {target_fd}"
+    return f"cgroup {cgroup_display(path)}"
+
+
+def attach_refusal(label: str, attach_type: AttachType, err: int, *, cgroup_fd: int = 0, ifindex: int = 0) -> str:
+    """The cause of a refused BPF_LINK_CREATE in words, or "" when there is none to find.
+
+    - cgroup, EPERM: a program attached to the cgroup without BPF_F_ALLOW_MULTI (exclusive, or
+      with BPF_F_ALLOW_OVERRIDE), which a link (always multi) may not join; or one attached
+      exclusively to an ancestor, which forbids programs below it (kernel/bpf/cgroup.c
+      __cgroup_bpf_attach and hierarchy_allows_attach). Otherwise EPERM is privileges.
+    - cgroup, E2BIG: the hook holds BPF_CGROUP_MAX_PROGS programs already.
+    - tcx, ERANGE: the hook holds bpf_mprog_max() programs already (kernel/bpf/mprog.c).
+    The queries run where the attach ran (a tcx ifindex in the calling thread's netns).
+    """
+    try:
+        if attach_type in TCX_TYPES:
+            if err == errno.ERANGE and ifindex:
+                count = len(query_tcx(ifindex, attach_type).prog_ids)
+                return f"{label} already holds {count} tcx programs, the kernel's limit"
+            return ""
+        if attach_type not in _CGROUP_SHORT_NAMES or not cgroup_fd:
+            return ""
+        if err == errno.E2BIG:
+            attached, _ = query_cgroup_flags(cgroup_fd, attach_type)
+            short = _CGROUP_SHORT_NAMES[attach_type]
+            return f"{label} already holds {len(attached)} programs for {short}, the kernel's limit"
+        if err == errno.EPERM:
+            return _cgroup_eperm(label, attach_type, cgroup_fd)
+    except (KernelError, OSError):
+        return ""  # the query itself failed: the errno is all there is
+    return ""
+
+
+_NOT_REPLACED = "bpfshare does not replace it"
+
+
+def _cgroup_eperm(label: str, attach_type: AttachType, cgroup_fd: int) -> str:
+    held, flags = query_cgroup_flags(cgroup_fd, attach_type)
+    if held and not flags & BPF_F_ALLOW_MULTI:
+        how = "with BPF_F_ALLOW_OVERRIDE" if flags & BPF_F_ALLOW_OVERRIDE else "exclusively"
+        return (
+            f"{label}: another program is attached there {how} (by another tool, without "
+            f"BPF_F_ALLOW_MULTI): {_NOT_REPLACED}"
+        )
+    from bpfshare.kernel.cgroup import cgroup2_root
+
+    directory = Path(os.readlink(f"/proc/self/fd/{cgroup_fd}"))
+    root = Path(os.path.realpath(cgroup2_root()))
+    for ancestor in directory.parents:
+        if not ancestor.is_relative_to(root):
+            break
+        with FD(os.open(ancestor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as fd:
+            above, above_flags = query_cgroup_flags(int(fd), attach_type)
+        if above and not above_flags & (BPF_F_ALLOW_MULTI | BPF_F_ALLOW_OVERRIDE):
+            return (
+                f"{label}: cgroup {cgroup_display(ancestor)} above it has a program attached exclusively (by "
+                f"another tool, without BPF_F_ALLOW_OVERRIDE or BPF_F_ALLOW_MULTI), which forbids programs in "
+                f"the cgroups below: {_NOT_REPLACED}"
+            )
+        if above and above_flags & BPF_F_ALLOW_MULTI:
+            break  # a multi ancestor allows anything below it (hierarchy_allows_attach)
+    return ""
+
+
+def cgroup_display(path: Path) -> str:
+    """A cgroup directory as users name it: ``/a/b`` relative to the cgroup v2 root (the full path
+    when it is outside)."""
+    from bpfshare.kernel.cgroup import cgroup2_root
+
+    try:
+        root = Path(os.path.realpath(cgroup2_root()))
+    except BpfshareError:
+        return str(path)
+    real = Path(os.path.realpath(path))
+    if real == root:
+        return "/"
+    if real.is_relative_to(root):
+        return "/" + str(real.relative_to(root))
+    return str(path)

@@ -8,7 +8,7 @@ are not tied to a namespace).
 from __future__ import annotations
 
 from bpfshare.kernel.links import Link, QueryResult, query_tcx
-from bpfshare.kernel.netns import enter_netns, ifindex
+from bpfshare.kernel.netns import enter_netns, ifindex, netns_label
 from bpfshare.kernel.programs import Program
 from bpfshare.types import AttachType, Direction
 
@@ -26,7 +26,13 @@ def attach_tcx(ifname: str, direction: Direction, prog: Program, *, netns: str |
     attach_type = tcx_attach_type(direction)
     with enter_netns(netns):
         index = ifindex(ifname)
-        return Link.create(prog, 0, attach_type, target_ifindex=index, flags=flags)
+        label = tcx_label(ifname, direction, netns)
+        return Link.create(prog, 0, attach_type, target_ifindex=index, flags=flags, target_label=label)
+
+
+def tcx_label(ifname: str, direction: str, netns: str | None) -> str:
+    """How messages name a tcx hook: ``eth0 ingress``, ``eth0 ingress in network namespace 'x'``."""
+    return f"{ifname} {direction}" + (f" in {netns_label(netns)}" if netns else "")
 
 
 def list_tcx(ifname: str, direction: Direction, netns: str | None = None) -> QueryResult:

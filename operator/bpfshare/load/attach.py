@@ -103,15 +103,18 @@ def _attach_link(program: Program, target: TcxTarget | CgroupTarget, pin: Path) 
             return Attachment(target, link_id=existing.info().id, pin_path=pin)
     if isinstance(target, TcxTarget):
         from bpfshare.kernel.netns import enter_netns, ifindex
+        from bpfshare.kernel.tcx import tcx_label
 
         index = ifindex(target.interface, target.netns)
+        label = tcx_label(target.interface, target.direction, target.netns)
         with enter_netns(target.netns):
-            link = Link.create(program, 0, target.attach_type, target_ifindex=index)
+            link = Link.create(program, 0, target.attach_type, target_ifindex=index, target_label=label)
     else:
         from bpfshare.kernel.cgroup import open_cgroup
 
         with open_cgroup(target.path) as cgroup_fd:
-            link = Link.create(program, int(cgroup_fd), target.attach_type)
+            label = f"cgroup /{target.path.strip('/')}"
+            link = Link.create(program, int(cgroup_fd), target.attach_type, target_label=label)
     with link:
         replace_pin(link, pin)
         return Attachment(target, link_id=link.info().id, pin_path=pin)
