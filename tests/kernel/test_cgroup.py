@@ -256,3 +256,39 @@ def test_link_create_names_the_cgroup_by_path_not_fd(cgroup_dir: Path) -> None:
             prog_detach(int(cg), foreign.fd, EGRESS)
     assert str(exc.value).startswith(f"cgroup /{cgroup_dir.name}: another program is attached there exclusively")
     assert exc.value.errno == errno.EPERM
+
+
+@pytest.mark.kernel
+def test_a_deep_cgroup_path_gets_a_link_pin_that_fits(cgroup_dir: Path, bpffs: Path) -> None:
+    """A cgroup deep enough that its key, spelled out, overflows NAME_MAX (ENAMETOOLONG before):
+    attached through a hashed pin name, and found again by it (the link updated, not doubled)."""
+    from bpfshare.api.targets import CgroupTarget
+    from bpfshare.load.attach import attach_program, is_hashed_link_pin, link_pin_path, link_pin_target
+    from tests.fixtures.netenv import remove_cgroup
+
+    levels = [cgroup_dir / ("d" * 60)]
+    for _ in range(3):
+        levels.append(levels[-1] / ("d" * 60))
+    deep = levels[-1]
+    target = CgroupTarget("/" + str(deep.relative_to(cgroup2_root())), "egress")
+    pin_dir = bpffs / "prog"
+    spec = simple_spec(ProgType.CgroupSkb, returns(1), EGRESS, name="ours")
+    try:
+        deep.mkdir(parents=True)
+        with Program.load(spec, returns(1)) as first, Program.load(spec, returns(1), name="ours2") as second:
+            attached = attach_program(first, spec, target, pin_dir)
+            pin = link_pin_path(pin_dir, target)
+            assert attached.pin_path == pin and pin.exists() and is_hashed_link_pin(pin.name)
+            again = attach_program(second, spec, target, pin_dir)  # an upgrade: the same link, updated
+            assert again.link_id == attached.link_id
+            with open_cgroup(deep) as cg:
+                assert query_cgroup(int(cg), EGRESS) == [second.info().id]
+            assert [p.name for p in (pin_dir / "links").iterdir()] == [pin.name]
+            assert link_pin_target(pin.name, [CgroupTarget("/", "egress"), target]) == target
+            pin.unlink()  # the last reference: detached
+            with open_cgroup(deep) as cg:
+                assert query_cgroup(int(cg), EGRESS) == []
+    finally:
+        for level in reversed(levels):
+            if level.exists():
+                remove_cgroup(level, cgroup2_root())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,21 @@ def test_names_with_dots_are_refused_clearly(bpffs: Path) -> None:
         ensure_pin_dir(bpffs / "v1.2" / "maps")
     with pytest.raises(KernelError, match=r"refuses names containing '\.' \('\.tmp'\)"):
         get_or_create_pinned(SPEC, bpffs / ".tmp", "map m")
+
+
+def test_replace_pin_of_a_name_too_long_for_the_temporary_suffix(bpffs: Path) -> None:
+    """A pin name near NAME_MAX cannot take ``_tmp<pid>``: the temporary pin is named by a digest,
+    still ending in ``_tmp<pid>`` (how stale ones are found)."""
+    from bpfshare.kernel.pins import NAME_MAX, replace_pin, temporary_pin_name
+
+    name = "m" * NAME_MAX
+    assert temporary_pin_name("short") == f"short_tmp{os.getpid()}"
+    tmp = temporary_pin_name(name)
+    assert len(tmp) <= NAME_MAX and tmp.endswith(f"_tmp{os.getpid()}")
+    pins_dir = bpffs / "links"
+    with Map.create(SPEC) as first, Map.create(SPEC) as second:
+        replace_pin(first, pins_dir / name)
+        replace_pin(second, pins_dir / name)
+        with Map.from_pin(pins_dir / name) as pinned:
+            assert pinned.info().id == second.info().id
+    assert [p.name for p in pins_dir.iterdir()] == [name]

@@ -9,6 +9,7 @@ open the winner's. An existing map is only ever read (its info), never changed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -110,6 +111,19 @@ class Pinnable(Protocol):
     def pin(self, path: Path) -> None: ...
 
 
+NAME_MAX = 255  # the longest file name
+
+
+def temporary_pin_name(name: str) -> str:
+    """Where ``replace_pin`` pins before renaming over ``name``: ``<name>_tmp<pid>``, or, for a name
+    too long to take the suffix (NAME_MAX), ``<digest of the name>_tmp<pid>``: either way it ends in
+    ``_tmp<pid>``, which is how stale ones are found (engine/layout.py)."""
+    suffix = f"_tmp{os.getpid()}"
+    if len(os.fsencode(name + suffix)) <= NAME_MAX:
+        return name + suffix
+    return hashlib.sha256(os.fsencode(name)).hexdigest()[:40] + suffix
+
+
 def replace_pin(live: Pinnable, path: Path) -> None:
     """Pin ``live`` at ``path`` atomically: pin beside it, then rename over the old pin.
 
@@ -117,7 +131,7 @@ def replace_pin(live: Pinnable, path: Path) -> None:
     name with a '.', so the temporary name has none.)
     """
     ensure_pin_dir(path.parent)
-    tmp = path.with_name(f"{path.name}_tmp{os.getpid()}")
+    tmp = path.with_name(temporary_pin_name(path.name))
     tmp.unlink(missing_ok=True)
     live.pin(tmp)
     os.rename(tmp, path)

@@ -8,7 +8,10 @@ priority/handle for the same reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from bpfshare.kernel.programs import Program
 
 LINKS_DIR = "links"
+NAME_MAX = 255  # the longest file name (bpffs like any filesystem): a link pin name fits it
+HASHED_LINK_PIN = re.compile(r"(tc|tcx|cgroup)~[0-9a-f]{40}")  # never a readable name: those have ':'
 TC_PROG_TYPES = (ProgType.SchedCls, ProgType.SchedAct)
 
 
@@ -63,14 +68,59 @@ def check_fits(program: ProgramSpec, target: AttachTarget) -> None:
         raise BpfshareError(f"{where} was built for {expected.name}, not {target.attach_type.name} ({target.key})")
 
 
+def link_pin_name(target: AttachTarget) -> str:
+    """The name of the target's link pin: its key, percent-encoded (reversible, and free of '/'
+    and of '.', which bpffs refuses in names), as long as that fits a name (NAME_MAX, 255 bytes).
+
+    A longer one (a deep cgroup path, whose '/'s each take three bytes) would be refused with
+    ENAMETOOLONG: it gets ``<kind>~<40 hex digits>`` instead, a digest of the key, as stable as
+    the key itself. Every name that fits keeps the readable form, so existing pins are found as
+    before. A hashed name cannot be read back: ``link_pin_target`` matches it to candidates."""
+    readable = quote(target.key, safe="@:-_").replace(".", "%2E")
+    if len(readable) <= NAME_MAX:
+        return readable
+    return f"{target.kind}~{_key_digest(target.key)}"
+
+
 def link_pin_path(pin_dir: Path, target: AttachTarget) -> Path:
-    """One pin per target; the name is the target's key, percent-encoded (reversible, and free of
-    '/' and of '.', which bpffs refuses in names)."""
-    return pin_dir / LINKS_DIR / quote(target.key, safe="@:-_").replace(".", "%2E")
+    """One pin per target, ``<pin dir>/links/<link_pin_name>``."""
+    return pin_dir / LINKS_DIR / link_pin_name(target)
+
+
+def is_hashed_link_pin(name: str) -> bool:
+    """Whether ``name`` is a hashed link pin name (``link_pin_name`` of a target whose key is too
+    long to spell out): one of ours, but only its target's key can say which target."""
+    return HASHED_LINK_PIN.fullmatch(name) is not None
+
+
+class HashedLinkPinError(BpfshareError):
+    """A hashed link pin name, which cannot be turned back into its target on its own."""
 
 
 def target_from_link_pin(name: str) -> AttachTarget:
+    """The target a readable link pin name spells out. A hashed name raises HashedLinkPinError
+    (a BpfshareError): ask ``link_pin_target`` with the targets it may belong to."""
+    if is_hashed_link_pin(name):
+        raise HashedLinkPinError(
+            f"link pin {name!r} is named by a digest of its target's key: match it with link_pin_target"
+        )
     return parse_attach(unquote(name))
+
+
+def link_pin_target(name: str, candidates: Iterable[AttachTarget]) -> AttachTarget | None:
+    """The target the link pin ``name`` belongs to: a readable name is read (candidates or not), a
+    hashed one is the candidate whose ``link_pin_name`` it is. None: a name bpfshare does not make,
+    or a hashed name of none of the candidates (``is_hashed_link_pin`` tells the two apart)."""
+    if is_hashed_link_pin(name):
+        return next((t for t in candidates if link_pin_name(t) == name), None)
+    try:
+        return parse_attach(unquote(name))
+    except BpfshareError:
+        return None
+
+
+def _key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def attach_program(program: Program, spec: ProgramSpec, target: AttachTarget, pin_dir: Path) -> Attachment:
