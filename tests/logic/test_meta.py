@@ -45,3 +45,12 @@ def test_fingerprint_changes_with_what_matters() -> None:
     assert fingerprint("digest", "prog2", bind, {"m": 7}) != base
     assert fingerprint("digest", "prog", bind, {"m": 8}) != base  # the map was re-created
     assert fingerprint("digest", "prog", {"m": MapBinding(pin_path=Path("/p/n"))}, {"m": 7}) != base
+
+
+def test_a_map_record_is_small_but_holds_the_longest_adopt_path() -> None:
+    from bpfshare.engine.meta import MapRecord
+
+    record = MapRecord("m", "/sys/fs/bpf/bpfshare/maps/" + "p" * 128, 42, "/sys/fs/bpf/" + "a" * 4083)
+    raw = record.encode()
+    assert len(raw) < META_VALUE_SIZE // 2
+    assert MapRecord.decode(raw) == record

@@ -17,7 +17,7 @@ from typing import cast
 
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.engine.kernel import AttachResult, LinkView, Loaded, MapView, ProgramView, TcFilterView
-from bpfshare.engine.meta import META_SPEC
+from bpfshare.engine.meta import record_spec
 from bpfshare.errors import BpfshareError, KernelError
 from bpfshare.kernel.links import Link
 from bpfshare.kernel.maps import Map, MapInfo
@@ -108,7 +108,7 @@ class HostKernel:
 
     def write_record(self, pin: Path, data: bytes) -> None:
         ensure_pin_dir(pin.parent)
-        live, _ = get_or_create_pinned(META_SPEC, pin, f"record {pin}")
+        live, _ = get_or_create_pinned(record_spec(len(data)), pin, f"record {pin}")
         with live:
             live.update(KEY0, data)
 

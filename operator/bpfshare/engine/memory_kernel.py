@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.engine.kernel import AttachResult, LinkView, Loaded, MapView, ProgramView, TcFilterView
-from bpfshare.engine.meta import META_SPEC
+from bpfshare.engine.meta import record_spec
 from bpfshare.errors import BpfshareError, IncompatibleMapError, KernelError, TargetNotFoundError, VerifierError
 from bpfshare.kernel.compat import map_differences
 from bpfshare.load.attach import link_pin_path
@@ -252,7 +252,7 @@ class MemoryKernel:
     def write_record(self, pin: Path, data: bytes) -> None:
         self._fault("write_record")
         if pin not in self._pins:
-            self._pin(pin, _Pin("map", self._create_map(META_SPEC)))
+            self._pin(pin, _Pin("map", self._create_map(record_spec(len(data)))))
         self.calls.append(f"record {pin}")
         self._map(pin).values[bytes(4)] = data
 

@@ -26,17 +26,23 @@ from bpfshare.spec import MapSpec
 from bpfshare.types import MapType
 
 META_VALUE_SIZE = 65536
-META_SPEC = MapSpec(name="bpfshare_meta", type=MapType.Array, key_size=4, value_size=META_VALUE_SIZE, max_entries=1)
+
+
+def record_spec(value_size: int) -> MapSpec:
+    """The one-entry array that holds a record of ``value_size`` bytes."""
+    return MapSpec(name="bpfshare_meta", type=MapType.Array, key_size=4, value_size=value_size, max_entries=1)
 
 
 class _Record:
-    """Length-prefixed JSON in a 64 KiB value; unknown fields ignored, unreadable means empty."""
+    """Length-prefixed JSON in a fixed-size value; unknown fields ignored, unreadable means empty."""
+
+    VALUE_SIZE = META_VALUE_SIZE  # every pass reads every record: small records are cheap ones
 
     def encode(self) -> bytes:
         body = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()  # type: ignore[call-overload]
-        if len(body) + 4 > META_VALUE_SIZE:
+        if len(body) + 4 > self.VALUE_SIZE:
             raise BpfshareError(f"{type(self).__name__} too large ({len(body)} bytes): too many attachments")
-        return struct.pack("<I", len(body)) + body + bytes(META_VALUE_SIZE - 4 - len(body))
+        return struct.pack("<I", len(body)) + body + bytes(self.VALUE_SIZE - 4 - len(body))
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:
@@ -64,6 +70,8 @@ class ProgramMeta(_Record):
 
 @dataclass
 class MapRecord(_Record):
+    VALUE_SIZE = 16384  # two paths (the pin, and spec.adopt: at most 4096 bytes each) and a number
+
     owner: str = ""  # the BpfMap
     pin: str = ""
     map_id: int = 0
