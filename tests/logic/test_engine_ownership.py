@@ -189,8 +189,13 @@ def test_every_missing_interface_is_named_and_nothing_is_attached() -> None:
 
 
 def test_a_too_long_interface_name_is_called_too_long() -> None:
-    report = Node().run([bpfmap()], [bpfprog(attach=tc("a" * 16))])
-    assert "longer than 15 characters" in report.programs["count-ingress"].message
+    import pytest
+
+    from bpfshare.api.resources import ResourceError
+
+    with pytest.raises(ResourceError, match="too long: 16 characters, at most 15"):
+        bpfprog(attach=tc("a" * 16))
+    assert "longer than 15 characters" in (Node().kernel.missing_target(TcTarget("a" * 16, "ingress")) or "")
 
 
 def test_a_failure_after_attaching_leaves_the_filter_claimed_and_delete_removes_it() -> None:
@@ -231,17 +236,61 @@ def test_a_map_pinned_by_name_that_bpfshare_did_not_create_is_never_removed() ->
     assert node.kernel.exists(globals_pin)
 
 
-def test_a_private_map_named_like_bpfshares_own_pins_loads_and_upgrades(tmp_path: Path) -> None:
-    """Private maps live under <program>/maps/, apart from the program's own pins."""
+def test_private_maps_named_like_bpfshares_own_pins_load_and_upgrade(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """Private maps live under <program>/maps/, apart from the program's own pins (program, meta, links)."""
+    source = """
+        struct {
+            __uint(type, BPF_MAP_TYPE_ARRAY);
+            __type(key, __u32);
+            __type(value, __u64);
+            __uint(max_entries, 1);
+        } program SEC(".maps"), meta SEC(".maps");
+
+        SEC("tc")
+        int count(struct __sk_buff *skb)
+        {
+            __u32 key = 0;
+            __u64 *a = bpf_map_lookup_elem(&program, &key), *b = bpf_map_lookup_elem(&meta, &key);
+            if (a && b)
+                *a += *b + VERSION;
+            return TC_ACT_OK;
+        }
+        char LICENSE[] SEC("license") = "GPL";
+    """
     node = Node()
-    prog = bpfprog("features", "count_features", path=obj("features.o"))
-    first = ready(node.run([bpfmap()], [prog]).programs["features"])
-    names = node.kernel.list_dir(PIN_ROOT / "programs" / "features")
-    assert {"program", "meta", "maps"} <= set(names)
-    copy = tmp_path / "features-v2.o"
-    copy.write_bytes(Path(obj("features.o")).read_bytes() + b"v2")
-    second = ready(node.run([bpfmap()], [bpfprog("features", "count_features", path=str(copy))]).programs["features"])
-    assert second.program_id != first.program_id
+    v1 = bpfprog("p", "count", path=str(compile_bpf(source, "-DVERSION=1")), maps={})
+    first = ready(node.run([], [v1]).programs["p"])
+    assert first.program is not None and set(first.program.maps) == {"program", "meta"}
+    private = PIN_ROOT / "programs" / "p" / "maps"
+    assert node.kernel.list_dir(private) == ["meta", "program"]
+    node.kernel.update(private / "program", bytes(4), b"\x07" * 8)
+    v2 = bpfprog("p", "count", path=str(compile_bpf(source, "-DVERSION=2")), maps={})
+    report = node.run([], [v2])
+    second = ready(report.programs["p"])
+    assert second.program_id != first.program_id and ("p", "Upgraded") in reasons(report)
+    assert second.program is not None and second.program.maps == first.program.maps, "the same private maps"
+    assert node.kernel.lookup(private / "program", bytes(4)) == b"\x07" * 8
+
+
+def test_a_stale_slot_whose_filter_cannot_be_read_stays_claimed_and_goes_later() -> None:
+    from bpfshare.errors import KernelError
+
+    node = Node()
+    node.kernel.add_interface("eth1")
+    node.run([bpfmap()], [bpfprog(attach=tc("eth0", "eth1"))])
+    real = node.kernel.tc_filter
+
+    def eth1_unreadable(target: TcTarget):  # type: ignore[no-untyped-def]
+        if target.interface == "eth1":
+            raise KernelError("netlink: EBUSY", 16)
+        return real(target)
+
+    node.kernel.tc_filter = eth1_unreadable  # type: ignore[method-assign]
+    node.run([bpfmap()], [bpfprog(attach=tc("eth0"))])
+    assert "eth1:ingress@None 1:1" in node.kernel.tc_filters(), "could not tell: left as it was"
+    node.kernel.tc_filter = real  # type: ignore[method-assign]
+    node.run([bpfmap()], [bpfprog(attach=tc("eth0"))])
+    assert list(node.kernel.tc_filters()) == ["eth0:ingress@None 1:1"], "the claim was kept, so it went later"
 
 
 def test_a_map_pinned_by_name_onto_a_reserved_name_is_refused(compile_bpf) -> None:  # type: ignore[no-untyped-def]
