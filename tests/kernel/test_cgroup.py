@@ -292,3 +292,42 @@ def test_a_deep_cgroup_path_gets_a_link_pin_that_fits(cgroup_dir: Path, bpffs: P
         for level in reversed(levels):
             if level.exists():
                 remove_cgroup(level, cgroup2_root())
+
+
+def test_cli_paths_absolute_inside_the_mount_or_relative_to_it(tmp_path: Path) -> None:
+    """The CLI's cgroup:DIR:TYPE takes the path bpftool users write (absolute, inside the mount)
+    as well as one relative to the root; a path elsewhere is refused naming the mount."""
+    from bpfshare.kernel.cgroup import cgroup_relative_path
+
+    root = tmp_path / "cgroup2"
+    (root / "a" / "b").mkdir(parents=True)
+    assert cgroup_relative_path(f"{root}/a/b", root) == "/a/b"
+    assert cgroup_relative_path(f"{root}//a/./b/", root) == "/a/b"
+    assert cgroup_relative_path(str(root), root) == "/"
+    assert cgroup_relative_path(f"{root}/", root) == "/"
+    assert cgroup_relative_path(f"{root}/not-yet", root) == "/not-yet"  # inside: resolved (and refused) later
+    assert cgroup_relative_path("/a/b", root) == "/a/b"  # relative to the root, as resources say it
+    assert cgroup_relative_path("a/b", root) == "a/b"
+    assert cgroup_relative_path("/", root) == "/"
+    assert cgroup_relative_path("/kubepods-nope/x", root) == "/kubepods-nope/x"  # "not found" later, as before
+    for outside in (f"{tmp_path}/elsewhere", "/sys/fs/cgroup-nope/x", "/proc/1"):
+        with pytest.raises(CgroupPathError) as exc:
+            cgroup_relative_path(outside, root)
+        assert str(exc.value) == (
+            f"cgroup path {outside!r} is outside the cgroup v2 mount {root}: give a path inside it ({root}/...) "
+            "or one relative to it"
+        )
+    with pytest.raises(CgroupPathError, match=r"must not contain '\.\.'"):
+        cgroup_relative_path(f"{root}/a/../../x", root)
+
+
+@pytest.mark.kernel
+def test_cli_paths_on_this_node(cgroup_dir: Path) -> None:
+    from bpfshare.kernel.cgroup import cgroup_relative_path
+
+    root = cgroup2_root()  # discovered: /sys/fs/cgroup/unified on a hybrid node, /sys/fs/cgroup on pure v2
+    assert cgroup_relative_path(str(cgroup_dir)) == f"/{cgroup_dir.name}"
+    assert cgroup_relative_path(f"/{cgroup_dir.name}") == f"/{cgroup_dir.name}"
+    if root != Path("/sys/fs/cgroup"):
+        with pytest.raises(CgroupPathError, match=f"outside the cgroup v2 mount {root}"):
+            cgroup_relative_path(f"/sys/fs/cgroup/{cgroup_dir.name}")

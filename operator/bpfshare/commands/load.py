@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bpfshare.cli import pin_root_option
 from bpfshare.errors import BpfshareError
+
+if TYPE_CHECKING:
+    from bpfshare.api.targets import AttachTarget
 
 
 def _parse_map_option(text: str) -> tuple[str, str]:
@@ -17,6 +21,22 @@ def _parse_map_option(text: str) -> tuple[str, str]:
     if not sep or not name or not target:
         raise click.BadParameter(f"{text!r}: expected OBJMAP=PIN (or OBJMAP=id:N)", param_hint="--map")
     return name, target
+
+
+def _cli_target(target: AttachTarget) -> AttachTarget:
+    """A cgroup given as bpftool users write it, an absolute path inside the cgroup v2 mount, is
+    taken relative to the root like a resource's; a path outside the mount is an error naming it.
+    An interface name no interface can have is refused here too, before anything is loaded."""
+    from bpfshare.api.targets import CgroupTarget
+
+    if not isinstance(target, CgroupTarget):
+        from bpfshare.kernel.netns import check_interface_name
+
+        check_interface_name(target.interface)
+        return target
+    from bpfshare.kernel.cgroup import cgroup_relative_path
+
+    return dataclasses.replace(target, path=cgroup_relative_path(target.path))
 
 
 @click.command("load")
@@ -40,7 +60,10 @@ def _parse_map_option(text: str) -> tuple[str, str]:
     "attach_specs",
     multiple=True,
     metavar="SPEC",
-    help="tc:IFACE:ingress|egress[@NETNS], tcx:IFACE:ingress|egress[@NETNS] or cgroup:DIR:TYPE",
+    help=(
+        "tc:IFACE:ingress|egress[@NETNS], tcx:IFACE:ingress|egress[@NETNS] or cgroup:DIR:TYPE "
+        "(DIR relative to the cgroup v2 root, or an absolute path inside its mount); repeatable"
+    ),
 )
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @pin_root_option
@@ -65,7 +88,7 @@ def load(
         if name in bindings:
             raise BpfshareError(f"--map {name} given twice")
         bindings[name] = MapBinding.parse(target)
-    targets = [parse_attach(spec) for spec in attach_specs]  # all parsed before anything is loaded
+    targets = [_cli_target(parse_attach(spec)) for spec in attach_specs]  # all parsed before anything is loaded
 
     collection = read_collection(obj)
     loaded = load_program(collection, program_name, bindings=bindings, pin_root=Path(pin_root), pin_dir=pin_dir)

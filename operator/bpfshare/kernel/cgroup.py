@@ -86,6 +86,38 @@ def resolve_cgroup(path: str, root: Path | None = None) -> Path:
     return Path(real)
 
 
+def cgroup_relative_path(path: str, root: Path | None = None) -> str:
+    """A cgroup path as the command line takes it, made relative to the cgroup v2 root.
+
+    bpftool users write the cgroup's full path: an absolute path inside the cgroup v2 mount
+    (``/sys/fs/cgroup/unified/x`` on a hybrid node, ``/sys/fs/cgroup/x`` on a pure v2 one) becomes
+    ``/x``. Any other path is already relative to the root (``/x`` and ``x``, as resources say it)
+    and is kept, unless it plainly names another place on the filesystem (``/sys/fs/cgroup/x`` on
+    a hybrid node, whose /sys/fs/cgroup is not the v2 mount): that is CgroupPathError naming the
+    mount, rather than a search for a cgroup called "sys" under the root.
+    """
+    if not path.startswith("/"):
+        return path
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    root = root if root is not None else cgroup2_root()
+    if ".." in parts:
+        raise CgroupPathError(f"cgroup path {path!r} must not contain '..' (paths are inside {root})")
+    normal = Path("/", *parts)
+    for mount, candidate in ((root, normal), (Path(os.path.realpath(root)), Path(os.path.realpath(normal)))):
+        if candidate == mount:
+            return "/"
+        if candidate.is_relative_to(mount):
+            return "/" + str(candidate.relative_to(mount))
+    if not parts or os.path.isdir(root.joinpath(*parts)):
+        return path  # a cgroup under the root, named relative to it
+    if os.path.lexists(Path("/", parts[0])):
+        raise CgroupPathError(
+            f"cgroup path {path!r} is outside the cgroup v2 mount {root}: give a path inside it "
+            f"({root}/...) or one relative to it"
+        )
+    return path
+
+
 def open_cgroup(path: str | Path, root: Path | None = None) -> FD:
     """An O_RDONLY|O_DIRECTORY fd of a cgroup, as BPF_LINK_CREATE / PROG_ATTACH want.
 

@@ -18,6 +18,7 @@ Map resolution, for every map the program refers to:
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from dataclasses import dataclass, field
@@ -104,9 +105,14 @@ def open_binding(spec: MapSpec, binding: MapBinding) -> Map:
     """Open the map a binding names and check it against the object's declaration."""
     subject = f"map {spec.name!r} bound to {binding.describe()}"
     if binding.pin_path is not None:
-        if not binding.pin_path.exists():
-            raise BpfshareError(f"{subject}: no such pin (bind an existing map; nothing was created)")
-        live = Map.from_pin(binding.pin_path)
+        # Asked of the kernel, not of stat(2): bpffs answers EPERM for a name with a '.', which
+        # only obj_get explains (and Path.exists raises).
+        try:
+            live = Map.from_pin(binding.pin_path)
+        except KernelError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise BpfshareError(f"{subject}: no such pin (bind an existing map; nothing was created)") from None
+            raise KernelError(f"{subject}: {exc}", exc.errno) from None
     else:
         assert binding.map_id is not None
         live = Map.from_id(binding.map_id)
