@@ -10,7 +10,7 @@ from bpfshare.engine.plan import MoveMap, RepinMap
 from bpfshare.spec import MapSpec
 from bpfshare.types import MapType
 
-from .enginekit import PIN_ROOT, Node, bpfmap, bpfprog, deleting, obj, ready, reasons, tc
+from .enginekit import PIN_ROOT, Node, bpfmap, bpfprog, cgroup, deleting, obj, ready, reasons, tc
 
 MAPS = PIN_ROOT / "maps"
 KEY = bytes(4)
@@ -325,3 +325,37 @@ def test_a_map_pinned_by_name_onto_a_reserved_name_is_refused(compile_bpf) -> No
         entry.message
     )
     assert node.kernel.live_programs() == []
+
+
+def test_a_map_breaking_the_kernels_rules_is_refused_at_plan_time_naming_every_rule() -> None:
+    import dataclasses
+
+    node = Node()
+    # Built past the resource's own checks (the CRD refuses it too), as an older API server might let it in.
+    ringbuf = dataclasses.replace(
+        bpfmap("rb", pinName="rb", type="RingBuf", keySize=0, valueSize=0, maxEntries=4096), max_entries=5000
+    )
+    plan = node.plan([ringbuf], [])
+    outcome = plan.maps[0].outcome
+    assert outcome is not None and outcome.phase is Phase.Error and plan.maps[0].action is None
+    assert "RingBuf needs maxEntries (its size in bytes) a power of 2" in outcome.message
+    assert node.kernel.calls == [] and ready(node.run([bpfmap()], []).maps["flow-counts"])
+
+
+def test_a_deep_cgroups_hashed_link_pin_is_found_again_and_removed_when_dropped() -> None:
+    from bpfshare.load.attach import is_hashed_link_pin
+
+    node = Node()
+    deep = "/" + "/".join(["level-of-a-deep-hierarchy"] * 12)
+    node.kernel.add_cgroup(deep)
+    prog = bpfprog("cg", "count_cgroup_egress", attach=cgroup(deep))
+    first = ready(node.run([bpfmap()], [prog]).programs["cg"])
+    links = PIN_ROOT / "programs" / "cg" / "links"
+    [name] = node.kernel.list_dir(links)
+    assert is_hashed_link_pin(name)
+    node.kernel.calls.clear()
+    node.run([bpfmap()], [prog])
+    assert node.kernel.calls == [], "the hashed pin was re-adopted, not attached twice"
+    report = node.run([bpfmap()], [bpfprog("cg", "count_cgroup_egress", attach=cgroup("/"))])
+    assert node.kernel.list_dir(links) != [name] and len(node.kernel.live_links()) == 1
+    assert first.program is not None and ready(report.programs["cg"]).program_id == first.program_id

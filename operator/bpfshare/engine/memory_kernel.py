@@ -30,12 +30,27 @@ from pathlib import Path
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.engine.kernel import AttachResult, LinkView, Loaded, MapView, ProgramView, TcFilterView
 from bpfshare.engine.meta import record_spec
-from bpfshare.errors import BpfshareError, IncompatibleMapError, KernelError, TargetNotFoundError, VerifierError
+from bpfshare.errors import (
+    BpfshareError,
+    IncompatibleMapError,
+    KernelError,
+    MapRuleError,
+    TargetNotFoundError,
+    VerifierError,
+)
 from bpfshare.kernel.compat import map_differences
 from bpfshare.load.attach import link_pin_path
 from bpfshare.load.loader import PRIVATE_MAPS_DIR, MapBinding, convention_pin_path, private_pin_name
-from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, ProgramSpec, effective_spec, kernel_object_name
-from bpfshare.types import MapFlag, MapType
+from bpfshare.spec import (
+    CollectionSpec,
+    DefinitionStyle,
+    MapSpec,
+    ProgramSpec,
+    effective_spec,
+    kernel_object_name,
+    map_rule_violations,
+)
+from bpfshare.types import MapFlag
 
 POSSIBLE_CPUS = 2
 
@@ -413,9 +428,10 @@ class MemoryKernel:
         self._pins[path] = obj
 
     def _create_map(self, spec: MapSpec) -> int:
+        violations = map_rule_violations(spec)
+        if violations:  # what Map.create checks before the syscall
+            raise MapRuleError(f"creating map {spec.name!r}", violations)
         spec = effective_spec(spec, POSSIBLE_CPUS)
-        if spec.type is MapType.Array and spec.key_size != 4:
-            raise KernelError(f"creating map {spec.name!r}: EINVAL (an Array's key size is 4)", errno.EINVAL)
         map_id = next(self._ids)
         info = MapView(
             map_id,

@@ -66,6 +66,7 @@ class ProgramMeta(_Record):
     tc: list[dict[str, Any]] = field(default_factory=list)  # tc slots this program claims
     program_ids: list[int] = field(default_factory=list)  # programs of ours: pinned, or being attached
     pins: list[str] = field(default_factory=list)  # maps it pinned by name, outside its directory
+    links: dict[str, str] = field(default_factory=dict)  # link pin name -> target key (hashed names too)
 
 
 @dataclass

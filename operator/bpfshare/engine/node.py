@@ -42,6 +42,7 @@ from bpfshare.engine.programs import (
     plan_removal,
 )
 from bpfshare.errors import BpfshareError
+from bpfshare.spec import map_rule_violations
 
 log = logging.getLogger("bpfshare.engine")
 
@@ -250,9 +251,12 @@ class Engine:
             other = holder if holder != res.name else None
             plan = plan_map(self.kernel, self.layout, res, record, other, known)
             if isinstance(plan.action, CreateMap):
+                # The kernel's rules for the type, then the budget: refused before the kernel is asked.
+                broken = map_rule_violations(plan.spec)
                 over = over_budget(plan.spec, self.limits.map_memory_budget, self.kernel.possible_cpus())
-                if over:
-                    plan.action, plan.outcome = None, StatusEntry(Phase.Error, over)
+                if broken or over:
+                    message = f"spec: {'; '.join(broken)}" if broken else over
+                    plan.action, plan.outcome = None, StatusEntry(Phase.Error, message)
             return plan
         except Exception as exc:  # one resource never stalls the node: its Error, and the pass goes on
             plan = MapPlan(res, map_spec(res), self.layout.map_pin(res.pin_name))

@@ -111,11 +111,16 @@ class Attach:
 
 @dataclass(frozen=True)
 class Detach:
-    target: AttachTarget
+    target: AttachTarget | None  # None: a link pin whose hashed name only the record could have told
     link_pin: Path | None = None  # tcx and cgroup: the pinned link to remove
+    label: str = ""  # what to call it when the target is not known
+
+    @property
+    def key(self) -> str:
+        return self.target.key if self.target is not None else self.label
 
     def describe(self) -> str:
-        return f"detach from {self.target.key} (no longer in spec.attach)"
+        return f"detach from {self.key} (no longer in spec.attach)"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ from bpfshare.engine.layout import Layout
 from bpfshare.engine.meta import ProgramMeta
 from bpfshare.engine.plan import Attach, Detach, LoadProgram, MapPlan, ProgramPlan, RemoveProgram
 from bpfshare.errors import BpfshareError, KernelError, TargetNotFoundError
-from bpfshare.load.attach import LINKS_DIR, check_fits, link_pin_path, target_from_link_pin
+from bpfshare.load.attach import (
+    LINKS_DIR,
+    check_fits,
+    is_hashed_link_pin,
+    link_pin_name,
+    link_pin_path,
+    link_pin_target,
+)
 from bpfshare.load.loader import MapBinding, convention_pin_path
 from bpfshare.spec import CollectionSpec
 from bpfshare.types import Direction
@@ -217,14 +224,13 @@ def plan_program(
         if target.key not in wanted:
             plan.detach.append(Detach(target))
     for name in kernel.list_dir(pin_dir / LINKS_DIR):
-        if name.startswith("."):
+        link_target = link_pin_target(name, res.targets)
+        if link_target is not None and link_target.key in wanted:
             continue
-        try:
-            link_target = target_from_link_pin(name)
-        except BpfshareError:
-            continue  # not a name we make: leave it
-        if link_target.key not in wanted:
-            plan.detach.append(Detach(link_target, link_pin=pin_dir / LINKS_DIR / name))
+        key = link_target.key if link_target is not None else plan.record.links.get(name, "")
+        if key or is_hashed_link_pin(name):  # a hashed name is one of ours: for a target no longer wanted
+            plan.detach.append(Detach(link_target, link_pin=pin_dir / LINKS_DIR / name, label=key or name))
+        # else: not a name bpfshare makes: left alone
     return plan
 
 
@@ -354,7 +360,7 @@ def apply_program(
         for detach in plan.detach:
             outcome = _detach(kernel, detach, set(owned))
             if outcome is True:
-                result.detached.append(detach.target.key)
+                result.detached.append(detach.key)
             elif outcome is None and isinstance(detach.target, TcTarget):
                 kept.append(tc_record(detach.target))  # could not tell: keep claiming it, retry later
     finally:
@@ -369,6 +375,7 @@ def apply_program(
         tc=tc_claims + kept,
         program_ids=[program.view.id],
         pins=record.pins,
+        links={link_pin_name(t): t.key for t in res.targets if not isinstance(t, TcTarget)},
     )
     if confirmed != record:
         kernel.write_record(meta_pin, confirmed.encode())
