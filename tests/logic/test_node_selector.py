@@ -138,11 +138,14 @@ def test_equal_selectors_parse_equal_whatever_the_label_order() -> None:
     [
         (
             {"matchExpressions": [expr("a", "Exists"), expr("b", "Near", "x")]},
-            "BpfMap flow-counts: spec.nodeSelector.matchExpressions[1].operator: unknown operator 'Near'",
+            "BpfMap flow-counts: spec.nodeSelector.matchExpressions[1].operator: unsupported value 'Near'",
         ),
-        ({"matchExpressions": [{"key": "a"}]}, "spec.nodeSelector.matchExpressions[0].operator: unknown operator None"),
-        ({"matchExpressions": [expr("a", "in", "x")]}, "unknown operator 'in'"),  # case matters, as in Kubernetes
-        ({"matchLabels": ["role=edge"]}, "BpfMap flow-counts: spec.nodeSelector.matchLabels: must be a map"),
+        ({"matchExpressions": [{"key": "a"}]}, "spec.nodeSelector.matchExpressions[0].operator: required"),
+        ({"matchExpressions": [expr("a", "in", "x")]}, "unsupported value 'in'"),  # case matters, as in Kubernetes
+        (
+            {"matchLabels": ["role=edge"]},
+            "BpfMap flow-counts: spec.nodeSelector.matchLabels: must be an object, not a list",
+        ),
     ],
 )
 def test_a_bad_selector_is_refused_naming_the_expression(selector: dict[str, Any], message: str) -> None:

@@ -1,19 +1,23 @@
 """BpfMap and BpfProgram resources as typed, validated data (no kernel, no cluster).
 
-The API server validates objects against the CRD schema; ``bpfshare apply -f`` has no API server,
-so the same rules are checked here, naming the field, before anything touches the node.
+Every object is first checked against its CRD exactly as the API server checks a create
+(api/schema.py: the structural schema, unknown fields, defaults, the CEL rules), so that
+``bpfshare apply -f``, the agent and the API server accept and refuse the same objects. What the
+schema cannot say is checked here, naming the field the same way: ``BpfMap flow-counts: spec.keySize: ...``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bpfshare.api import schema
+from bpfshare.api.schema import FieldError
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.errors import BpfshareError
-from bpfshare.types import CGROUP_ATTACH_TYPES, Direction, MapFlag, MapType
+from bpfshare.types import Direction, MapFlag, MapType
 
 GROUP = "bpfshare.io"
 VERSION = "v1alpha1"
@@ -25,12 +29,40 @@ PROGRAM_PLURAL = "bpfprograms"
 
 # One path component; bpffs refuses names containing '.'.
 PIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
-DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ResourceError(BpfshareError):
-    """A resource is malformed; the message names the resource and the field."""
+    """A resource is malformed; the message names the resource and every field at fault.
+
+    ``errors`` holds the fields one by one (``path`` as the API server names it), for a caller that
+    shows them with their place in a file."""
+
+    def __init__(self, resource: str, errors: Iterable[FieldError]) -> None:
+        self.resource = resource  # "BpfMap flow-counts", or "BpfMap" while the name is unusable
+        # Not the API server's note that the CEL rules were skipped: only what to correct.
+        self.errors = tuple(e for e in errors if e.kind != schema.INCOMPLETE)
+        super().__init__(f"{resource}: " + "; ".join(str(e) for e in self.errors))
+
+
+def describe(obj: Any, kind: str) -> str:
+    """``BpfMap flow-counts``; just ``BpfMap`` if the object has no usable name."""
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if isinstance(name, str) and name and schema.subdomain_problem(name) is None:
+        return f"{kind} {name}"
+    return kind
+
+
+def _fail(resource: str, path: str, detail: str) -> ResourceError:
+    return ResourceError(resource, [FieldError(path, detail)])
+
+
+def checked(obj: Any, kind: str) -> dict[str, Any]:
+    """``obj`` as the API server would store it, or ResourceError listing what it refuses."""
+    result = schema.validate(obj, kind)
+    if result.obj is None:
+        raise ResourceError(describe(obj, kind), result.errors)
+    return result.obj
 
 
 @dataclass(frozen=True)
@@ -39,17 +71,18 @@ class NodeSelector:
     match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None, where: str) -> NodeSelector:
+    def parse(cls, raw: Mapping[str, Any] | None, where: str, resource: str = "") -> NodeSelector:
+        """A selector the CRD has accepted; ``where`` is its field (``spec.nodeSelector``)."""
         if not raw:
             return cls()
         labels = raw.get("matchLabels") or {}
         if not isinstance(labels, Mapping):
-            raise ResourceError(f"{where}.matchLabels: must be a map")
+            raise _fail(resource or where, f"{where}.matchLabels", "must be an object")
         exprs = []
         for i, expr in enumerate(raw.get("matchExpressions") or []):
             op = expr.get("operator")
             if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-                raise ResourceError(f"{where}.matchExpressions[{i}].operator: unknown operator {op!r}")
+                raise _fail(resource or where, f"{where}.matchExpressions[{i}].operator", f"unknown operator {op!r}")
             exprs.append((str(expr.get("key", "")), op, tuple(str(v) for v in expr.get("values") or ())))
         return cls(tuple(sorted((str(k), str(v)) for k, v in labels.items())), tuple(exprs))
 
@@ -79,10 +112,12 @@ class Meta:
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any], kind: str) -> Meta:
+        """The metadata of an object that passed ``checked``."""
         meta = obj.get("metadata") or {}
         name = meta.get("name")
-        if not isinstance(name, str) or not DNS_NAME.match(name):
-            raise ResourceError(f"{kind}: metadata.name {name!r} is not a valid resource name")
+        if not isinstance(name, str) or not name:
+            # The API server would make one from generateName; off the cluster there is no name to use.
+            raise _fail(kind, "metadata.name", "required (bpfshare needs the name; generateName is the API server's)")
         return cls(
             name=name,
             generation=int(meta.get("generation") or 0),
@@ -143,151 +178,95 @@ class ProgramResource:
         return self.targets[0].kind if self.targets else ""
 
 
-def _int(spec: Mapping[str, Any], key: str, where: str, low: int, high: int, default: int | None = None) -> int:
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ResourceError(f"{where}.{key}: must be an integer, not {value!r}")
-    if not low <= value <= high:
-        raise ResourceError(f"{where}.{key}: {value} is out of range [{low}, {high}]")
-    return value
-
-
 def parse_map(obj: Mapping[str, Any]) -> MapResource:
+    obj = checked(obj, MAP_KIND)
     meta = Meta.parse(obj, MAP_KIND)
-    where = f"BpfMap {meta.name}: spec"
-    spec = obj.get("spec")
-    if not isinstance(spec, Mapping):
-        raise ResourceError(f"{where}: missing")
+    where = f"{MAP_KIND} {meta.name}"
+    spec = obj["spec"]
     try:
-        map_type = MapType.parse(str(spec.get("type", "")))
+        map_type = MapType.parse(spec["type"])  # the CRD's enum: each a kernel map type (test_crd_consistency)
     except ValueError:
-        raise ResourceError(f"{where}.type: unknown map type {spec.get('type')!r}") from None
+        raise _fail(where, "spec.type", f"unknown map type {spec['type']!r}") from None
     try:
-        flags = MapFlag.parse_names([str(f) for f in spec.get("flags") or []])
+        flags = MapFlag.parse_names(spec.get("flags", []))
     except ValueError as exc:
-        raise ResourceError(f"{where}.flags: {exc}") from None
-    pin_name = spec.get("pinName") or meta.name
-    if not isinstance(pin_name, str) or not PIN_NAME.match(pin_name) or pin_name in (".", ".."):
-        raise ResourceError(
-            f"{where}.pinName: {pin_name!r} must be a single path component (letters, digits, '-', '_'; no '/' or '.')"
-        )
+        raise _fail(where, "spec.flags", str(exc)) from None
+    pin_name = spec.get("pinName", meta.name)
+    if not PIN_NAME.match(pin_name) or pin_name in (".", ".."):  # the CRD's pattern and rules say the same
+        field_name = "spec.pinName" if "pinName" in spec else "metadata.name"
+        detail = f"{pin_name!r} is not a pin name (one path component: letters, digits, '-', '_')"
+        raise _fail(where, field_name, detail)
     adopt = spec.get("adopt")
-    if adopt is not None and (
-        not isinstance(adopt, str) or not adopt.startswith("/") or "\0" in adopt or ".." in adopt.split("/")
-    ):
-        raise ResourceError(f"{where}.adopt: {adopt!r} must be an absolute path in bpffs without '..'")
-    policy = spec.get("reclaimPolicy", "Delete")
-    if policy not in ("Delete", "Retain"):
-        raise ResourceError(f"{where}.reclaimPolicy: must be Delete or Retain, not {policy!r}")
+    if adopt is not None and (not adopt.startswith("/") or "\0" in adopt or ".." in adopt.split("/")):
+        raise _fail(where, "spec.adopt", f"{adopt!r} must be an absolute path in bpffs without '..'")
     return MapResource(
         meta=meta,
         type=map_type,
-        key_size=_int(spec, "keySize", where, 0, 1 << 16),
-        value_size=_int(spec, "valueSize", where, 0, 1 << 24),
-        max_entries=_int(spec, "maxEntries", where, 0, (1 << 32) - 1),
+        key_size=spec["keySize"],
+        value_size=spec["valueSize"],
+        max_entries=spec["maxEntries"],
         flags=flags,
         pin_name=pin_name,
         adopt=adopt,
-        node_selector=NodeSelector.parse(spec.get("nodeSelector"), f"{where}.nodeSelector"),
-        reclaim_policy=policy,
+        node_selector=NodeSelector.parse(spec.get("nodeSelector"), "spec.nodeSelector", where),
+        reclaim_policy=spec["reclaimPolicy"],
     )
 
 
-def _parse_bytecode(raw: Any, where: str) -> Bytecode:
-    if not isinstance(raw, Mapping):
-        raise ResourceError(f"{where}: missing")
-    sources = [k for k in ("path", "configMap", "inline") if raw.get(k)]
-    if len(sources) != 1:
-        raise ResourceError(f"{where}: exactly one of path, configMap, inline is required (got {sources or 'none'})")
-    digest = str(raw.get("sha256") or "")
-    if digest and not SHA256.match(digest):
-        raise ResourceError(f"{where}.sha256: {digest!r} is not 64 lowercase hex digits")
-    if raw.get("configMap"):
+def _parse_bytecode(raw: Mapping[str, Any]) -> Bytecode:
+    digest = str(raw.get("sha256", ""))
+    if "configMap" in raw:
         cm = raw["configMap"]
-        parts = tuple(str(cm.get(k) or "") for k in ("namespace", "name", "key"))
-        if not all(parts):
-            raise ResourceError(f"{where}.configMap: namespace, name and key are required")
-        return Bytecode(config_map=parts, sha256=digest)  # type: ignore[arg-type]
-    if raw.get("path"):
-        return Bytecode(path=str(raw["path"]), sha256=digest)
-    return Bytecode(inline=str(raw["inline"]), sha256=digest)
+        return Bytecode(config_map=(cm["namespace"], cm["name"], cm["key"]), sha256=digest)
+    if "path" in raw:
+        return Bytecode(path=raw["path"], sha256=digest)
+    return Bytecode(inline=raw["inline"], sha256=digest)
 
 
-def _interfaces(raw: Mapping[str, Any], where: str) -> list[str]:
-    names = raw.get("interfaces")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise ResourceError(f"{where}.interfaces: a non-empty list of interface names is required")
-    return names
-
-
-def _direction(raw: Mapping[str, Any], where: str) -> Direction:
-    direction = raw.get("direction")
-    if direction == "ingress":
-        return "ingress"
-    if direction == "egress":
-        return "egress"
-    raise ResourceError(f"{where}.direction: must be ingress or egress, not {direction!r}")
-
-
-def _parse_attach(raw: Any, where: str) -> tuple[AttachTarget, ...]:
-    if not isinstance(raw, Mapping):
-        raise ResourceError(f"{where}: missing")
-    kinds = [k for k in ("tc", "tcx", "cgroup") if raw.get(k)]
-    if len(kinds) != 1:
-        raise ResourceError(f"{where}: exactly one of tc, tcx, cgroup is required (got {kinds or 'none'})")
-    kind = kinds[0]
+def _parse_attach(raw: Mapping[str, Any], where: str) -> tuple[AttachTarget, ...]:
+    kind = next(k for k in ("tc", "tcx", "cgroup") if k in raw)  # exactly one: the CRD's rule
     body = raw[kind]
-    here = f"{where}.{kind}"
     if kind == "cgroup":
-        type_ = body.get("type")
-        if type_ not in CGROUP_ATTACH_TYPES:
-            raise ResourceError(f"{here}.type: unknown cgroup attach type {type_!r}")
-        path = str(body.get("path") or "/")
-        if "\0" in path or ".." in path.split("/"):
-            raise ResourceError(f"{here}.path: {path!r} must stay inside the cgroup v2 root (no '..')")
-        return (CgroupTarget(path, type_),)
-    direction = _direction(body, here)
-    netns = body.get("networkNamespace") or None
+        path = body["path"]
+        if "\0" in path or ".." in path.split("/"):  # the CRD's pattern and rule say the same
+            raise _fail(where, "spec.attach.cgroup.path", f"{path!r} must stay inside the cgroup v2 root (no '..')")
+        return (CgroupTarget(path, body["type"]),)
+    direction: Direction = "ingress" if body["direction"] == "ingress" else "egress"
+    netns = body.get("networkNamespace")
     if kind == "tc":
-        priority = _int(body, "priority", here, 1, 65535, default=1)
-        return tuple(TcTarget(i, direction, netns, priority) for i in _interfaces(body, here))
-    return tuple(TcxTarget(i, direction, netns) for i in _interfaces(body, here))
+        return tuple(TcTarget(i, direction, netns, body["priority"]) for i in body["interfaces"])
+    return tuple(TcxTarget(i, direction, netns) for i in body["interfaces"])
 
 
 def attach_summary(obj: Mapping[str, Any]) -> str:
     """A short human form of ``spec.attach`` for ``kubectl get``: ``tc/ingress eth0,eth1``."""
-    attach = (obj.get("spec") or {}).get("attach") or {}
+    spec = obj.get("spec")
+    attach = spec.get("attach") if isinstance(spec, Mapping) else None
+    if not isinstance(attach, Mapping):
+        return ""
     for kind in ("tc", "tcx"):
-        if attach.get(kind):
-            body = attach[kind]
-            where = ",".join(body.get("interfaces") or [])
+        body = attach.get(kind)
+        if isinstance(body, Mapping) and body:
+            where = ",".join(str(i) for i in body.get("interfaces") or [])
             netns = f"@{body['networkNamespace']}" if body.get("networkNamespace") else ""
             return f"{kind}/{body.get('direction', '')} {where}{netns}"
-    if attach.get("cgroup"):
-        return f"cgroup/{attach['cgroup'].get('type', '')} {attach['cgroup'].get('path', '/')}"
+    body = attach.get("cgroup")
+    if isinstance(body, Mapping) and body:
+        return f"cgroup/{body.get('type', '')} {body.get('path', '/')}"
     return ""
 
 
 def parse_program(obj: Mapping[str, Any]) -> ProgramResource:
+    obj = checked(obj, PROGRAM_KIND)
     meta = Meta.parse(obj, PROGRAM_KIND)
-    where = f"BpfProgram {meta.name}: spec"
-    spec = obj.get("spec")
-    if not isinstance(spec, Mapping):
-        raise ResourceError(f"{where}: missing")
-    program = spec.get("program")
-    if not isinstance(program, str) or not program:
-        raise ResourceError(f"{where}.program: the function or section name is required")
-    maps = spec.get("maps") or {}
-    if not isinstance(maps, Mapping):
-        raise ResourceError(f"{where}.maps: must map object map names to BpfMap names")
-    for obj_map, bpfmap in maps.items():
-        if not isinstance(bpfmap, str) or not DNS_NAME.match(bpfmap):
-            raise ResourceError(f"{where}.maps.{obj_map}: {bpfmap!r} is not a BpfMap name")
+    where = f"{PROGRAM_KIND} {meta.name}"
+    spec = obj["spec"]
+    maps = spec.get("maps", {})
     return ProgramResource(
         meta=meta,
-        bytecode=_parse_bytecode(spec.get("bytecode"), f"{where}.bytecode"),
-        program=program,
-        targets=_parse_attach(spec.get("attach"), f"{where}.attach"),
-        maps=tuple(sorted((str(k), str(v)) for k, v in maps.items())),
-        node_selector=NodeSelector.parse(spec.get("nodeSelector"), f"{where}.nodeSelector"),
+        bytecode=_parse_bytecode(spec["bytecode"]),
+        program=spec["program"],
+        targets=_parse_attach(spec["attach"], where),
+        maps=tuple(sorted(maps.items())),
+        node_selector=NodeSelector.parse(spec.get("nodeSelector"), "spec.nodeSelector", where),
     )
