@@ -4,6 +4,7 @@ runs), so exit statuses and the one-line ``bpfshare: error: ...`` form are the u
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
@@ -132,15 +133,22 @@ spec: {type: Hash, keySize: yes, valueSize: 8, maxEntries: 1024}
 
 
 @pytest.mark.parametrize("command", ["apply", "delete"])
-def test_apply_refuses_an_invalid_resource_before_touching_the_node(
+def test_apply_reports_an_invalid_document_and_plans_the_others(
     bpfshare: Bpfshare, tmp_path: Path, command: str
 ) -> None:
+    """Each document on its own: the bad one is named with its file, line and number, the good one is
+    still planned (tests/integration/test_apply_validation.py applies it), the exit status is 1."""
     good = write(tmp_path, "a-good.yaml", BAD_MAP.replace("keySize: yes", "keySize: 4"))
     bad = write(tmp_path, "b-bad.yaml", BAD_MAP.replace("flow-counts", "other"))
-    run = bpfshare(command, "-f", str(good), "-f", str(bad))
+    pins = tmp_path / "pins"
+    run = bpfshare(command, "-f", str(good), "-f", str(bad), "--pin-root", str(pins), "-o", "json", "--dry-run")
     assert run.status == 1
-    assert run.err == "bpfshare: error: BpfMap other: spec.keySize: must be an integer, not True\n"
-    assert not (tmp_path / "pins").exists()  # nothing was pinned, not even the good one
+    assert (
+        run.err == f"bpfshare: error: {bad}:4: document 1: BpfMap other: spec.keySize: must be an integer, not True\n"
+    )
+    planned = json.loads(run.out)
+    assert [(c["kind"], c["name"]) for c in planned] == ([("BpfMap", "flow-counts")] if command == "apply" else [])
+    assert not pins.exists()  # a dry run
 
 
 @pytest.mark.parametrize(
@@ -148,18 +156,18 @@ def test_apply_refuses_an_invalid_resource_before_touching_the_node(
     [
         (
             BAD_MAP.replace("bpfshare.io/v1alpha1", "bpfshare.io/v1"),
-            "BpfMap apiVersion must be bpfshare.io/v1alpha1, not 'bpfshare.io/v1'",
+            "1: document 1: BpfMap flow-counts: apiVersion: must be bpfshare.io/v1alpha1, not 'bpfshare.io/v1'",
         ),
-        ("- just\n- a list\n", "a document is not a mapping"),
-        ("kind: BpfMap\nspec: [unclosed\n", ""),
+        ("- just\n- a list\n", "1: document 1: must be an object (a Kubernetes resource), not a list"),
+        ("kind: BpfMap\nspec: [unclosed\n", "3: document 1: invalid YAML: "),
     ],
     ids=["api-version", "not-a-mapping", "yaml-syntax"],
 )
 def test_apply_names_the_file_of_a_bad_document(bpfshare: Bpfshare, tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, "objects.yaml", text)
-    run = bpfshare("apply", "-f", str(path))
+    run = bpfshare("apply", "-f", str(path), "--pin-root", str(tmp_path / "pins"))
     assert run.status == 1
-    assert run.err.startswith(f"bpfshare: error: {path}: {message}")
+    assert run.err.startswith(f"bpfshare: error: {path}:{message}")
 
 
 def test_apply_reads_a_directory_recursively_and_lists(bpfshare: Bpfshare, tmp_path: Path) -> None:
@@ -169,12 +177,16 @@ def test_apply_reads_a_directory_recursively_and_lists(bpfshare: Bpfshare, tmp_p
     write(tmp_path, "a-notes.txt", "not yaml: [")  # sorts first: read, it would fail
     listed = (
         '{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "bpfshare.io/v1alpha1", "kind": "BpfProgram",'
-        ' "metadata": {"name": "p"}, "spec": {"program": ""}}]}'
+        ' "metadata": {"name": "p"}, "spec": {"bytecode": {"path": "/x.o"}, "program": "",'
+        ' "attach": {"cgroup": {"path": "/", "type": "egress"}}}}]}'
     )
-    write(tmp_path / "deep" / "er", "objects.json", listed)
-    run = bpfshare("apply", "-f", str(tmp_path))
+    objects = write(tmp_path / "deep" / "er", "objects.json", listed)
+    run = bpfshare("apply", "-f", str(tmp_path), "--pin-root", str(tmp_path / "pins"))
     assert run.status == 1
-    assert run.err == "bpfshare: error: BpfProgram p: spec.program: the function or section name is required\n"
+    assert (
+        run.err
+        == f"bpfshare: error: {objects}:1: document 1, items[0]: BpfProgram p: spec.program: must not be empty\n"
+    )
 
 
 def test_development_commands_say_what_to_install_when_it_is_missing(

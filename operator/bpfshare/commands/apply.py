@@ -1,11 +1,16 @@
-"""``bpfshare apply -f`` and ``bpfshare delete -f``: the node engine without a cluster."""
+"""``bpfshare apply -f`` and ``bpfshare delete -f``: the node engine without a cluster.
+
+Each document is validated on its own, exactly as the API server would validate it (api/schema.py,
+from the CRDs); one that is invalid is reported with its file, line and number, and the others
+still converge. The exit status is 0 only if every document was valid and nothing ended in Error.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
 import sys
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,54 +19,73 @@ import click
 from bpfshare.cli import pin_root_option
 from bpfshare.commands.limits import limits_from, limits_options
 from bpfshare.engine.node import Limits
-from bpfshare.errors import BpfshareError
 
 if TYPE_CHECKING:
+    from bpfshare.api.manifests import Document
     from bpfshare.api.resources import MapResource, ProgramResource
     from bpfshare.engine import Report
 
-YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+@dataclass
+class Resources:
+    """What the files hold: the valid resources, and a line for each refusal."""
+
+    maps: list[MapResource] = field(default_factory=list)
+    programs: list[ProgramResource] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)  # "FILE:LINE: document N: BpfMap x: spec.f: why"
+    skipped: list[str] = field(default_factory=list)  # documents of other kinds, which are not ours
 
 
-def iter_documents(sources: tuple[Path, ...]) -> Iterator[tuple[Path, dict[str, Any]]]:
-    import yaml
-
-    for source in sources:
-        files = sorted(p for p in source.rglob("*") if p.suffix in YAML_SUFFIXES) if source.is_dir() else [source]
-        for path in files:
-            try:
-                docs = list(yaml.safe_load_all(path.read_text()))
-            except (OSError, yaml.YAMLError) as exc:
-                raise BpfshareError(f"{path}: {exc}") from None
-            for doc in docs:
-                if doc is None:
-                    continue
-                if not isinstance(doc, dict):
-                    raise BpfshareError(f"{path}: a document is not a mapping")
-                if doc.get("kind") == "List":
-                    for item in doc.get("items") or []:
-                        yield path, item
-                else:
-                    yield path, doc
+def _at(doc: Document, line: int, text: str) -> str:
+    where = doc.where.removeprefix(f"{doc.source}: ")
+    return f"{doc.source}:{line}: {where}: {text}"
 
 
-def read_resources(sources: tuple[Path, ...]) -> tuple[list[MapResource], list[ProgramResource]]:
-    from bpfshare.api.resources import API_VERSION, MAP_KIND, PROGRAM_KIND, parse_map, parse_program
+def read_resources(sources: tuple[Path, ...]) -> Resources:
+    from bpfshare.api import manifests, schema
+    from bpfshare.api.resources import GROUP, MAP_KIND, PROGRAM_KIND, ResourceError, parse_map, parse_program
 
-    maps: list[MapResource] = []
-    programs: list[ProgramResource] = []
-    for path, doc in iter_documents(sources):
-        kind = doc.get("kind")
-        if kind not in (MAP_KIND, PROGRAM_KIND):
-            click.echo(f"skipping {kind or 'a document without kind'} in {path}", err=True)
+    crds = schema.crds()
+    out = Resources()
+    found: dict[tuple[str, str], list[tuple[Document, Any]]] = {}
+    for doc in manifests.read(sources, [crd.list_kind for crd in crds.values()]):
+        if doc.error is not None:
+            out.invalid.append(_at(doc, doc.line, doc.error))
             continue
-        if doc.get("apiVersion") != API_VERSION:
-            raise BpfshareError(f"{path}: {kind} apiVersion must be {API_VERSION}, not {doc.get('apiVersion')!r}")
-        if kind == MAP_KIND:
-            maps.append(parse_map(doc))
-        else:
-            programs.append(parse_program(doc))
-    return maps, programs
+        body = doc.body
+        if not isinstance(body, dict):
+            out.invalid.append(
+                _at(doc, doc.line, f"must be an object (a Kubernetes resource), not {schema.show(body)}")
+            )
+            continue
+        kind, api_version = body.get("kind"), body.get("apiVersion")
+        if not isinstance(kind, str) or not kind:
+            out.invalid.append(_at(doc, doc.line_of("kind"), f"kind: required, not {schema.show(kind)}"))
+            continue
+        if kind not in (MAP_KIND, PROGRAM_KIND):
+            if isinstance(api_version, str) and api_version.split("/")[0] == GROUP:
+                known = ", ".join(sorted(crds))
+                out.invalid.append(_at(doc, doc.line_of("kind"), f"kind: {kind!r} is not a {GROUP} kind ({known})"))
+            else:
+                out.skipped.append(f"skipping {kind} in {doc.where} (not a {GROUP} resource)")
+            continue
+        try:
+            resource: Any = parse_map(body) if kind == MAP_KIND else parse_program(body)
+        except ResourceError as exc:
+            for error in exc.errors:
+                out.invalid.append(_at(doc, doc.line_of(error.path), f"{exc.resource}: {error}"))
+            continue
+        found.setdefault((kind, resource.name), []).append((doc, resource))
+    for (kind, name), copies in found.items():
+        if len(copies) > 1:
+            # Which copy is meant? Neither is applied: a guess could be the one with the other reclaimPolicy.
+            places = ", ".join(f"{d.source}:{d.line}" for d, _ in copies)
+            for doc, _ in copies:
+                out.invalid.append(_at(doc, doc.line, f"{kind} {name}: defined {len(copies)} times ({places})"))
+            continue
+        resource = copies[0][1]
+        (out.maps if kind == MAP_KIND else out.programs).append(resource)
+    return out
 
 
 def _labels(options: tuple[str, ...]) -> dict[str, str]:
@@ -114,7 +138,12 @@ def _run(
 
     from bpfshare.engine import Engine, Phase
 
-    maps, programs = read_resources(files)
+    read = read_resources(files)
+    for line in read.skipped:
+        click.echo(line, err=True)
+    for line in read.invalid:
+        click.echo(f"bpfshare: error: {line}", err=True)
+    maps, programs = read.maps, read.programs
     if delete:
         maps = [replace(m, meta=replace(m.meta, deleting=True)) for m in maps]
         programs = [replace(p, meta=replace(p.meta, deleting=True)) for p in programs]
@@ -123,13 +152,17 @@ def _run(
     if dry_run:
         # What a pass would change, read from the node without changing it (as kubectl diff shows).
         _dump(engine.plan(maps, programs, _labels(labels)).to_list(), output)
+        if read.invalid:
+            sys.exit(1)
         return
+    # Only the valid resources: the others, invalid here, are left on the node as they are.
     report = engine.reconcile(maps, programs, _labels(labels))
     for event in report.events:
         click.echo(f"{event.type} {event.reason} {event.kind}/{event.name}: {event.message}", err=True)
     generations = {(k, r.name): r.meta.generation for k, rs in (("BpfMap", maps), ("BpfProgram", programs)) for r in rs}
     _print(report, node, generations, output)
-    if any(e.phase is Phase.Error for e in [*report.maps.values(), *report.programs.values()]):
+    errors = [e for e in [*report.maps.values(), *report.programs.values()] if e.phase is Phase.Error]
+    if errors or read.invalid:
         sys.exit(1)
 
 
