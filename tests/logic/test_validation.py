@@ -259,9 +259,24 @@ def test_a_string_reports_the_first_of_its_failures() -> None:
     )
 
 
-def test_sets_refuse_a_repeated_item() -> None:
-    tc = {"tc": {"interfaces": ["eth0", "eth1", "eth0"], "direction": "ingress"}}
-    assert errors(with_spec(PROG, attach=tc), "BpfProgram") == ["spec.attach.tc.interfaces[2]: duplicate value 'eth0'"]
+def test_sets_refuse_a_repeated_item_once_at_its_second_place() -> None:
+    tc = {"tc": {"interfaces": ["eth0", "eth1", "eth0", "eth0", "eth1"], "direction": "ingress"}}
+    assert errors(with_spec(PROG, attach=tc), "BpfProgram") == [
+        "spec.attach.tc.interfaces[2]: duplicate value 'eth0'",
+        "spec.attach.tc.interfaces[4]: duplicate value 'eth1'",
+    ]
+
+
+def test_map_lists_refuse_a_repeated_key() -> None:
+    nodes = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["node"],
+        "items": {"type": "object", "properties": {"node": {"type": "string"}, "id": {"type": "integer"}}},
+    }
+    crd = crd_with([], field=nodes)
+    entries = [{"node": "a", "id": 1}, {"node": "b"}, {"node": "a", "id": 2}, {"node": "a"}]
+    assert [str(e) for e in crd.validate(thing(b=entries)).errors] == ["spec.b[2]: duplicate entry (node='a')"]
 
 
 # -- 5. the CEL rules ---------------------------------------------------------------------------------

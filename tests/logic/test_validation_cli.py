@@ -19,7 +19,7 @@ import yaml
 
 from tests.logic.test_cli_args import Bpfshare, bpfshare  # noqa: F401  (the fixture)
 
-GOOD_MAP = {
+GOOD_MAP: dict[str, Any] = {
     "apiVersion": "bpfshare.io/v1alpha1",
     "kind": "BpfMap",
     "metadata": {"name": "good"},

@@ -235,7 +235,12 @@ def read(sources: Iterable[Path], list_kinds: Iterable[str] = ()) -> Iterator[Do
             continue
         docs = list(_documents_in(text, path))
         if any(d.error for d in docs) and text.lstrip().startswith("{"):
-            docs = _json_documents(text, path) or docs  # JSON that YAML 1.1 cannot read (tabs, say)
+            # JSON that YAML 1.1 cannot read (tabs, say): JSON's reading, unless YAML's found more
+            # than a syntax error (a duplicate field, with its path) and JSON's did not read it all
+            as_json_docs = _json_documents(text, path)
+            unreadable = all((d.error or "invalid YAML").startswith("invalid YAML") for d in docs)
+            if as_json_docs and (unreadable or not any(d.error for d in as_json_docs)):
+                docs = as_json_docs
         for doc in docs:
             yield from _expand(doc, list_kinds)
 

@@ -458,22 +458,19 @@ def _check_list(value: list[Any], schema: Mapping[str, Any], path: str, errors: 
     if isinstance(items, Mapping):
         for i, sub in enumerate(value):
             _check(sub, items, item(path, i), errors)
+    # A value given again is named once, at its second place (apiextensions' validateListSetsAndMaps).
     list_type = schema.get("x-kubernetes-list-type")
     if list_type == "set":
         for i, sub in enumerate(value):
-            if any(_same(sub, earlier) for earlier in value[:i]):
+            if sum(_same(sub, earlier) for earlier in value[:i]) == 1:
                 errors.append(FieldError(item(path, i), f"duplicate value {show(sub)}", DUPLICATE))
     elif list_type == "map":
-        keys = schema.get("x-kubernetes-list-map-keys") or []
-        seen: list[list[Any]] = []
-        for i, sub in enumerate(value):
-            if not isinstance(sub, Mapping):
-                continue
-            key = [sub.get(k) for k in keys]
-            if any(_same(key, earlier) for earlier in seen):
-                shown = ", ".join(f"{k}={show(v)}" for k, v in zip(keys, key, strict=True))
+        names = schema.get("x-kubernetes-list-map-keys") or []
+        keys = [[sub.get(k) for k in names] if isinstance(sub, Mapping) else None for sub in value]
+        for i, key in enumerate(keys):
+            if key is not None and sum(_same(key, earlier) for earlier in keys[:i] if earlier is not None) == 1:
+                shown = ", ".join(f"{k}={show(v)}" for k, v in zip(names, key, strict=True))
                 errors.append(FieldError(item(path, i), f"duplicate entry ({shown})", DUPLICATE))
-            seen.append(key)
 
 
 def _check_object(value: Mapping[str, Any], schema: Mapping[str, Any], path: str, errors: list[FieldError]) -> None:
