@@ -121,3 +121,15 @@ def test_an_invalid_change_leaves_the_applied_resource_as_it_was(files: Files) -
     assert "BpfMap flow-counts: spec.keySize: keySize must be 4 for Array" in err
     status, out, _ = files.run("apply", bpfmap())
     assert status == 0 and out["flow-counts"]["mapId"] == map_id  # the same map, never re-created
+
+
+def test_adopt_is_confined_to_the_nodes_bpffs(files: Files, bpffs: Path, tmp_path: Path) -> None:
+    """The CRD allows only /sys/fs/bpf; with --pin-root on another bpffs mount, that mount plays its
+    part (tests/integration/test_apply.py adopts from it), and any other place is refused, named as written."""
+    for outside in ("/etc/passwd", str(tmp_path / "not-bpffs")):
+        status, out, err = files.run("apply", bpfmap(adopt=outside))
+        assert status == 1 and out == {}
+        assert f"BpfMap flow-counts: spec.adopt: {outside!r} does not match ^/sys/fs/bpf(" in err, err
+    status, out, _ = files.run("apply", bpfmap(adopt=str(bpffs / "not-yet")))
+    assert status == 0 and out["flow-counts"]["phase"] == "Pending"  # on the mount: valid, waits for the pin
+    assert str(bpffs / "not-yet") in out["flow-counts"]["message"]

@@ -246,9 +246,9 @@ def test_structural_schema_errors(changes: dict[str, Any], message: str) -> None
 
 
 def test_lengths_count_characters_as_the_api_server_does() -> None:
-    """maxLength counts runes, not bytes: 4096 characters of 'ä' fit spec.adopt (8 KiB of UTF-8)."""
-    assert errors(with_spec(MAP, adopt="/" + "ä" * 4095)) == []
-    assert paths(with_spec(MAP, adopt="/" + "ä" * 4096)) == ["spec.adopt", ""]
+    """maxLength counts runes, not bytes: 4096 characters with 'ä' fit spec.adopt (8 KiB of UTF-8)."""
+    assert errors(with_spec(MAP, adopt="/sys/fs/bpf/" + "ä" * 4084)) == []
+    assert paths(with_spec(MAP, adopt="/sys/fs/bpf/" + "ä" * 4085)) == ["spec.adopt", ""]
 
 
 def test_a_string_reports_the_first_of_its_failures() -> None:

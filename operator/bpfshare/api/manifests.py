@@ -185,8 +185,11 @@ def _documents_in(text: str, source: Path) -> Iterator[Document]:
             mark = exc.problem_mark or exc.context_mark
             line = (mark.line + 1 + offset) if mark else offset + 1
             column = f" (column {mark.column + 1})" if mark else ""
+            context = exc.context or ""
+            if context and exc.context_mark and exc.context_mark.line + 1 + offset != line:
+                context += f" (line {exc.context_mark.line + 1 + offset})"
             index += 1
-            problem = ", ".join(p for p in (exc.context, exc.problem) if p)
+            problem = ", ".join(p for p in (context, exc.problem) if p)
             yield Document(source, index, line, error=f"invalid YAML: {problem}{column}")
         except yaml.YAMLError as exc:
             index += 1

@@ -3,11 +3,16 @@
 Each document is validated on its own, exactly as the API server would validate it (api/schema.py,
 from the CRDs); one that is invalid is reported with its file, line and number, and the others
 still converge. The exit status is 0 only if every document was valid and nothing ended in Error.
+
+The CRD confines ``spec.adopt`` to ``/sys/fs/bpf``, the node's bpffs. With ``--pin-root`` on another
+bpffs mount (a simulated node, a test's private mount), that mount plays the part of /sys/fs/bpf: an
+adopt path on it is checked as the same path under /sys/fs/bpf, and one anywhere else is refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -36,12 +41,47 @@ class Resources:
     skipped: list[str] = field(default_factory=list)  # documents of other kinds, which are not ours
 
 
+NODE_BPFFS = "/sys/fs/bpf"
+
+
+def bpffs_mount(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The deepest bpffs mount that holds ``path`` (which need not exist yet), or None."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    target = path.resolve()
+    best: Path | None = None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or rest.split()[:1] != ["bpf"]:
+            continue
+        mount = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))  # \040 is a space
+        if (mount == target or mount in target.parents) and (best is None or len(mount.parts) > len(best.parts)):
+            best = mount
+    return str(best) if best is not None else None
+
+
+def _as_on_the_node(body: dict[str, Any], mount: str | None) -> tuple[dict[str, Any], str | None]:
+    """``body`` with an adopt path on ``mount`` written as the same path under /sys/fs/bpf (see the
+    module doc), and the path as written; or ``body`` itself and None."""
+    spec = body.get("spec")
+    adopt = spec.get("adopt") if isinstance(spec, dict) else None
+    if mount is None or mount == NODE_BPFFS or not isinstance(adopt, str) or not adopt.startswith(f"{mount}/"):
+        return body, None
+    return {**body, "spec": {**spec, "adopt": NODE_BPFFS + adopt[len(mount) :]}}, adopt  # type: ignore[dict-item]
+
+
 def _at(doc: Document, line: int, text: str) -> str:
     where = doc.where.removeprefix(f"{doc.source}: ")
     return f"{doc.source}:{line}: {where}: {text}"
 
 
-def read_resources(sources: tuple[Path, ...]) -> Resources:
+def read_resources(sources: tuple[Path, ...], bpffs: str | None = None) -> Resources:
+    """The files' resources; ``bpffs`` is the mount that plays /sys/fs/bpf (see the module doc)."""
+    from dataclasses import replace
+
     from bpfshare.api import manifests, schema
     from bpfshare.api.resources import GROUP, MAP_KIND, PROGRAM_KIND, ResourceError, parse_map, parse_program
 
@@ -69,12 +109,18 @@ def read_resources(sources: tuple[Path, ...]) -> Resources:
             else:
                 out.skipped.append(f"skipping {kind} in {doc.where} (not a {GROUP} resource)")
             continue
+        checked, adopt = _as_on_the_node(body, bpffs) if kind == MAP_KIND else (body, None)
         try:
-            resource: Any = parse_map(body) if kind == MAP_KIND else parse_program(body)
+            resource: Any = parse_map(checked) if kind == MAP_KIND else parse_program(checked)
         except ResourceError as exc:
             for error in exc.errors:
-                out.invalid.append(_at(doc, doc.line_of(error.path), f"{exc.resource}: {error}"))
+                text = f"{exc.resource}: {error}"
+                if adopt is not None and error.path == "spec.adopt":
+                    text = text.replace(repr(checked["spec"]["adopt"]), repr(adopt))
+                out.invalid.append(_at(doc, doc.line_of(error.path), text))
             continue
+        if adopt is not None:
+            resource = replace(resource, adopt=adopt)
         found.setdefault((kind, resource.name), []).append((doc, resource))
     for (kind, name), copies in found.items():
         if len(copies) > 1:
@@ -138,7 +184,7 @@ def _run(
 
     from bpfshare.engine import Engine, Phase
 
-    read = read_resources(files)
+    read = read_resources(files, bpffs_mount(Path(pin_root)))
     for line in read.skipped:
         click.echo(line, err=True)
     for line in read.invalid:
