@@ -57,6 +57,31 @@ def failure(exc: Exception) -> str:
     return f"internal error ({type(exc).__name__}: {exc}); this is a bug in bpfshare: the agent's log has the traceback"
 
 
+# Events that say a pass changed what programs bind.
+CHANGES = frozenset({"Loaded", "Upgraded", "Detached"})
+
+
+@dataclass(frozen=True)
+class Binders:
+    """Who binds each map on this node: by pin path (the programs' records) and by BpfMap name
+    (active BpfPrograms that are pinned or being loaded)."""
+
+    by_pin: dict[str, set[str]]
+    by_map: dict[str, set[str]]
+
+    def users(self, pin: str, map_name: str) -> set[str]:
+        return self.by_pin.get(pin, set()) | self.by_map.get(map_name, set())
+
+
+def claimed_pins(records: Mapping[str, ProgramMeta]) -> dict[str, set[str]]:
+    """Maps pinned by name: pin path -> the programs whose records claim it."""
+    claimed: dict[str, set[str]] = {}
+    for name, record in records.items():
+        for pin in record.pins:
+            claimed.setdefault(pin, set()).add(name)
+    return claimed
+
+
 @dataclass
 class Report:
     maps: dict[str, StatusEntry] = field(default_factory=dict)
@@ -199,12 +224,14 @@ class Engine:
         by_name = {mp.res.name: mp for mp in plan.maps}
         slots = SlotClaims({n: r for n, r in records.items() if n not in removed})
         for prog in desired.checked:
-            plan.programs.append(self._plan_program(prog, by_name, slots))
+            plan.programs.append(self._plan_program(prog, by_name, slots, records.get(prog.name)))
+        plan.records = records
         loading = {p.res.name for p in plan.programs if p.load is not None}
+        binders = self._binders(desired.active_programs, records, removed, loading)
         for res in desired.leaving_maps:
             record = map_records.get(res.name)
             pin = record.pin if record is not None else str(self.layout.map_pin(res.pin_name))
-            users = self._users(pin, res.name, desired.active_programs, records, removed, loading)
+            users = binders.users(pin, res.name)
             try:
                 plan.releases.append(plan_release(self.kernel, self.layout, res, record, users))
             except Exception as exc:
@@ -219,23 +246,25 @@ class Engine:
         for mp in plan.maps:
             report.maps[mp.res.name] = self._apply_map(mp, report)
         ids = {name: entry.map_id for name, entry in report.maps.items() if entry.phase is Phase.Ready}
-        claimed = self._claimed_pins()
+        claimed = claimed_pins(plan.records)
         for pp in plan.programs:
             report.programs[pp.res.name] = self._apply_program(pp, ids, claimed, report)
 
-        # Who uses each map is read afresh: programs were (re)loaded and removed in this pass.
-        active_programs = plan.active_programs
-        records = self._records()
+        # Who uses each map: read afresh if programs were loaded or removed in this pass (an idle
+        # pass changed nothing, and reuses what it planned on).
+        changed = bool(plan.removals) or any(e.reason in CHANGES for e in report.events)
+        records = self._records() if changed or plan.releases else plan.records
+        binders = self._binders(plan.active_programs, records, set(), set())
         for mp in plan.maps:
             entry = report.maps[mp.res.name]
             if entry.phase is Phase.Ready and entry.map is not None:
-                users = self._users(entry.map.pin_path, mp.res.name, active_programs, records, set(), set())
+                users = binders.users(entry.map.pin_path, mp.res.name)
                 entry.map = dataclasses.replace(entry.map, used_by=tuple(sorted(users)))
-        map_records = self._map_records()
+        map_records = self._map_records() if plan.releases else {}
         for planned in plan.releases:
             # Re-decided on what the node holds now: never unpin a map a program still uses.
             res, record = planned.res, map_records.get(planned.res.name)
-            users = self._users(str(planned.pin), res.name, active_programs, records, set(), set())
+            users = binders.users(str(planned.pin), res.name)
             self._apply_release(plan_release(self.kernel, self.layout, res, record, users), report)
         return report
 
@@ -286,24 +315,29 @@ class Engine:
                     return meta.map_ids[obj_map]
         return None
 
-    def _users(
+    def _binders(
         self,
-        pin: str,
-        map_name: str,
         active_programs: Mapping[str, ProgramResource],
         records: Mapping[str, ProgramMeta],
         removed: set[str],
         loading: set[str],
-    ) -> set[str]:
-        """BpfPrograms on this node that bind the map: by resource (pinned, or being loaded in this
-        pass), and by what the program records in bpffs say (minus those being removed)."""
-        users = {name for name, meta in records.items() if name not in removed and pin in set(meta.bindings.values())}
+    ) -> Binders:
+        """Who binds what, worked out once per pass (every map asks: per map it was maps x programs)."""
+        by_pin: dict[str, set[str]] = {}
+        for name, meta in records.items():
+            if name not in removed:
+                for path in set(meta.bindings.values()):
+                    by_pin.setdefault(path, set()).add(name)
+        by_map: dict[str, set[str]] = {}
         for prog in active_programs.values():
-            if map_name in dict(prog.maps).values() and (
-                prog.name in loading or self.kernel.exists(self.layout.program_pin(prog.name))
-            ):
-                users.add(prog.name)
-        return users
+            bound = set(dict(prog.maps).values())
+            if bound and (prog.name in loading or prog.name in records or self._pinned(prog.name)):
+                for map_name in bound:
+                    by_map.setdefault(map_name, set()).add(prog.name)
+        return Binders(by_pin, by_map)
+
+    def _pinned(self, program: str) -> bool:
+        return self.kernel.exists(self.layout.program_pin(program))
 
     def _apply_release(self, release: MapRelease, report: Report) -> None:
         res, pin = release.res, release.pin
@@ -325,12 +359,14 @@ class Engine:
 
     # -- programs ----------------------------------------------------------------------------------
 
-    def _plan_program(self, res: ProgramResource, maps: Mapping[str, MapPlan], slots: SlotClaims) -> ProgramPlan:
+    def _plan_program(
+        self, res: ProgramResource, maps: Mapping[str, MapPlan], slots: SlotClaims, record: ProgramMeta | None
+    ) -> ProgramPlan:
         try:
             data = fetch(res.bytecode, self.read_config_map, self.limits.max_bytecode_bytes)
             digest, collection = self.collections.parse(data)
             source = res.bytecode.describe()
-            return plan_program(self.kernel, self.layout, res, maps, collection, digest, source, slots)
+            return plan_program(self.kernel, self.layout, res, maps, collection, digest, source, slots, record)
         except Exception as exc:
             return ProgramPlan(res, outcome=StatusEntry(Phase.Error, failure(exc)))
 
@@ -377,7 +413,7 @@ class Engine:
     def _apply_removal(self, removal: ProgramRemoval, report: Report) -> None:
         name = removal.name
         try:
-            removed = apply_removal(self.kernel, self.layout, name, self._claimed_pins())
+            removed = apply_removal(self.kernel, self.layout, name, claimed_pins(self._records()))
         except Exception as exc:
             message = f"cannot remove from this node: {failure(exc)}"
             report.programs[name] = StatusEntry(Phase.Error, message)
@@ -412,14 +448,6 @@ class Engine:
             if record is not None and record.owner:
                 records[record.owner] = record
         return records
-
-    def _claimed_pins(self) -> dict[str, set[str]]:
-        """Maps pinned by name: pin path -> the programs whose records claim it."""
-        claimed: dict[str, set[str]] = {}
-        for name, record in self._records().items():
-            for pin in record.pins:
-                claimed.setdefault(pin, set()).add(name)
-        return claimed
 
     def _sweep(self) -> None:
         """Once per engine: remove temporary pins of an earlier process killed mid-replace."""

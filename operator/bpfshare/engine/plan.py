@@ -199,6 +199,7 @@ class Plan:
     releases: list[MapRelease] = field(default_factory=list)
     # The BpfPrograms that select this node: applying re-reads who uses a map before releasing it.
     active_programs: dict[str, ProgramResource] = field(default_factory=dict)
+    records: dict[str, ProgramMeta] = field(default_factory=dict)  # the program records planned on
 
     def steps(self) -> list[tuple[str, str, str]]:
         """(kind, name, what) for every change, in the order they are applied; outcomes known

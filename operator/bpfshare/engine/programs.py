@@ -18,11 +18,11 @@ from typing import Any
 from bpfshare.api.resources import ProgramResource
 from bpfshare.api.status import AttachmentStatus, Phase, ProgramStatus, StatusEntry
 from bpfshare.api.targets import AttachTarget, TcTarget
-from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel, ProgramView
+from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.meta import ProgramMeta
 from bpfshare.engine.plan import Attach, Detach, LoadProgram, MapPlan, ProgramPlan, RemoveProgram
-from bpfshare.errors import BpfshareError, KernelError, TargetNotFoundError
+from bpfshare.errors import BpfshareError, TargetNotFoundError
 from bpfshare.load.attach import (
     LINKS_DIR,
     check_fits,
@@ -142,6 +142,7 @@ def plan_program(
     digest: str,
     source: str,
     slots: SlotClaims | None = None,
+    known_record: ProgramMeta | None = None,
 ) -> ProgramPlan:
     """Decide whether the program needs a (re)load, which targets need attaching, what is stale.
 
@@ -176,30 +177,8 @@ def plan_program(
         )
     plan.spec = spec
     plan.previous = kernel.program_at(layout.program_pin(res.name))
-    plan.record = read_program_record(kernel, layout, res.name)
-    missing = [why for t in res.targets if (why := kernel.missing_target(t)) is not None]
-    if missing:
-        raise BpfshareError("; ".join(missing))
+    plan.record = known_record if known_record is not None else read_program_record(kernel, layout, res.name)
     ours = set(plan.record.program_ids) | ({plan.previous.id} if plan.previous else set())
-    conflicts = []
-    for target in res.targets:
-        if not isinstance(target, TcTarget):
-            continue
-        holder = slots.holder(target, res.name)
-        if holder is not None:
-            conflicts.append(f"{describe_slot(target)} is held by BpfProgram {holder}")
-            continue
-        found = kernel.tc_filter(target)
-        if found is not None and found.prog_id not in ours:
-            conflicts.append(
-                f"{describe_slot(target)} is held by another tool: filter {found.name or '(unnamed)'} "
-                f"running program {found.prog_id}"
-            )
-    if conflicts:
-        raise BpfshareError("; ".join(conflicts) + " (bpfshare never replaces what it does not own)")
-    for target in res.targets:
-        if isinstance(target, TcTarget):
-            slots.claim(target, res.name)
 
     unknown = sorted(k for k, v in plan.predicted_ids.items() if v is None)
     if plan.previous is None:
@@ -211,13 +190,50 @@ def plan_program(
         if plan.record.fingerprint != fingerprint(digest, spec.name, plan.bindings, ids):
             plan.load = LoadProgram(spec.name, source, "upgrade: " + _what_changed(plan.record, digest, spec.name, ids))
 
+    # Each target is looked at once: what runs there decides both ownership and whether to attach.
     pin_dir = layout.program_dir(res.name)
+    conflicts: list[str] = []
+    unseen: list[AttachTarget] = []  # targets whose state could not be read: checked before acting
+    prog_id = plan.previous.id if plan.previous is not None else 0
     for target in res.targets:
-        current = None if plan.load is not None else _current_attachment(kernel, target, pin_dir, plan.previous)
-        if current is None:
-            plan.attach.append(Attach(target, repair=plan.load is None))
+        current: AttachResult | None = None
+        if isinstance(target, TcTarget):
+            holder = slots.holder(target, res.name)
+            if holder is not None:
+                conflicts.append(f"{describe_slot(target)} is held by BpfProgram {holder}")
+                continue
+            try:
+                found = kernel.tc_filter(target)
+            except (BpfshareError, OSError):
+                unseen.append(target)
+                found = None
+            if found is not None and found.prog_id not in ours:
+                conflicts.append(
+                    f"{describe_slot(target)} is held by another tool: filter {found.name or '(unnamed)'} "
+                    f"running program {found.prog_id}"
+                )
+                continue
+            if found is not None and found.prog_id == prog_id:
+                current = AttachResult(handle=f"{target.priority}:{target.handle}")
         else:
+            current = _current_link(kernel, target, pin_dir, prog_id)
+            if current is None:
+                unseen.append(target)
+        if plan.load is None and current is not None:
             plan.current[target.key] = current
+        else:
+            plan.attach.append(Attach(target, repair=plan.load is None))
+    if conflicts:
+        raise BpfshareError("; ".join(conflicts) + " (bpfshare never replaces what it does not own)")
+    if plan.load is not None or plan.attach:
+        # Something will change: every target must be there first, every missing one named.
+        missing = [why for t in unseen if (why := kernel.missing_target(t)) is not None]
+        if missing:
+            raise BpfshareError("; ".join(missing))
+    for target in res.targets:
+        if isinstance(target, TcTarget):
+            slots.claim(target, res.name)
+
     wanted = {t.key for t in res.targets}
     for record in plan.record.tc:
         target = tc_target(record)
@@ -247,23 +263,15 @@ def _what_changed(record: ProgramMeta, digest: str, program: str, map_ids: Mappi
     return ", ".join(reasons) or "bindings changed"
 
 
-def _current_attachment(
-    kernel: NodeKernel, target: AttachTarget, pin_dir: Path, previous: ProgramView | None
-) -> AttachResult | None:
-    """The target's attachment if it already runs the pinned program, else None (attach it)."""
-    prog_id = previous.id if previous is not None else 0
+def _current_link(kernel: NodeKernel, target: AttachTarget, pin_dir: Path, prog_id: int) -> AttachResult | None:
+    """The target's pinned link if it still runs the pinned program on that very target."""
+    pin = link_pin_path(pin_dir, target)
     try:
-        if isinstance(target, TcTarget):
-            f = kernel.tc_filter(target)
-            if f is not None and f.prog_id == prog_id:
-                return AttachResult(handle=f"{target.priority}:{target.handle}")
-            return None
-        pin = link_pin_path(pin_dir, target)
         link = kernel.current_link(pin, target)
-        if link is not None and link.prog_id == prog_id:
-            return AttachResult(link_id=link.id, pin_path=pin)
-    except (KernelError, OSError, BpfshareError):
+    except (BpfshareError, OSError):
         return None  # the target is missing or unreadable: attaching will name the cause
+    if link is not None and link.prog_id == prog_id:
+        return AttachResult(link_id=link.id, pin_path=pin)
     return None
 
 
