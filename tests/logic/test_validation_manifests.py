@@ -71,11 +71,17 @@ def test_what_json_cannot_carry_is_an_error_of_its_field(tmp_path: Path, text: s
     assert (doc.body, doc.error) == (None, error)
 
 
-def test_an_alias_bomb_is_bounded(tmp_path: Path) -> None:
+def test_an_alias_bomb_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert manifests.MAX_VALUES == 1_000_000
+    monkeypatch.setattr(manifests, "MAX_VALUES", 10_000)  # the same bound, reached sooner
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]  # 10^8 values
     (doc,) = read(tmp_path, "\n".join(lines) + "\n")
-    assert doc.error is not None and "more than 1000000 values" in doc.error
+    assert doc.error is not None and "more than 10000 values" in doc.error
+    (over,) = read(tmp_path, "\n".join(lines[:4]) + "\n")  # 10^4 + 10^3 + ...: just over
+    assert over.error is not None
+    (fine,) = read(tmp_path, "\n".join(lines[:3]) + "\n")
+    assert fine.error is None and len(fine.body["a2"]) == 10
 
 
 def test_every_field_has_its_line(tmp_path: Path) -> None:
