@@ -214,7 +214,7 @@ def test_dockerignore_keeps_the_control_plane_out_of_the_build_context() -> None
     assert not excluded("operator/bpfshare/agent/operator.py")
     assert not excluded("pyproject.toml") and not excluded("bpf/flow_counter.c")
     assert excluded("operator/bpfshare/controlplane/run.py")
-    assert excluded("operator/bpfshare/controlplane/crds/bpfmap.yaml")
+    assert not excluded("operator/bpfshare/api/crds/bpfmap.yaml")
     assert excluded("tests/conftest.py") and excluded("operator/bpfshare/__pycache__/cli.cpython-311.pyc")
 
 

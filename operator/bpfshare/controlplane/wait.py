@@ -157,8 +157,9 @@ def _describe(get: Getter, key: Key, node: str) -> str:
 
 
 def crd_dir() -> Path:
-    """The CRDs shipped with the package (copies of the repository's crds/)."""
-    return Path(str(resources.files("bpfshare.controlplane") / "crds"))
+    """The CRDs shipped with the package: the validation's copies of the repository's crds/ (one copy,
+    in a part of the package that the agent image has too)."""
+    return Path(str(resources.files("bpfshare.api") / "crds"))
 
 
 def crds_served(kubectl: Kubectl) -> bool:
