@@ -102,6 +102,7 @@ class MemoryKernel:
         self._ids = itertools.count(1)
         self._pins: dict[Path, _Pin] = {}
         self._dirs: set[Path] = set(self.mounts)
+        self._children: dict[Path, set[str]] = defaultdict(set)  # directory -> names in it (pins, dirs)
         self._maps: dict[int, _Map] = {}
         self._programs: dict[int, _Program] = {}
         self._links: dict[int, _Link] = {}
@@ -163,6 +164,7 @@ class MemoryKernel:
         """bpffs emptied, every object gone (interfaces and cgroups stay)."""
         self._pins.clear()
         self._dirs = set(self.mounts)
+        self._children.clear()
         self._maps.clear()
         self._programs.clear()
         self._links.clear()
@@ -195,8 +197,7 @@ class MemoryKernel:
         return path in self._pins or path in self._dirs
 
     def list_dir(self, path: Path) -> list[str]:
-        names = {p.name for p in (*self._pins, *self._dirs) if p.parent == path and p != path}
-        return sorted(names)
+        return sorted(self._children.get(path, ()))
 
     def is_dir(self, path: Path) -> bool:
         return path in self._dirs
@@ -209,15 +210,18 @@ class MemoryKernel:
         self.calls.append(f"unpin {path}")
         if path in self._dirs:
             raise KernelError(f"unlink {path}: is a directory", errno.EISDIR)
-        self._pins.pop(path, None)
+        self._drop(path)
         self._collect()
 
     def remove_tree(self, path: Path) -> None:
         self._fault("remove_tree")
         self.calls.append(f"remove {path}")
         for pin in [p for p in self._pins if p == path or path in p.parents]:
-            del self._pins[pin]
-        self._dirs = {d for d in self._dirs if not (d == path or path in d.parents)}
+            self._drop(pin)
+        for gone in [d for d in self._dirs if d == path or path in d.parents]:
+            self._dirs.discard(gone)
+            self._children.pop(gone, None)
+            self._children[gone.parent].discard(gone.name)
         self._collect()
 
     # -- maps ----------------------------------------------------------------------------------
@@ -321,7 +325,7 @@ class MemoryKernel:
         self._fault("pin_program")
         handle = program.handle
         assert isinstance(handle, MemoryHandle)
-        self._pins.pop(pin, None)  # rename over the old pin: atomic
+        self._drop(pin)  # rename over the old pin: atomic
         self._pin(pin, _Pin("prog", handle.prog_id))
         self.calls.append(f"pin program {handle.prog_id} at {pin}")
         self._collect()
@@ -383,7 +387,7 @@ class MemoryKernel:
                 self.calls.append(f"update link {link.id} to program {handle.prog_id}")
                 self._collect()
                 return AttachResult(link_id=link.id, pin_path=pin)
-            del self._pins[pin]
+            self._drop(pin)
         link = _Link(next(self._ids), handle.prog_id, target)
         self._links[link.id] = link
         self._pin(pin, _Pin("link", link.id))
@@ -400,6 +404,10 @@ class MemoryKernel:
         pending = self._faults.get(operation)
         if pending:
             raise pending.pop(0)
+
+    def _drop(self, path: Path) -> None:
+        if self._pins.pop(path, None) is not None:
+            self._children[path.parent].discard(path.name)
 
     def _object(self, pin: Path, kind: str) -> _Pin:
         found = self._pins.get(pin)
@@ -425,7 +433,9 @@ class MemoryKernel:
             if not self.on_bpffs(parent):
                 break
             self._dirs.add(parent)
+            self._children[parent.parent].add(parent.name)
         self._pins[path] = obj
+        self._children[path.parent].add(path.name)
 
     def _create_map(self, spec: MapSpec) -> int:
         violations = map_rule_violations(spec)
@@ -464,7 +474,7 @@ class MemoryKernel:
         if spec.style is DefinitionStyle.GLOBAL_DATA:
             path = pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
             map_id = self._create_map(spec)
-            self._pins.pop(path, None)
+            self._drop(path)
             self._pin(path, _Pin("map", map_id))
             return map_id
         convention = convention_pin_path(spec, pin_root)

@@ -18,7 +18,7 @@ from typing import Any
 from bpfshare.api.resources import ProgramResource
 from bpfshare.api.status import AttachmentStatus, Phase, ProgramStatus, StatusEntry
 from bpfshare.api.targets import AttachTarget, TcTarget
-from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel
+from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel, ProgramView
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.meta import ProgramMeta
 from bpfshare.engine.plan import Attach, Detach, LoadProgram, MapPlan, ProgramPlan, RemoveProgram
@@ -326,6 +326,13 @@ def apply_program(
     result = ProgramResult(StatusEntry(Phase.Ready))
     previous_id = plan.previous.id if plan.previous is not None else 0
     tc_claims = [tc_record(t) for t in res.targets if isinstance(t, TcTarget)]
+    links = {link_pin_name(t): t.key for t in res.targets if not isinstance(t, TcTarget)}
+    if load is None and not plan.attach and not plan.detach and plan.previous is not None:
+        settled = (plan.record.tc, plan.record.program_ids, plan.record.links) == (tc_claims, [previous_id], links)
+        if settled:
+            # Nothing to change (an idle resync): the status from what planning saw, no kernel call.
+            result.status.program = _program_status(plan, ids, plan.previous, plan.current)
+            return result
     record = dataclasses.replace(plan.record)
     shared = claimed_pins if claimed_pins is not None else {}
     program: Loaded
@@ -383,17 +390,31 @@ def apply_program(
         tc=tc_claims + kept,
         program_ids=[program.view.id],
         pins=record.pins,
-        links={link_pin_name(t): t.key for t in res.targets if not isinstance(t, TcTarget)},
+        links=links,
     )
     if confirmed != record:
         kernel.write_record(meta_pin, confirmed.encode())
-    result.status.program = ProgramStatus(
-        program_id=program.view.id,
-        tag=program.view.tag,
-        maps=program_map_ids(plan.collection, spec.name, ids, program.view.map_ids),
+    result.status.program = _program_status(plan, ids, program.view, {a.target: a for a in attachments})
+    return result
+
+
+def _program_status(
+    plan: ProgramPlan,
+    ids: Mapping[str, int],
+    view: ProgramView,
+    attached: Mapping[str, AttachResult | AttachmentStatus],
+) -> ProgramStatus:
+    assert plan.spec is not None and plan.collection is not None
+    attachments = []
+    for target in plan.res.targets:
+        done = attached[target.key]
+        attachments.append(done if isinstance(done, AttachmentStatus) else _attachment_status(target, done))
+    return ProgramStatus(
+        program_id=view.id,
+        tag=view.tag,
+        maps=program_map_ids(plan.collection, plan.spec.name, ids, view.map_ids),
         attachments=tuple(attachments),
     )
-    return result
 
 
 def _union(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
