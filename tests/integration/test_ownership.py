@@ -185,6 +185,16 @@ def test_bytecode_that_would_block_or_never_end_is_refused(
     node.delete(bpfmap())
 
 
+def test_get_shows_the_maps_this_node_holds_with_their_kernel_ids(node: Node) -> None:
+    status = node.apply(bpfmap(), bpfmap("hash", pinName="hash", type="Hash", maxEntries=64, flags=["NoPrealloc"]))
+    shown = json.loads(bpfshare("get", "maps", "-o", "json", "--pin-root", str(node.root)).stdout)["maps"]
+    assert [(m["pinName"], m["mapId"], m["type"], m["maxEntries"], m["flags"]) for m in shown] == [
+        ("flow-counts", status["flow-counts"]["mapId"], "Array", 4, []),
+        ("hash", status["hash"]["mapId"], "Hash", 64, ["NoPrealloc"]),
+    ]
+    node.delete(bpfmap(), bpfmap("hash", pinName="hash", type="Hash", maxEntries=64, flags=["NoPrealloc"]))
+
+
 def test_a_map_over_the_memory_budget_is_refused_before_the_kernel(node: Node) -> None:
     status = node.apply(bpfmap("huge", pinName="huge", maxEntries=2**31 - 1), ok=False)
     assert "more than the map memory budget" in status["huge"]["message"]

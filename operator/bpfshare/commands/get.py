@@ -16,7 +16,6 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
     from bpfshare.engine.layout import Layout
     from bpfshare.errors import BpfshareError
     from bpfshare.kernel.maps import Map
-    from bpfshare.types import MapFlag
 
     layout = Layout(root)
     out: list[dict[str, Any]] = []
@@ -28,18 +27,9 @@ def node_maps(root: Path) -> list[dict[str, Any]]:
         except BpfshareError as exc:
             out.append({"pinName": name, "pinPath": str(pin), "error": str(exc)})
             continue
-        out.append(
-            {
-                "pinName": name,
-                "pinPath": str(pin),
-                "mapId": info.id,
-                "type": getattr(info.type, "name", str(info.type)),
-                "keySize": info.key_size,
-                "valueSize": info.value_size,
-                "maxEntries": info.max_entries,
-                "flags": MapFlag.names(int(info.flags)),
-            }
-        )
+        shape = info.describe()
+        del shape["id"], shape["name"]
+        out.append({"pinName": name, "pinPath": str(pin), "mapId": info.id, **shape})
     return out
 
 
