@@ -109,3 +109,33 @@ def test_finalizer_and_manager_names_are_valid_per_node() -> None:
     assert len(name) <= 63 and name[0].isalnum() and name[-1].isalnum()
     assert finalizer_name(long) != finalizer_name("b" * 200 + ".example.com")
     assert len(field_manager(long)) <= 128
+
+
+def test_a_body_is_parsed_once_and_again_only_when_a_new_one_arrives() -> None:
+    import copy
+
+    from bpfshare.agent.state import ClusterState
+
+    body = {
+        "apiVersion": "bpfshare.io/v1alpha1",
+        "kind": "BpfMap",
+        "metadata": {"name": "m", "generation": 1},
+        "spec": {"type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4},
+    }
+    state = ClusterState()
+    state.on_map(None, body)
+    first = state.take().maps[0]
+    state.mark_all()
+    assert state.take().maps[0] is first, "an idle resync parses (and validates) nothing again"
+    changed = copy.deepcopy(body)
+    changed["metadata"]["generation"] = 2
+    changed["spec"]["maxEntries"] = 8
+    state.on_map("MODIFIED", changed)
+    again = state.take().maps[0]
+    assert (again.max_entries, again.meta.generation) == (8, 2)
+    broken = copy.deepcopy(changed)
+    broken["metadata"]["generation"] = 3
+    broken["spec"]["keySize"] = "four"
+    state.on_map("MODIFIED", broken)
+    snapshot = state.take()
+    assert snapshot.maps == [] and "spec.keySize" in snapshot.invalid[("BpfMap", "m")]

@@ -86,3 +86,30 @@ def test_a_bad_quantity_is_refused_naming_it(text: str) -> None:
 
     with pytest.raises(ValueError, match="is not a size"):
         parse_quantity(text)
+
+
+def test_an_unchanged_bytecode_file_is_not_read_again_and_a_rewritten_one_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from bpfshare.engine import bytecode
+
+    path = tmp_path / "flow_counter.o"
+    shutil.copy(obj("flow_counter.o"), path)
+    node = Node()
+    first = ready(node.run([bpfmap()], [bpfprog(path=str(path))]).programs["count-ingress"])
+    real_fetch = bytecode.fetch
+
+    def no_reads(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("an unchanged file was read again")
+
+    monkeypatch.setattr(bytecode, "fetch", no_reads)
+    assert (
+        ready(node.run([bpfmap()], [bpfprog(path=str(path))]).programs["count-ingress"]).program_id == first.program_id
+    )
+    monkeypatch.setattr(bytecode, "fetch", real_fetch)
+    path.write_bytes(path.read_bytes() + b"v2")  # a new version in place: size and mtime change
+    report = node.run([bpfmap()], [bpfprog(path=str(path))])
+    assert ready(report.programs["count-ingress"]).program_id != first.program_id
+    assert ("count-ingress", "Upgraded") in [(e.name, e.reason) for e in report.events]

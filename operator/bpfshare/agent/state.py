@@ -51,6 +51,8 @@ class ClusterState:
     labels: dict[str, str] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> resourceVersion
     _dirty_all: bool = True
+    # (kind, name) -> (the body last parsed, what it parsed to, or why it is invalid)
+    _parsed: dict[tuple[str, str], tuple[dict[str, Any], Any]] = field(default_factory=dict)
     _dirty_programs: set[str] = field(default_factory=set)
 
     @property
@@ -104,21 +106,36 @@ class ClusterState:
         return bool(users)
 
     def take(self) -> Snapshot:
-        """Parse what is known and clear the dirty marks (the caller reconciles the snapshot)."""
-        maps, programs, invalid = [], [], {}
+        """Parse what is known and clear the dirty marks (the caller reconciles the snapshot).
+
+        A body is parsed (and validated against the CRD) once: every watch event brings a new body
+        object, so the same object is the same resource, and an idle resync parses nothing."""
+        maps: list[MapResource] = []
+        programs: list[ProgramResource] = []
+        invalid: dict[tuple[str, str], str] = {}
         bodies: dict[tuple[str, str], dict[str, Any]] = {}
-        for name, body in self.maps.items():
-            bodies[("BpfMap", name)] = body
-            try:
-                maps.append(parse_map(body))
-            except BpfshareError as exc:
-                invalid[("BpfMap", name)] = str(exc)
-        for name, body in self.programs.items():
-            bodies[("BpfProgram", name)] = body
-            try:
-                programs.append(parse_program(body))
-            except BpfshareError as exc:
-                invalid[("BpfProgram", name)] = str(exc)
+        parsed: dict[tuple[str, str], tuple[dict[str, Any], MapResource | ProgramResource | str]] = {}
+        for kind, source, parse, out in (
+            ("BpfMap", self.maps, parse_map, maps),
+            ("BpfProgram", self.programs, parse_program, programs),
+        ):
+            for name, body in source.items():
+                key = (kind, name)
+                bodies[key] = body
+                cached = self._parsed.get(key)
+                if cached is not None and cached[0] is body:
+                    result = cached[1]
+                else:
+                    try:
+                        result = parse(body)
+                    except BpfshareError as exc:
+                        result = str(exc)
+                parsed[key] = (body, result)
+                if isinstance(result, str):
+                    invalid[key] = result
+                else:
+                    out.append(result)
+        self._parsed = parsed
         only = None if self._dirty_all else set(self._dirty_programs)
         self._dirty_all = False
         self._dirty_programs = set()

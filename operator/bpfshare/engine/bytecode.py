@@ -46,6 +46,17 @@ def read_node_file(path: Path, limit: int, where: str) -> bytes:
     return data
 
 
+def _identity(path: str) -> FileIdentity | None:
+    """A regular file's identity (stat never blocks, even on a FIFO); None for anything else."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _file_kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISFIFO, "a FIFO"),
@@ -81,12 +92,33 @@ def fetch(bytecode: Bytecode, read_config_map: ConfigMapReader = no_config_maps,
     return data
 
 
+FileIdentity = tuple[str, int, int, int, int]  # path, device, inode, size, mtime (ns)
+
+
 class CollectionCache:
-    """Parsed objects by digest: a resync re-reads bytes (cheap) but does not re-parse them."""
+    """Parsed objects by digest, and node files by identity: a resync neither re-parses an object
+    nor re-reads and re-hashes a file that has not changed (same inode, size and mtime)."""
 
     def __init__(self, limit: int = 64) -> None:
         self._cache: dict[str, CollectionSpec] = {}
+        self._files: dict[FileIdentity, str] = {}  # a node file -> its digest
         self._limit = limit
+
+    def load(
+        self, bytecode: Bytecode, read_config_map: ConfigMapReader, limit: int = MAX_BYTECODE
+    ) -> tuple[str, CollectionSpec]:
+        """``fetch`` and ``parse``, skipping both for a node file seen unchanged before."""
+        identity = _identity(bytecode.path) if bytecode.path is not None else None
+        if identity is not None:
+            digest = self._files.get(identity)
+            if digest is not None and digest in self._cache and (not bytecode.sha256 or bytecode.sha256 == digest):
+                return digest, self._cache[digest]
+        digest, spec = self.parse(fetch(bytecode, read_config_map, limit))
+        if identity is not None:
+            if len(self._files) >= self._limit:
+                self._files.pop(next(iter(self._files)))
+            self._files[identity] = digest
+        return digest, spec
 
     def parse(self, data: bytes) -> tuple[str, CollectionSpec]:
         from bpfshare.object import read_collection

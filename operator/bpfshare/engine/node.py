@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramResource
 from bpfshare.api.status import Event, MapStatus, Phase, StatusEntry
-from bpfshare.engine.bytecode import MAX_BYTECODE, CollectionCache, ConfigMapReader, fetch, no_config_maps
+from bpfshare.engine.bytecode import MAX_BYTECODE, CollectionCache, ConfigMapReader, no_config_maps
 from bpfshare.engine.kernel import NodeKernel
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.maps import (
@@ -363,8 +363,8 @@ class Engine:
         self, res: ProgramResource, maps: Mapping[str, MapPlan], slots: SlotClaims, record: ProgramMeta | None
     ) -> ProgramPlan:
         try:
-            data = fetch(res.bytecode, self.read_config_map, self.limits.max_bytecode_bytes)
-            digest, collection = self.collections.parse(data)
+            limit = self.limits.max_bytecode_bytes
+            digest, collection = self.collections.load(res.bytecode, self.read_config_map, limit)
             source = res.bytecode.describe()
             return plan_program(self.kernel, self.layout, res, maps, collection, digest, source, slots, record)
         except Exception as exc:
