@@ -139,3 +139,29 @@ def test_a_body_is_parsed_once_and_again_only_when_a_new_one_arrives() -> None:
     state.on_map("MODIFIED", broken)
     snapshot = state.take()
     assert snapshot.maps == [] and "spec.keySize" in snapshot.invalid[("BpfMap", "m")]
+
+
+def test_status_writes_do_not_make_a_resource_parsed_again() -> None:
+    import copy
+
+    from bpfshare.agent.state import ClusterState
+
+    body = {
+        "apiVersion": "bpfshare.io/v1alpha1",
+        "kind": "BpfMap",
+        "metadata": {"name": "m", "generation": 4, "uid": "u-1", "resourceVersion": "10"},
+        "spec": {"type": "Array", "keySize": 4, "valueSize": 8, "maxEntries": 4},
+    }
+    state = ClusterState()
+    state.on_map(None, body)
+    first = state.take().maps[0]
+    written = copy.deepcopy(body)  # the watch event of this agent's own status write
+    written["metadata"]["resourceVersion"] = "11"
+    written["status"] = {"nodes": [{"node": "n1", "phase": "Ready"}]}
+    state.on_map("MODIFIED", written)
+    state.mark_all()
+    assert state.take().maps[0] is first
+    deleting = copy.deepcopy(written)
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    state.on_map("MODIFIED", deleting)
+    assert state.take().maps[0].meta.deleting

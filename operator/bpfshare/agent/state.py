@@ -51,8 +51,8 @@ class ClusterState:
     labels: dict[str, str] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> resourceVersion
     _dirty_all: bool = True
-    # (kind, name) -> (the body last parsed, what it parsed to, or why it is invalid)
-    _parsed: dict[tuple[str, str], tuple[dict[str, Any], Any]] = field(default_factory=dict)
+    # (kind, name) -> (the body last parsed, what it parsed to or why it is invalid, its parse version)
+    _parsed: dict[tuple[str, str], tuple[dict[str, Any], Any, object]] = field(default_factory=dict)
     _dirty_programs: set[str] = field(default_factory=set)
 
     @property
@@ -108,13 +108,15 @@ class ClusterState:
     def take(self) -> Snapshot:
         """Parse what is known and clear the dirty marks (the caller reconciles the snapshot).
 
-        A body is parsed (and validated against the CRD) once: every watch event brings a new body
-        object, so the same object is the same resource, and an idle resync parses nothing."""
+        A resource is parsed (and validated against the CRD) once per version of what parsing reads:
+        its spec (whose every change bumps metadata.generation), uid, deletion and finalizers. The
+        watch events of status writes (this agent's own, after every pass) change none of them, so
+        they parse nothing again; nor does an idle resync."""
         maps: list[MapResource] = []
         programs: list[ProgramResource] = []
         invalid: dict[tuple[str, str], str] = {}
         bodies: dict[tuple[str, str], dict[str, Any]] = {}
-        parsed: dict[tuple[str, str], tuple[dict[str, Any], MapResource | ProgramResource | str]] = {}
+        parsed: dict[tuple[str, str], tuple[dict[str, Any], MapResource | ProgramResource | str, object]] = {}
         for kind, source, parse, out in (
             ("BpfMap", self.maps, parse_map, maps),
             ("BpfProgram", self.programs, parse_program, programs),
@@ -123,14 +125,15 @@ class ClusterState:
                 key = (kind, name)
                 bodies[key] = body
                 cached = self._parsed.get(key)
-                if cached is not None and cached[0] is body:
+                version = _parse_version(body)
+                if cached is not None and (cached[0] is body or (version is not None and cached[2] == version)):
                     result = cached[1]
                 else:
                     try:
                         result = parse(body)
                     except BpfshareError as exc:
                         result = str(exc)
-                parsed[key] = (body, result)
+                parsed[key] = (body, result, version)
                 if isinstance(result, str):
                     invalid[key] = result
                 else:
@@ -140,6 +143,16 @@ class ClusterState:
         self._dirty_all = False
         self._dirty_programs = set()
         return Snapshot(maps, programs, dict(self.labels), only, bodies, invalid)
+
+
+def _parse_version(body: dict[str, Any]) -> object:
+    """What parsing a body reads besides the spec, with the generation standing for the spec; None
+    when the body has no uid or generation (not from an API server: compared by identity only)."""
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if not uid or not generation:
+        return None
+    return (uid, generation, bool(meta.get("deletionTimestamp")), tuple(meta.get("finalizers") or ()))
 
 
 def _config_map_of(body: dict[str, Any]) -> tuple[str, str] | None:
