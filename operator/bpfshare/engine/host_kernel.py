@@ -87,7 +87,6 @@ class HostKernel:
             return _map_view(live.info())
 
     def get_or_create_map(self, spec: MapSpec, pin: Path, subject: str) -> tuple[MapView, bool]:
-        ensure_pin_dir(pin.parent)
         live, reused = get_or_create_pinned(spec, pin, subject)
         with live:
             return _map_view(live.info()), not reused
@@ -107,7 +106,6 @@ class HostKernel:
             return live.lookup(KEY0)
 
     def write_record(self, pin: Path, data: bytes) -> None:
-        ensure_pin_dir(pin.parent)
         live, _ = get_or_create_pinned(record_spec(len(data)), pin, f"record {pin}")
         with live:
             live.update(KEY0, data)

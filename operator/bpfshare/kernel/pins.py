@@ -46,6 +46,8 @@ def ensure_pin_dir(path: Path | str) -> Path:
     root would otherwise fill a tmpfs or /sys with directories and end in EPERM at pin time.
     """
     path = Path(path)
+    if os.path.isdir(path) and is_bpffs(path):
+        return path  # the common case (every pin of a pass asks): two syscalls, no walk up the tree
     anchor = _nearest_existing(path)
     if not is_bpffs(anchor):
         raise NotOnBpffsError(
