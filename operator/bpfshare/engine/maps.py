@@ -40,11 +40,6 @@ def map_spec(res: MapResource) -> MapSpec:
     )
 
 
-def differences(spec: MapSpec, view: MapView) -> list[str]:
-    """Every field in which a live map differs from the spec (compat's rules, cilium/ebpf's words)."""
-    return map_differences(spec, view)
-
-
 def map_memory(spec: MapSpec, possible_cpus: int) -> int:
     """What the map's entries take at most: (key + value) x max entries; a per-CPU map holds one
     value, rounded up to 8 bytes, per possible CPU (the kernel's own accounting is close to this)."""
@@ -122,7 +117,7 @@ def plan_map(
                 "outside bpfshare and is left alone"
             )
             return plan
-        diffs = differences(spec, view)
+        diffs = map_differences(spec, view)
         if diffs:
             plan.outcome = _error(str(IncompatibleMapError(f"pinned map {pin}", diffs)))
         else:
@@ -130,7 +125,7 @@ def plan_map(
         return plan
     if record is not None and record.map_id:
         live = kernel.map_by_id(record.map_id)  # the recorded map: its ID is the proof, not its name
-        if live is not None and not differences(spec, live):
+        if live is not None and not map_differences(spec, live):
             plan.action = RepinMap(record.map_id, pin)
         else:
             plan.action = CreateMap(spec, pin, lost_id=record.map_id)
@@ -141,7 +136,7 @@ def plan_map(
     if known_id:
         live = kernel.map_by_id(known_id)
         # Not from the ledger: the ID may have been reused by an unrelated map, so name and shape must match.
-        if live is not None and live.name == spec.name and not differences(spec, live):
+        if live is not None and live.name == spec.name and not map_differences(spec, live):
             plan.action = RepinMap(known_id, pin)
         else:
             plan.action = CreateMap(spec, pin, lost_id=known_id)
@@ -159,7 +154,7 @@ def _plan_adopt(kernel: NodeKernel, layout: Layout, plan: MapPlan, source: Path)
         plan.outcome = StatusEntry(Phase.Pending, f"spec.adopt: waiting for {source} to exist")
     else:
         foreign = kernel.map_at(source)
-        diffs = differences(plan.spec, foreign)
+        diffs = map_differences(plan.spec, foreign)
         if diffs:
             plan.outcome = _error(str(IncompatibleMapError(f"spec.adopt: map pinned at {source}", diffs)))
         else:
@@ -178,7 +173,7 @@ def _plan_move(kernel: NodeKernel, plan: MapPlan, source: Path, record: MapRecor
     if live is None or (record.map_id and live.id != record.map_id):
         plan.action = CreateMap(plan.spec, plan.pin, lost_id=record.map_id or None)
         return plan
-    diffs = differences(plan.spec, live)
+    diffs = map_differences(plan.spec, live)
     if diffs:
         plan.outcome = _error(str(IncompatibleMapError(f"pinned map {source} (moving to {plan.pin})", diffs)))
     else:
@@ -254,7 +249,7 @@ def apply_map(kernel: NodeKernel, layout: Layout, plan: MapPlan) -> MapResult:
 
 def _checked(kernel: NodeKernel, plan: MapPlan) -> MapView:
     view = kernel.map_at(plan.pin)
-    diffs = differences(plan.spec, view)
+    diffs = map_differences(plan.spec, view)
     if diffs:
         raise IncompatibleMapError(f"pinned map {plan.pin}", diffs)
     return view

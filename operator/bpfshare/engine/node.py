@@ -57,10 +57,6 @@ def failure(exc: Exception) -> str:
     return f"internal error ({type(exc).__name__}: {exc}); this is a bug in bpfshare: the agent's log has the traceback"
 
 
-# Events that say a pass changed what programs bind.
-CHANGES = frozenset({"Loaded", "Upgraded", "Detached"})
-
-
 @dataclass(frozen=True)
 class Binders:
     """Who binds each map on this node: by pin path (the programs' records) and by BpfMap name
@@ -91,6 +87,7 @@ class Report:
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
     kernel_load_seconds: list[float] = field(default_factory=list)  # one per program loaded
+    programs_changed: bool = False  # a program was loaded or detached from something in this pass
     plan: Plan | None = None
 
     def event(self, kind: str, name: str, reason: str, message: str, warning: bool = False) -> None:
@@ -252,7 +249,7 @@ class Engine:
 
         # Who uses each map: read afresh if programs were loaded or removed in this pass (an idle
         # pass changed nothing, and reuses what it planned on).
-        changed = bool(plan.removals) or any(e.reason in CHANGES for e in report.events)
+        changed = bool(plan.removals) or report.programs_changed
         records = self._records() if changed or plan.releases else plan.records
         binders = self._binders(plan.active_programs, records, set(), set())
         for mp in plan.maps:
@@ -388,6 +385,7 @@ class Engine:
             return StatusEntry(Phase.Error, message)
         if result.kernel_seconds is not None:
             report.kernel_load_seconds.append(result.kernel_seconds)
+        report.programs_changed |= result.loaded or bool(result.detached)
         prog_id = result.status.program_id
         if result.upgraded:
             report.event(PROGRAM_KIND, name, "Upgraded", f"program {prog_id} replaced the previous version in place")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
+from bpfshare.api.status import AttachmentStatus
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget, parse_attach
 from bpfshare.errors import BpfshareError
 from bpfshare.kernel.pins import replace_pin
@@ -41,14 +42,9 @@ class Attachment:
     handle: str | None = None  # tc: "prio:handle"
 
     def describe(self) -> dict[str, object]:
-        out: dict[str, object] = {"target": self.target.key}
-        if self.link_id is not None:
-            out["linkId"] = self.link_id
-        if self.pin_path is not None:
-            out["pinPath"] = str(self.pin_path)
-        if self.handle is not None:
-            out["handle"] = self.handle
-        return out
+        """As status shows an attachment (``api.status.AttachmentStatus``)."""
+        pin = str(self.pin_path) if self.pin_path is not None else None
+        return AttachmentStatus(self.target.key, self.link_id, pin, self.handle).to_dict()
 
 
 def check_fits(program: ProgramSpec, target: AttachTarget) -> None:
