@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for dir in deploy/base/crds operator/bpfshare/api/crds; do
-  cp crds/bpfmap.yaml crds/bpfprogram.yaml "$dir/"
+  cp crds/*.yaml "$dir/"
 done
