@@ -121,7 +121,9 @@ def state_metadata(kind: StateKind, resource: str, uid: str | None, node: str) -
 def state_body(
     kind: StateKind, resource: str, uid: str | None, node: str, status: dict[str, object]
 ) -> dict[str, object]:
-    """The whole state object as the agent server-side-applies it (status is not a subresource: one writer, one request)."""
+    """The whole state object as the agent server-side-applies it.
+
+    Status is not a subresource: the object has one writer, so spec and status go in one request."""
     return {
         "apiVersion": API_VERSION,
         "kind": kind.kind,
