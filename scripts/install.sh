@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything bpfshare needs on a fresh Debian/Ubuntu machine, idempotently:
-# system packages (clang, llvm, bpftool, iproute2, libbpf headers), a Python virtual environment with
-# the package, its `dev` extra (what the local control plane needs) and its test tools, the example
-# BPF objects, and the local control plane (built from Go modules into ~/.cache/bpfshare; a cold
-# build takes many minutes, a warm one seconds).
+# system packages (clang, llvm, bpftool, iproute2, libbpf headers, lua5.1), a Python virtual
+# environment with the package, its `dev` extra (what the local control plane needs) and its test
+# tools, the example BPF objects, and the local control plane (built from Go modules into
+# ~/.cache/bpfshare; a cold build takes many minutes, a warm one seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ command -v tc >/dev/null || need_apt+=(iproute2)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
 command -v setpriv >/dev/null || need_apt+=(util-linux)  # tests/deploy: the DaemonSet's capabilities only
 command -v make >/dev/null || need_apt+=(make)
+command -v lua5.1 >/dev/null || need_apt+=(lua5.1)  # tests/deploy: the Argo CD health check
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
 [ -f /usr/include/linux/bpf.h ] || need_apt+=(linux-libc-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
