@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "delete": "bpfshare.commands.apply:delete",
     "get": "bpfshare.commands.get:get",
     "agent": "bpfshare.commands.agent:agent",
+    "controller": "bpfshare.commands.controller:controller",
     "demo": "bpfshare.commands.demo:demo",
 }
 
