@@ -1,5 +1,5 @@
-"""Which watch events make the agent work (agent/state.py), beyond test_agent_state.py: deletions,
-metadata that is not the spec, ConfigMaps coming and going, what a pass after a pass sees, and that a
+"""Which watch events make the agent work (agent/state.py), beyond test_agent_state.py: deletions
+(tombstones until released), metadata that is not the spec, what a pass after a pass sees, and that a
 snapshot always reflects the latest body. An idle cluster must cost an idle agent nothing; a change
 that matters must never be lost."""
 
@@ -22,10 +22,6 @@ def program(name: str, generation: int = 1, **spec: Any) -> dict[str, Any]:
     obj = body(PROG, name=name, generation=generation)
     obj["spec"].update(spec)
     return obj
-
-
-def config_map_program(name: str, cm: str, generation: int = 1) -> dict[str, Any]:
-    return program(name, generation, bytecode={"configMap": {"namespace": "ns", "name": cm, "key": "o"}})
 
 
 def settled(*programs: dict[str, Any], maps: tuple[dict[str, Any], ...] = ()) -> ClusterState:
@@ -67,28 +63,48 @@ def test_label_annotation_and_resource_version_changes_make_no_work() -> None:
     assert state.take().bodies[("BpfProgram", "a")]["metadata"]["labels"] == {"team": "net"}
 
 
-def test_deleted_objects_leave_the_snapshot_without_a_pass_of_their_own() -> None:
-    """DELETED comes after every finalizer is gone, so this node already released the object."""
+def test_deleted_objects_stay_as_tombstones_until_a_pass_released_them() -> None:
+    """Without the controller's finalizer, DELETED may be the first this node hears of a deletion: the
+    next pass sees the last body, deleting, so the engine releases it; then it goes."""
     state = settled(program("a"), program("b"), maps=(body(MAP, generation=1),))
-    assert state.on_program("DELETED", program("a")) is False
-    assert state.on_map("DELETED", body(MAP, generation=1)) is False
-    assert not state.dirty
+    assert state.on_program("DELETED", program("a")) is True
+    assert state.on_map("DELETED", body(MAP, generation=1)) is True
+    assert state.on_program("DELETED", program("a")) is False  # once
+    snap = state.take()
+    assert snap.only_programs is None  # a map went
+    deleting = {(p.name, p.meta.deleting) for p in snap.programs} | {(m.name, m.meta.deleting) for m in snap.maps}
+    assert deleting == {("a", True), ("b", False), ("flow-counts", True)}
+    assert state.tombstones == {("BpfProgram", "a"), ("BpfMap", "flow-counts")}
+    state.released("BpfProgram", "a")
+    state.released("BpfMap", "flow-counts")
+    state.released("BpfProgram", "b")  # released but not deleted (no longer selecting): stays
     state.mark_all()
     snap = state.take()
     assert [p.name for p in snap.programs] == ["b"] and snap.maps == []
     assert ("BpfProgram", "a") not in snap.bodies and ("BpfMap", "flow-counts") not in snap.bodies
+    assert state.tombstones == set()
+
+
+def test_a_resource_created_again_replaces_its_tombstone() -> None:
+    state = settled(program("a", generation=3))
+    state.on_program("DELETED", program("a", generation=3))
+    assert state.on_program("ADDED", body(program("a", generation=1), uid="new")) is True
+    assert state.tombstones == set()
+    state.released("BpfProgram", "a")  # a release of the old one, late: the new one stays
+    assert not state.take().programs[0].meta.deleting
 
 
 def test_deleting_an_unknown_object_is_harmless() -> None:
     state = settled()
     assert state.on_program("DELETED", program("never-seen")) is False
     assert state.on_map("DELETED", body(MAP, name="never-seen")) is False
-    assert not state.dirty
+    assert not state.dirty and state.tombstones == set()
 
 
 def test_an_object_deleted_and_created_again_is_new_work() -> None:
     state = settled(program("a", generation=3))
     state.on_program("DELETED", program("a", generation=3))
+    state.take()
     assert state.on_program("ADDED", program("a", generation=1)) is True
     assert state.take().only_programs == {"a"}
 
@@ -137,42 +153,6 @@ def test_an_invalid_map_is_reported_with_its_field() -> None:
         ("BpfMap", "flow-counts"): "BpfMap flow-counts: spec.keySize: must be an integer, not 'four'"
     }
     assert snap.bodies[("BpfMap", "flow-counts")] is bad  # still known, so its status can say why
-
-
-def test_config_map_updates_wake_only_their_users() -> None:
-    state = settled(config_map_program("a", "objs"), config_map_program("b", "other"), program("c"))
-    cm = {"metadata": {"namespace": "ns", "name": "objs", "resourceVersion": "1"}}
-    assert state.on_config_map("ADDED", cm) is True
-    assert state.take().only_programs == {"a"}
-    assert state.on_config_map("MODIFIED", {**cm, "metadata": {**cm["metadata"], "resourceVersion": "2"}}) is True
-    assert state.take().only_programs == {"a"}
-
-
-def test_a_config_map_in_another_namespace_is_another_config_map() -> None:
-    state = settled(config_map_program("a", "objs"))
-    elsewhere = {"metadata": {"namespace": "kube-system", "name": "objs", "resourceVersion": "1"}}
-    assert state.on_config_map("ADDED", elsewhere) is False
-    assert not state.dirty
-
-
-def test_a_deleted_config_map_wakes_its_users_once() -> None:
-    """The program's bytecode is gone: its status must say so (and say so only once)."""
-    state = settled(config_map_program("a", "objs"))
-    cm = {"metadata": {"namespace": "ns", "name": "objs", "resourceVersion": "4"}}
-    state.on_config_map("ADDED", cm)
-    state.take()
-    assert state.on_config_map("DELETED", cm) is True
-    assert state.take().only_programs == {"a"}
-    assert state.on_config_map("DELETED", cm) is False
-
-
-def test_a_program_switching_to_a_config_map_is_woken_by_it() -> None:
-    state = settled(program("a"))
-    cm = {"metadata": {"namespace": "ns", "name": "objs", "resourceVersion": "1"}}
-    assert state.on_config_map("ADDED", cm) is False  # nobody uses it yet
-    state.on_program("MODIFIED", config_map_program("a", "objs", generation=2))
-    state.take()
-    assert state.on_config_map("MODIFIED", {"metadata": {**cm["metadata"], "resourceVersion": "2"}}) is True
 
 
 def test_node_labels_set_removed_and_node_deleted() -> None:

@@ -6,7 +6,6 @@ import copy
 from typing import Any
 
 from bpfshare.agent.state import ClusterState
-from bpfshare.agent.writer import field_manager, finalizer_name
 from tests.logic.test_resources import MAP, PROG
 
 
@@ -37,20 +36,24 @@ def test_status_only_changes_make_no_work() -> None:
     assert not state.dirty
 
 
-def test_finalizers_added_make_no_work_removed_do() -> None:
+def test_finalizers_added_or_removed_make_no_work() -> None:
+    """The agent puts no finalizer on resources: the controller's, added or removed, is none of its business."""
     state = ClusterState()
     state.on_map(None, body(MAP, generation=1))
     state.on_program(None, body(PROG, generation=1))
     state.take()
-    ours, theirs = ["bpfshare.io/node-n1"], ["bpfshare.io/node-n1", "bpfshare.io/node-n2"]
-    # This agent's own finalizer write, then another node's: no pass for either.
+    ours = ["bpfshare.io/controller"]
     assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=ours)) is False
-    assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=theirs)) is False
-    assert state.on_map("MODIFIED", body(MAP, generation=1, finalizers=theirs)) is False
+    assert state.on_map("MODIFIED", body(MAP, generation=1, finalizers=ours)) is False
+    assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=[])) is False
     assert not state.dirty
-    # A finalizer removed (someone took ours off by hand): a look, to put it back.
-    assert state.on_program("MODIFIED", body(PROG, generation=1, finalizers=theirs[1:])) is True
-    assert state.take().only_programs == {"count-ingress"}
+
+
+def test_a_new_uid_is_new_work() -> None:
+    state = ClusterState()
+    state.on_program(None, body(PROG, generation=1, uid="a"))
+    state.take()
+    assert state.on_program("MODIFIED", body(PROG, generation=1, uid="b")) is True
 
 
 def test_spec_change_marks_only_that_program() -> None:
@@ -74,22 +77,21 @@ def test_deletion_timestamp_and_map_changes_trigger() -> None:
     assert state.take().only_programs is None  # a map change may affect any program
 
 
-def test_node_labels_and_config_maps() -> None:
+def test_node_labels() -> None:
     state = ClusterState()
-    prog = copy.deepcopy(PROG)
-    prog["spec"]["bytecode"] = {"configMap": {"namespace": "ns", "name": "obj", "key": "o"}}
-    state.on_program(None, prog)
+    state.on_program(None, copy.deepcopy(PROG))
     state.take()
     node = {"metadata": {"name": "n1", "labels": {"role": "edge"}}}
     assert state.on_node(None, node) is True
     assert state.on_node("MODIFIED", node) is False  # same labels
-    state.take()
-    cm = {"metadata": {"namespace": "ns", "name": "obj", "resourceVersion": "5"}}
-    assert state.on_config_map(None, cm) is True
-    assert state.take().only_programs == {"count-ingress"}
-    assert state.on_config_map("MODIFIED", cm) is False
-    unrelated = {"metadata": {"namespace": "ns", "name": "other", "resourceVersion": "1"}}
-    assert state.on_config_map(None, unrelated) is False
+    assert state.take().only_programs is None
+    assert state.on_node("DELETED", node) is True  # no Node: no labels
+    assert state.take().labels == {}
+
+
+def test_config_maps_are_not_watched() -> None:
+    """A changed ConfigMap is read again at the next resync (test_agent_publish.py): no event for it."""
+    assert not hasattr(ClusterState(), "on_config_map")
 
 
 def test_invalid_resources_are_reported_not_dropped() -> None:
@@ -100,15 +102,6 @@ def test_invalid_resources_are_reported_not_dropped() -> None:
     snap = state.take()
     assert snap.programs == []
     assert "spec.attach" in snap.invalid[("BpfProgram", "count-ingress")]
-
-
-def test_finalizer_and_manager_names_are_valid_per_node() -> None:
-    assert finalizer_name("worker-1") == "bpfshare.io/node-worker-1"
-    long = "a" * 200 + ".example.com"
-    name = finalizer_name(long).split("/", 1)[1]
-    assert len(name) <= 63 and name[0].isalnum() and name[-1].isalnum()
-    assert finalizer_name(long) != finalizer_name("b" * 200 + ".example.com")
-    assert len(field_manager(long)) <= 128
 
 
 def test_a_body_is_parsed_once_and_again_only_when_a_new_one_arrives() -> None:

@@ -1,94 +1,21 @@
 """What the agent writes to the API server (agent/writer.py), with the Kubernetes client's API objects
-replaced by recorders: the per-node names the API server must accept (finalizers are qualified names,
-field managers at most 128 characters), the server-side-apply bodies (this node's entry and its keys in
-the summary maps only), and what becomes of API errors."""
+replaced by recorders: a state object is one server-side apply of the whole body as field manager
+``bpfshare-agent``; a state goes by dropping the agent's finalizer (exactly it) and deleting it; the
+node's states are listed with a server-side field selector; and what becomes of API errors."""
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from bpfshare.agent.writer import APPLY, Writer, field_manager, finalizer_name
+from bpfshare.agent.writer import APPLY, JSON_PATCH, Writer
+from bpfshare.api.states import AGENT_FINALIZER, MAP_STATE, PROGRAM_STATE, state_body
 from bpfshare.errors import BpfshareError
-
-# Kubernetes' qualified name (apimachinery validation.IsQualifiedName): [prefix/]name, name <= 63.
-QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-LABEL = st.builds(
-    lambda first, middle, last: first + middle + last if middle or last else first,
-    st.sampled_from("abcxyz019"),
-    st.text("abz09-", max_size=20),
-    st.sampled_from(["", "a", "7"]),
-).filter(lambda label: not label.endswith("-"))
-# DNS-1123 subdomains, as Kubernetes node names are: dot-separated labels, at most 253 characters.
-NODE_NAMES = st.lists(LABEL, min_size=1, max_size=12).map(".".join).filter(lambda n: len(n) <= 253)
-
-
-def assert_valid_finalizer(finalizer: str) -> None:
-    prefix, _, name = finalizer.partition("/")
-    assert prefix == "bpfshare.io"
-    assert 1 <= len(name) <= 63 and QUALIFIED_NAME.match(name), finalizer
-
-
-@pytest.mark.parametrize(
-    ("node", "finalizer"),
-    [
-        ("worker-1", "bpfshare.io/node-worker-1"),
-        ("ip-10-0-3-7.eu-west-1.compute.internal", "bpfshare.io/node-ip-10-0-3-7.eu-west-1.compute.internal"),
-        ("a" * 58, "bpfshare.io/node-" + "a" * 58),  # exactly 63: kept readable, not hashed
-    ],
-)
-def test_short_node_names_are_kept_readable(node: str, finalizer: str) -> None:
-    assert finalizer_name(node) == finalizer
-    assert_valid_finalizer(finalizer)
-
-
-def test_a_name_one_longer_is_shortened_with_a_digest() -> None:
-    name = finalizer_name("a" * 59).split("/", 1)[1]
-    assert len(name) == 63 and name.startswith("node-aaaa") and re.search(r"-[0-9a-f]{10}$", name)
-
-
-@pytest.mark.parametrize("node", ["Worker_1", "UPPER", "..", "-x-", "node with spaces", "ü"])
-def test_names_that_are_no_node_names_still_make_valid_finalizers(node: str) -> None:
-    """`bpfshare apply` uses the hostname, which need not be a valid Kubernetes name."""
-    assert_valid_finalizer(finalizer_name(node))
-    assert len(field_manager(node)) <= 128
-
-
-@settings(max_examples=100, deadline=None, database=None)
-@given(node=NODE_NAMES)
-def test_every_node_name_makes_a_valid_finalizer_and_field_manager(node: str) -> None:
-    assert_valid_finalizer(finalizer_name(node))
-    assert finalizer_name(node) == finalizer_name(node)
-    manager = field_manager(node)
-    assert len(manager) <= 128 and manager.startswith("bpfshare-agent-")
-    if len(node) <= 128 - len("bpfshare-agent-"):
-        assert manager == f"bpfshare-agent-{node}"
-
-
-@settings(max_examples=100, deadline=None, database=None)
-@given(a=NODE_NAMES, b=NODE_NAMES)
-def test_different_nodes_never_share_a_finalizer_or_a_field_manager(a: str, b: str) -> None:
-    """Each agent removes only its own finalizer and applies only its own fields: a shared one would
-    let one node release a resource another still holds."""
-    if a != b:
-        assert finalizer_name(a) != finalizer_name(b)
-        assert field_manager(a) != field_manager(b)
-
-
-def test_long_names_with_a_common_prefix_stay_apart() -> None:
-    base = "node-pool-" + "x" * 240
-    names = {finalizer_name(base + suffix) for suffix in ("a", "b", "c")}
-    managers = {field_manager(base + suffix) for suffix in ("a", "b", "c")}
-    assert len(names) == 3 and len(managers) == 3
-
 
 # -- the writes --------------------------------------------------------------------------------------
 
@@ -99,19 +26,29 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.fail: ApiException | None = None
+        self.failures: dict[str, ApiException] = {}  # by call name
         self.config_map: Any = None
+        self.results: dict[str, Any] = {}  # by call name
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((name, args, kwargs))
         if self.fail is not None:
             raise self.fail
-        return self.config_map
+        if name in self.failures:
+            raise self.failures.pop(name)
+        return self.results.get(name, self.config_map)
 
     def patch_cluster_custom_object(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("patch", *args, **kwargs)
 
-    def patch_cluster_custom_object_status(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("patch_status", *args, **kwargs)
+    def get_cluster_custom_object(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("get", *args, **kwargs)
+
+    def delete_cluster_custom_object(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("delete", *args, **kwargs)
+
+    def list_cluster_custom_object(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("list", *args, **kwargs)
 
     def create_namespaced_event(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("event", *args, **kwargs)
@@ -138,82 +75,99 @@ def api_error(status: int, message: str | None = None, reason: str = "Reason") -
     return ApiException(status=status, reason=reason, body=body)
 
 
-def test_status_is_this_nodes_entry_and_its_summary_keys(writer: Writer) -> None:
-    entry = {"node": "worker-1", "phase": "Ready", "mapId": 42, "pinPath": "/sys/fs/bpf/bpfshare/maps/m"}
-    writer.set_status("BpfMap", "flow-counts", entry)
+STATUS = {"phase": "Ready", "message": "", "observedGeneration": 3, "mapId": 42, "pinPath": "/p", "usedBy": []}
+
+
+def test_a_state_is_one_forced_server_side_apply_of_the_whole_body(writer: Writer) -> None:
+    body: dict[str, Any] = state_body(MAP_STATE, "flow-counts", "u-1", "worker-1", STATUS)  # type: ignore[assignment]
+    writer.custom.results["patch"] = {"metadata": {"name": "flow-counts.worker-1"}}  # type: ignore[attr-defined]
+    assert writer.apply_state(MAP_STATE, body) == {"metadata": {"name": "flow-counts.worker-1"}}
     name, args, kwargs = only_call(writer.custom)
-    assert name == "patch_status"
-    assert args[:4] == ("bpfshare.io", "v1alpha1", "bpfmaps", "flow-counts")
-    assert args[4] == {
-        "apiVersion": "bpfshare.io/v1alpha1",
-        "kind": "BpfMap",
-        "metadata": {"name": "flow-counts"},
-        "status": {"nodes": [entry], "phases": {"worker-1": "Ready"}, "mapIds": {"worker-1": 42}},
-    }
-    # Server-side apply as this node's manager, taking over fields a previous agent of this node owned.
-    assert kwargs == {"field_manager": "bpfshare-agent-worker-1", "force": True, "_content_type": APPLY}
+    assert name == "patch"  # the object itself: status is no subresource of a state
+    assert args == ("bpfshare.io", "v1alpha1", "bpfmapstates", "flow-counts.worker-1", body)
+    assert kwargs == {"field_manager": "bpfshare-agent", "force": True, "_content_type": APPLY}
     assert writer.requests == 1
 
 
-def test_program_status_uses_program_ids_and_shared_fields(writer: Writer) -> None:
-    entry = {"node": "worker-1", "phase": "Error", "message": "verifier says no"}
-    writer.set_status("BpfProgram", "count-ingress", entry, shared={"attach": "tc/ingress eth0"})
-    _, args, _ = only_call(writer.custom)
-    assert args[2] == "bpfprograms"
-    assert args[4]["status"] == {
-        "nodes": [entry],
-        "phases": {"worker-1": "Error"},
-        "programIds": {},  # no ID yet: this node's key is dropped, not set to null
-        "attach": "tc/ingress eth0",
-    }
-
-
-def test_withdrawing_applies_an_empty_entry_and_no_shared_fields(writer: Writer) -> None:
-    """Applying nothing for the fields this manager owned removes them; other nodes' entries stay."""
-    writer.set_status("BpfProgram", "count-ingress", None, shared={"attach": "tc/ingress eth0"})
-    _, args, _ = only_call(writer.custom)
-    assert args[4]["status"] == {"nodes": [], "phases": {}, "programIds": {}}
-
-
-def test_finalizer_added_and_removed_by_apply(writer: Writer) -> None:
-    writer.set_finalizer("BpfProgram", "count-ingress", present=True)
-    writer.set_finalizer("BpfProgram", "count-ingress", present=False)
-    (first, added, options), (second, removed, _) = writer.custom.calls  # type: ignore[attr-defined]
-    assert first == second == "patch"  # the object, not /status
-    assert added[4]["metadata"] == {"name": "count-ingress", "finalizers": ["bpfshare.io/node-worker-1"]}
-    assert removed[4]["metadata"] == {"name": "count-ingress"}  # owned no more: the server drops it
-    assert options["field_manager"] == "bpfshare-agent-worker-1"
+def test_a_state_goes_finalizer_first_then_the_object(writer: Writer) -> None:
+    writer.delete_state(PROGRAM_STATE, "count-ingress.worker-1")
+    (patch, p_args, p_kwargs), (delete, d_args, _) = writer.custom.calls  # type: ignore[attr-defined]
+    assert (patch, delete) == ("patch", "delete")
+    assert p_args[:4] == ("bpfshare.io", "v1alpha1", "bpfprogramstates", "count-ingress.worker-1")
+    assert p_args[4] == [
+        {"op": "test", "path": "/metadata/finalizers", "value": [AGENT_FINALIZER]},
+        {"op": "remove", "path": "/metadata/finalizers"},
+    ]
+    assert p_kwargs == {"_content_type": JSON_PATCH}
+    assert d_args == ("bpfshare.io", "v1alpha1", "bpfprogramstates", "count-ingress.worker-1")
     assert writer.requests == 2
 
 
-def test_a_resource_deleted_meanwhile_is_not_an_error(writer: Writer) -> None:
-    writer.custom.fail = api_error(404, "not found")  # type: ignore[attr-defined]
-    writer.set_status("BpfMap", "gone", {"node": "worker-1", "phase": "Ready"})
-    writer.set_finalizer("BpfMap", "gone", present=False)
-    assert writer.requests == 2
+def test_only_the_agents_finalizer_is_removed_when_there_are_others(writer: Writer) -> None:
+    writer.custom.failures["patch"] = api_error(422, "the test operation failed")  # type: ignore[attr-defined]
+    writer.custom.results["get"] = {"metadata": {"finalizers": ["example.com/keep", AGENT_FINALIZER]}}  # type: ignore[attr-defined]
+    writer.delete_state(MAP_STATE, "m.worker-1")
+    names = [call[0] for call in writer.custom.calls]  # type: ignore[attr-defined]
+    assert names == ["patch", "get", "patch", "delete"]
+    exact = writer.custom.calls[2][1][4]  # type: ignore[attr-defined]
+    assert exact == [
+        {"op": "test", "path": "/metadata/finalizers", "value": ["example.com/keep", AGENT_FINALIZER]},
+        {"op": "replace", "path": "/metadata/finalizers", "value": ["example.com/keep"]},
+    ]
+
+
+def test_a_state_without_the_finalizer_is_just_deleted(writer: Writer) -> None:
+    writer.custom.failures["patch"] = api_error(422, "the test operation failed")  # type: ignore[attr-defined]
+    writer.custom.results["get"] = {"metadata": {}}  # type: ignore[attr-defined]
+    writer.delete_state(MAP_STATE, "m.worker-1")
+    assert [call[0] for call in writer.custom.calls] == ["patch", "get", "delete"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("gone_at", ["patch", "delete"])
+def test_a_state_already_gone_is_no_error(writer: Writer, gone_at: str) -> None:
+    writer.custom.failures[gone_at] = api_error(404, "not found")  # type: ignore[attr-defined]
+    writer.delete_state(MAP_STATE, "m.worker-1")
+    names = [call[0] for call in writer.custom.calls]  # type: ignore[attr-defined]
+    assert names == (["patch"] if gone_at == "patch" else ["patch", "delete"])
+
+
+def test_the_nodes_states_are_selected_by_the_api_server(writer: Writer) -> None:
+    writer.custom.results["list"] = {"items": [{"metadata": {"name": "m.worker-1"}}]}  # type: ignore[attr-defined]
+    assert writer.list_states(PROGRAM_STATE) == [{"metadata": {"name": "m.worker-1"}}]
+    name, args, kwargs = only_call(writer.custom)
+    assert (name, args, kwargs) == (
+        "list",
+        ("bpfshare.io", "v1alpha1", "bpfprogramstates"),
+        {"field_selector": "spec.node=worker-1"},
+    )
 
 
 @pytest.mark.parametrize(
     ("error", "words"),
     [
         (
-            api_error(422, 'BpfMap.bpfshare.io "m" is invalid: status.nodes[0].phase: Unsupported value'),
-            'BpfMap m: API server refused the write (422): BpfMap.bpfshare.io "m" is invalid: status.nodes[0].phase: '
-            "Unsupported value",
+            api_error(422, 'BpfMapState.bpfshare.io "m.worker-1" is invalid: status.phase: Unsupported value'),
+            'BpfMapState m.worker-1: API server refused the write (422): BpfMapState.bpfshare.io "m.worker-1" '
+            "is invalid: status.phase: Unsupported value",
         ),
-        (api_error(403, None, reason="Forbidden"), "BpfMap m: API server refused the write (403): Forbidden"),
+        (
+            api_error(403, None, reason="Forbidden"),
+            "BpfMapState m.worker-1: API server refused the write (403): Forbidden",
+        ),
         (
             ApiException(status=500, reason="Internal Server Error", body="<html>not json</html>"),
-            "BpfMap m: API server refused the write (500): Internal Server Error",
+            "BpfMapState m.worker-1: API server refused the write (500): Internal Server Error",
         ),
     ],
 )
-def test_other_api_errors_name_the_resource_and_the_servers_message(
-    writer: Writer, error: ApiException, words: str
-) -> None:
+def test_api_errors_name_the_state_and_the_servers_message(writer: Writer, error: ApiException, words: str) -> None:
     writer.custom.fail = error  # type: ignore[attr-defined]
+    body: dict[str, Any] = state_body(MAP_STATE, "m", "u-1", "worker-1", STATUS)  # type: ignore[assignment]
     with pytest.raises(BpfshareError) as info:
-        writer.set_status("BpfMap", "m", {"node": "worker-1", "phase": "Ready"})
+        writer.apply_state(MAP_STATE, body)
+    assert str(info.value) == words
+    with pytest.raises(BpfshareError) as info:
+        writer.delete_state(MAP_STATE, "m.worker-1")
     assert str(info.value) == words
 
 

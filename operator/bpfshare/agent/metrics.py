@@ -20,8 +20,8 @@ Series (every one carries only the labels listed; the node is the scrape target,
     The BPF_PROG_LOAD system call(s) of one successful program load: the verifier's time, measured
     around the call in the loader, not the object parsing or the attaching.
 ``bpfshare_api_requests_total``
-    API requests the agent made beyond its watches (status and finalizer writes, events, ConfigMap
-    reads): the same number as the liveness probe's ``apiRequests``.
+    API requests the agent made beyond its watches (writes and deletions of its state objects, their
+    list at start, events, ConfigMap reads): the same number as the liveness probe's ``apiRequests``.
 ``bpfshare_map_max_entries{map}``
     ``max_entries`` of each BpfMap that is Ready on this node, read from the kernel.
 ``bpfshare_map_entries{map}``

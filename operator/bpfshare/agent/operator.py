@@ -1,9 +1,13 @@
 """kopf wiring: thin handlers that feed watch events to the agent's state and wake its loop.
 
-Only event-watching handlers are registered, so kopf adds no finalizer of its own, stores no
-progress and no last-handled state in annotations: all of that would be per operator, and N node
-agents would fight over it. Finalizers and status are the agent's own, per node (see writer.py).
-Peering is off (standalone): every node must act, none may go idle because another is active.
+kopf watches BpfMaps and BpfPrograms. Only event-watching handlers are registered, so kopf adds no
+finalizer of its own, stores no progress and no last-handled state in annotations: all of that
+would be per operator, and N node agents would fight over it. The agent writes nothing to those
+objects at all: its reports are its own node's state objects (see writer.py); finalizer and status
+of the resources are the controller's. Its own Node is watched by ``nodewatch.NodeWatch`` (a
+server-side field selector, which kopf cannot do); ConfigMaps are not watched but read when a
+program needs its bytecode. Peering is off (standalone): every node must act, none may go idle
+because another is active.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ class ApiCredentials:
 
     Loaded once, the way the kubernetes client loads it: in a pod, the service account (token file, CA,
     ``KUBERNETES_SERVICE_HOST``/``PORT``); elsewhere the kubeconfig (``$KUBECONFIG`` or ~/.kube/config).
-    The kubernetes client (writes, events, the initial list) uses this ``Configuration``; kopf (the
-    watches) gets the same server, CA, client certificate and token through its login handler, which
+    The kubernetes client (writes, events, the initial lists, the Node watch) uses this
+    ``Configuration``; kopf (the watches of BpfMaps and BpfPrograms) gets the same server, CA, client
+    certificate and token through its login handler, which
     reads them from this ``Configuration`` each time kopf logs in. kopf's own login methods, which would
     load the credentials a second time, are not registered.
 
@@ -158,9 +163,9 @@ class EndlessBackoff:
 
 class NoDiffBase(kopf.DiffBaseStorage):
     """No diff base: kopf builds one for every watch event (a deep copy of the whole body, status
-    with every node's entry included) to find changes for change handlers. The agent has event
-    handlers only and never reads a diff; with 20 nodes the copies were a quarter of an agent's CPU
-    during a rollout (py-spy, bench/scale_nodes.py)."""
+    included) to find changes for change handlers. The agent has event handlers only and never
+    reads a diff; when every node's entry was in the status, with 20 nodes, the copies were a
+    quarter of an agent's CPU during a rollout (py-spy, bench/scale_nodes.py)."""
 
     def build(self, *, body: Any, extra_fields: Any = None) -> Any:
         return None
@@ -199,10 +204,12 @@ def build_registry(agent: Agent, credentials: ApiCredentials) -> kopf.OperatorRe
         settings.networking.error_backoffs = EndlessBackoff()
         agent.reset_wake()  # an Event belongs to one event loop; kopf.run may be called again
         await asyncio.to_thread(agent.initial_sync)
+        agent.watch_node(asyncio.get_running_loop())
         tasks.append(asyncio.create_task(agent.run(), name="bpfshare-reconcile"))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        agent.stop_node_watch()
         for task in tasks:
             task.cancel()
 
@@ -220,23 +227,13 @@ def build_registry(agent: Agent, credentials: ApiCredentials) -> kopf.OperatorRe
         if agent.state.on_program(*raw(event)):
             agent.notify()
 
-    @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == agent.node)
-    async def on_node(event: kopf.RawEvent, **_: Any) -> None:
-        if agent.state.on_node(*raw(event)):
-            agent.notify()
-
-    @kopf.on.event("", "v1", "configmaps", registry=registry)
-    async def on_config_map(event: kopf.RawEvent, **_: Any) -> None:
-        if agent.state.on_config_map(*raw(event)):
-            agent.notify()
-
     @kopf.on.probe(id="reconcilePasses", registry=registry)
     def passes(**_: Any) -> int:
         return agent.passes
 
     @kopf.on.probe(id="apiRequests", registry=registry)
     def requests(**_: Any) -> int:
-        """Requests the agent made beyond its watches (writes, events, ConfigMap reads)."""
+        """Requests the agent made beyond its watches (state writes and its list, events, ConfigMap reads)."""
         return agent.writer.requests
 
     return registry

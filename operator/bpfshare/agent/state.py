@@ -1,37 +1,48 @@
 """The agent's view of the cluster, fed by watch events; decides which programs need a look.
 
-Pure (no API, no kernel): the kopf handlers put bodies in, the reconcile loop takes snapshots out.
-A watch event only makes work when it changes what this node must do (spec generation, deletion,
-a finalizer removed, node labels, a referenced ConfigMap); status updates and finalizers added,
-including the agent's own writes and those of the other nodes' agents, make none, so an idle agent
-stays idle and N agents do not make each other work.
+Pure (no API, no kernel): the watch handlers put bodies in, the reconcile loop takes snapshots out.
+A watch event only makes work when it changes what this node must do (a new object, a new spec
+generation, the start of a deletion, the object gone, this node's labels); status, finalizers,
+labels and annotations make none (the controller's writes of the cluster view among them), so an
+idle agent stays idle. The agent's own writes go to its state objects, which it does not watch.
+
+A resource deleted while this node still holds it (no controller's finalizer kept it: the controller
+is not installed or was removed) stays as a tombstone, its last body marked deleting, until a pass
+released it: the engine then unloads and unpins it as for any deletion, with the last spec it had.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from bpfshare.api.resources import MapResource, ProgramResource, parse_map, parse_program
+from bpfshare.api.resources import MAP_KIND, PROGRAM_KIND, MapResource, ProgramResource, parse_map, parse_program
 from bpfshare.errors import BpfshareError
 
 log = logging.getLogger("bpfshare.agent")
 
 
 def _makes_work(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """A new object, a new generation, the start of a deletion, or a finalizer removed (this node's
-    may be among them, and must be put back). Finalizers *added* make no work: they are this
-    agent's own writes or other nodes' (with N nodes, each would otherwise cost every agent a pass)."""
+    """A new object (a new uid: deleted and created again), a new generation or the start of a
+    deletion. Nothing else on a resource concerns a node: this agent puts no finalizer on it and
+    writes no status to it."""
     if old is None:
         return True
     before, after = old.get("metadata") or {}, new.get("metadata") or {}
-    if (before.get("generation"), bool(before.get("deletionTimestamp"))) != (
+    return (before.get("uid"), before.get("generation"), bool(before.get("deletionTimestamp"))) != (
+        after.get("uid"),
         after.get("generation"),
         bool(after.get("deletionTimestamp")),
-    ):
-        return True
-    return bool(set(before.get("finalizers") or ()) - set(after.get("finalizers") or ()))
+    )
+
+
+def _tombstone(body: dict[str, Any]) -> dict[str, Any]:
+    """The last body of a deleted resource, marked deleting (the engine then releases it)."""
+    meta = dict(body.get("metadata") or {})
+    meta.setdefault("deletionTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return {**body, "metadata": meta}
 
 
 @dataclass
@@ -49,7 +60,8 @@ class ClusterState:
     maps: dict[str, dict[str, Any]] = field(default_factory=dict)
     programs: dict[str, dict[str, Any]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    config_maps: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> resourceVersion
+    # (kind, name) of the deleted resources kept as tombstones until a pass released them
+    tombstones: set[tuple[str, str]] = field(default_factory=set)
     _dirty_all: bool = True
     # (kind, name) -> (the body last parsed, what it parsed to or why it is invalid, its parse version)
     _parsed: dict[tuple[str, str], tuple[dict[str, Any], Any, object]] = field(default_factory=dict)
@@ -63,55 +75,57 @@ class ClusterState:
         self._dirty_all = True
 
     def on_map(self, event_type: str | None, body: dict[str, Any]) -> bool:
-        name = body["metadata"]["name"]
-        if event_type == "DELETED":
-            self.maps.pop(name, None)
-            return False  # gone for good: our finalizer was already released
-        old = self.maps.get(name)
-        self.maps[name] = body
-        if _makes_work(old, body):
+        if self._on_resource(MAP_KIND, self.maps, event_type, body):
             self._dirty_all = True  # a map change can unblock or affect any program
             return True
         return False
 
     def on_program(self, event_type: str | None, body: dict[str, Any]) -> bool:
-        name = body["metadata"]["name"]
-        if event_type == "DELETED":
-            self.programs.pop(name, None)
-            return False
-        old = self.programs.get(name)
-        self.programs[name] = body
-        if _makes_work(old, body):
-            self._dirty_programs.add(name)
+        if self._on_resource(PROGRAM_KIND, self.programs, event_type, body):
+            self._dirty_programs.add(body["metadata"]["name"])
             return True
         return False
 
+    def _on_resource(
+        self, kind: str, bodies: dict[str, dict[str, Any]], event_type: str | None, body: dict[str, Any]
+    ) -> bool:
+        name = body["metadata"]["name"]
+        old = bodies.get(name)
+        if event_type == "DELETED":
+            if old is None or (kind, name) in self.tombstones:
+                return False
+            # Gone while this node may still hold it: a pass releases it, then ``released`` forgets it.
+            bodies[name] = _tombstone(old)
+            self.tombstones.add((kind, name))
+            return True
+        self.tombstones.discard((kind, name))
+        bodies[name] = body
+        return _makes_work(old, body)
+
+    def released(self, kind: str, name: str) -> None:
+        """A pass released the resource on this node: a tombstone of it is no longer needed."""
+        if (kind, name) in self.tombstones:
+            self.tombstones.discard((kind, name))
+            (self.maps if kind == MAP_KIND else self.programs).pop(name, None)
+
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> bool:
-        labels = dict((body.get("metadata") or {}).get("labels") or {})
+        """This node's Node object; deleted (or never there), it has no labels: only resources
+        without a nodeSelector select it."""
+        meta = body.get("metadata") or {}
+        labels = {} if event_type == "DELETED" else dict(meta.get("labels") or {})
         if labels != self.labels:
             self.labels = labels
             self._dirty_all = True
             return True
         return False
 
-    def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> bool:
-        meta = body.get("metadata") or {}
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        version = "" if event_type == "DELETED" else str(meta.get("resourceVersion", ""))
-        if self.config_maps.get(key) == version:
-            return False
-        self.config_maps[key] = version
-        users = {name for name, prog in self.programs.items() if _config_map_of(prog) == key}
-        self._dirty_programs |= users
-        return bool(users)
-
     def take(self) -> Snapshot:
         """Parse what is known and clear the dirty marks (the caller reconciles the snapshot).
 
         A resource is parsed (and validated against the CRD) once per version of what parsing reads:
         its spec (whose every change bumps metadata.generation), uid, deletion and finalizers. The
-        watch events of status writes (this agent's own, after every pass) change none of them, so
-        they parse nothing again; nor does an idle resync."""
+        watch events of status writes (the controller's) change none of them, so they parse nothing
+        again; nor does an idle resync."""
         maps: list[MapResource] = []
         programs: list[ProgramResource] = []
         invalid: dict[tuple[str, str], str] = {}
@@ -153,10 +167,3 @@ def _parse_version(body: dict[str, Any]) -> object:
     if not uid or not generation:
         return None
     return (uid, generation, bool(meta.get("deletionTimestamp")), tuple(meta.get("finalizers") or ()))
-
-
-def _config_map_of(body: dict[str, Any]) -> tuple[str, str] | None:
-    cm = (((body.get("spec") or {}).get("bytecode")) or {}).get("configMap")
-    if not cm:
-        return None
-    return (str(cm.get("namespace", "")), str(cm.get("name", "")))

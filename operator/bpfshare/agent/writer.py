@@ -1,53 +1,38 @@
-"""Everything the agent writes to the API server, each write owned by this node alone.
+"""Everything the agent writes to the API server: its own node's state objects, and events.
 
-Finalizers and status entries go through server-side apply with a field manager per node: the
-server merges ``metadata.finalizers`` (a set) and ``status.nodes`` (a list keyed by ``node``) per
-manager, so N agents never overwrite each other's entries, with no read-modify-write races and no
-per-node data in annotations.
+The agent writes nothing to BpfMaps and BpfPrograms (neither a finalizer nor status: the controller
+owns both). Each resource's report on this node is a BpfMapState or BpfProgramState that only this
+node's agent writes (``api/states.py``): one server-side apply of the whole object (spec and status:
+status is no subresource), as field manager ``bpfshare-agent``, forced (the node's previous agent
+process was the same writer). A state goes when the node released its resource: first the agent's
+finalizer (``bpfshare.io/agent``, which keeps a foreground deletion of the resource from removing
+the state before the node let go), then the object.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import json
 import logging
-import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from bpfshare.api.resources import API_VERSION, GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_PLURAL, VERSION
+from bpfshare.api.resources import API_VERSION, GROUP, VERSION
+from bpfshare.api.states import AGENT_FIELD_MANAGER, AGENT_FINALIZER, StateKind
 from bpfshare.errors import BpfshareError
 
 log = logging.getLogger("bpfshare.agent")
 APPLY = "application/apply-patch+yaml"
-PLURALS = {MAP_KIND: MAP_PLURAL, "BpfProgram": PROGRAM_PLURAL}
+JSON_PATCH = "application/json-patch+json"
 EVENT_NAMESPACE = "default"  # events of cluster-scoped objects live in the default namespace
-
-
-def _short(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{text[: limit - 11].rstrip('.-')}-{digest}"
 
 
 def _api_message(exc: Any) -> str:
     """The Status message of an API error (it names the invalid field), else the HTTP reason."""
-    import json
-
     try:
         return str(json.loads(exc.body).get("message") or exc.reason)
     except (TypeError, ValueError, AttributeError):
         return str(exc.reason)
-
-
-def finalizer_name(node: str) -> str:
-    """``bpfshare.io/node-<node>``: a valid qualified name (name part at most 63 characters)."""
-    part = re.sub(r"[^a-z0-9.-]", "-", node.lower()).strip(".-") or "node"
-    return f"{GROUP}/{_short('node-' + part, 63)}"
-
-
-def field_manager(node: str) -> str:
-    return _short(f"bpfshare-agent-{node}", 128)
 
 
 class Writer:
@@ -57,52 +42,84 @@ class Writer:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.node = node
-        self.manager = field_manager(node)
-        self.finalizer = finalizer_name(node)
-        self.requests = 0  # for the idle-cost measurement
+        self.manager = AGENT_FIELD_MANAGER
+        self.requests = 0  # API requests beyond the watches: the idle-cost measurement, the probe
 
-    def _patch(self, kind: str, name: str, body: dict[str, Any], status: bool) -> None:
+    def _refused(self, kind: StateKind, name: str, exc: Any) -> BpfshareError:
+        return BpfshareError(f"{kind.kind} {name}: API server refused the write ({exc.status}): {_api_message(exc)}")
+
+    def list_states(self, kind: StateKind) -> list[dict[str, Any]]:
+        """This node's states of ``kind``, selected by the API server (``spec.node`` is a selectable
+        field): the agent never receives another node's."""
+        self.requests += 1
+        listing = cast(
+            "dict[str, Any]",
+            self.custom.list_cluster_custom_object(
+                GROUP, VERSION, kind.plural, field_selector=f"spec.node={self.node}"
+            ),
+        )
+        return list(listing.get("items") or [])
+
+    def apply_state(self, kind: StateKind, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of a whole state object (``api.states.state_body``); the object as the
+        API server now holds it."""
         from kubernetes.client.exceptions import ApiException
 
-        call = self.custom.patch_cluster_custom_object_status if status else self.custom.patch_cluster_custom_object
+        name = body["metadata"]["name"]
         self.requests += 1
         try:
-            call(GROUP, VERSION, PLURALS[kind], name, body, field_manager=self.manager, force=True, _content_type=APPLY)
+            result = self.custom.patch_cluster_custom_object(
+                GROUP, VERSION, kind.plural, name, body, field_manager=self.manager, force=True, _content_type=APPLY
+            )
+        except ApiException as exc:
+            raise self._refused(kind, name, exc) from None
+        return result if isinstance(result, dict) else {}
+
+    def delete_state(self, kind: StateKind, name: str) -> None:
+        """Drop the agent's finalizer, then delete the state; one already gone is no error."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if self._drop_finalizer(kind, name):
+                self.requests += 1
+                self.custom.delete_cluster_custom_object(GROUP, VERSION, kind.plural, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise self._refused(kind, name, exc) from None
+
+    def _drop_finalizer(self, kind: StateKind, name: str) -> bool:
+        """Remove exactly ``bpfshare.io/agent``; False if the object is gone. The agent's finalizer is
+        normally the only one: a JSON patch that tests for that removes it in one request; if the list
+        is another (someone added one), it is read and patched with that list minus ours."""
+        from kubernetes.client.exceptions import ApiException
+
+        only_ours: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/finalizers", "value": [AGENT_FINALIZER]},
+            {"op": "remove", "path": "/metadata/finalizers"},
+        ]
+        self.requests += 1
+        try:
+            self.custom.patch_cluster_custom_object(
+                GROUP, VERSION, kind.plural, name, only_ours, _content_type=JSON_PATCH
+            )
+            return True
         except ApiException as exc:
             if exc.status == 404:
-                return  # deleted meanwhile: nothing to record
-            raise BpfshareError(
-                f"{kind} {name}: API server refused the write ({exc.status}): {_api_message(exc)}"
-            ) from None
-
-    def set_finalizer(self, kind: str, name: str, present: bool) -> None:
-        meta: dict[str, Any] = {"name": name}
-        if present:
-            meta["finalizers"] = [self.finalizer]
-        self._patch(kind, name, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta}, status=False)
-
-    def set_status(
-        self, kind: str, name: str, entry: dict[str, Any] | None, shared: dict[str, Any] | None = None
-    ) -> None:
-        """Apply this node's entry (``None``: drop it; the other nodes' entries stay).
-
-        Besides ``nodes[]``, the node's keys in the summary maps that ``kubectl get`` prints
-        (``phases`` and ``mapIds``/``programIds``, node -> value) are owned by this node too.
-        ``shared`` fields (the same value from every node, such as ``attach``) are co-owned.
-        """
-        status: dict[str, Any] = {"nodes": [], "phases": {}}
-        if entry is not None and shared:
-            status.update(shared)
-        id_field = "mapId" if kind == MAP_KIND else "programId"
-        summary = "mapIds" if kind == MAP_KIND else "programIds"
-        status[summary] = {}
-        if entry is not None:
-            status["nodes"].append(entry)
-            status["phases"][self.node] = entry["phase"]
-            if entry.get(id_field) is not None:
-                status[summary][self.node] = entry[id_field]
-        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "status": status}
-        self._patch(kind, name, body, status=True)
+                return False
+            if exc.status != 422:  # 422: the test failed, the list is another
+                raise
+        self.requests += 1
+        current = cast("dict[str, Any]", self.custom.get_cluster_custom_object(GROUP, VERSION, kind.plural, name))
+        finalizers = list((current.get("metadata") or {}).get("finalizers") or [])
+        if AGENT_FINALIZER in finalizers:
+            rest = [f for f in finalizers if f != AGENT_FINALIZER]
+            exact: list[dict[str, Any]] = [
+                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                {"op": "replace", "path": "/metadata/finalizers", "value": rest},
+            ]
+            self.requests += 1
+            self.custom.patch_cluster_custom_object(GROUP, VERSION, kind.plural, name, exact, _content_type=JSON_PATCH)
+        return True
 
     def post_event(self, body: dict[str, Any], kind: str, type_: str, reason: str, message: str) -> None:
         from kubernetes import client
@@ -132,8 +149,8 @@ class Writer:
             log.warning("cannot post event %s on %s %s: %s", reason, kind, meta.get("name"), exc.reason)
 
     def read_config_map(self, namespace: str, name: str, key: str) -> bytes:
-        import base64
-
+        """A GET of the ConfigMap a BpfProgram names (there is no ConfigMap watch): each time the
+        program's bytecode is needed, so at every resync too, which picks up a changed ConfigMap."""
         from kubernetes.client.exceptions import ApiException
 
         self.requests += 1

@@ -1,10 +1,12 @@
-"""Waiting on a cluster: the CRDs installed and served, and a node's report on a resource.
+"""Waiting on a cluster: the CRDs installed and served, a node's report on a resource, and the
+cluster view's Ready condition.
 
-``node_report`` is the one place that knows where a node reports on a resource and what "at the
-resource's current generation" means. Everything that waits for Ready or reads a node's status (the
-demo, the tests, the benchmarks) goes through it, so that a new status model changes that function
-alone. Objects are read through a ``Getter`` (kubectl, an API client, a watch's cache), so the same
-check serves a polling loop and a watch.
+``node_report`` is the one place that knows where a node reports on a resource (its BpfMapState or
+BpfProgramState, ``api/states.py``) and what "at the resource's current generation" means;
+``cluster_ready`` the one that knows the Ready condition the controller writes on the resource.
+Everything that waits for Ready or reads a node's status (the demo, the tests, the benchmarks) goes
+through them. Objects are read through a ``Getter`` (kubectl, an API client, a watch's cache of
+``REPORT_PLURALS``), so the same check serves a polling loop and a watch.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bpfshare.agent.loop import node_entry
 from bpfshare.api.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_PLURAL
+from bpfshare.api.states import MAP_STATE, MAP_STATE_PLURAL, PROGRAM_STATE, PROGRAM_STATE_PLURAL, state_name
 from bpfshare.controlplane import ControlPlaneError
 
 T = TypeVar("T")
 Key = tuple[str, str]  # (plural, name) of a resource
 
-CRD_NAMES = (f"{MAP_PLURAL}.{GROUP}", f"{PROGRAM_PLURAL}.{GROUP}")
-REPORT_PLURALS = (MAP_PLURAL, PROGRAM_PLURAL)  # the objects node reports are read from (watch these)
+CRD_NAMES = tuple(f"{p}.{GROUP}" for p in (MAP_PLURAL, PROGRAM_PLURAL, MAP_STATE_PLURAL, PROGRAM_STATE_PLURAL))
+# The objects node reports and the cluster view are read from (a watch's cache needs all of them):
+# the resources (their generation, their conditions) and the nodes' states.
+REPORT_PLURALS = (MAP_PLURAL, PROGRAM_PLURAL, MAP_STATE_PLURAL, PROGRAM_STATE_PLURAL)
+STATE_PLURALS = {MAP_PLURAL: MAP_STATE, PROGRAM_PLURAL: PROGRAM_STATE}
 
 
 def key_of(doc: dict[str, Any]) -> Key:
@@ -80,18 +85,85 @@ def node_report(
     """What ``node`` reports on the resource ``key`` (phase, message, IDs, attachments), or None.
 
     Only a report in ``phase`` (any phase if None) and, with ``current``, one made at the resource's
-    current ``metadata.generation`` counts: a Ready from before the last spec change is not Ready.
-    Today the report is the node's entry of the resource's ``status.nodes``.
+    current ``metadata.generation`` on this very resource (the state's owner is the resource's uid,
+    not a deleted namesake's) counts: a Ready from before the last spec change is not Ready.
+    The report is the ``status`` of the node's state object of the resource.
     """
+    state = node_state(get, key, node)
+    if state is None:
+        return None
+    status: dict[str, Any] = dict(state.get("status") or {})
+    if phase is not None and status.get("phase") != phase:
+        return None
+    if current:
+        body = get(*key)
+        if body is None or status.get("observedGeneration") != body["metadata"].get("generation"):
+            return None
+        uid = body["metadata"].get("uid")
+        owners = {ref.get("uid") for ref in (state.get("metadata") or {}).get("ownerReferences") or []}
+        if uid and owners and uid not in owners:
+            return None
+    return status
+
+
+def node_state(get: Getter, key: Key, node: str) -> dict[str, Any] | None:
+    """The node's state object of the resource ``key`` (a BpfMapState or BpfProgramState), or None."""
+    plural, name = key
+    kind = STATE_PLURALS[plural]
+    state = get(kind.plural, state_name(name, node))
+    if state is None or (state.get("spec") or {}).get("node") != node:
+        return None
+    return state
+
+
+def cluster_ready(get: Getter, key: Key) -> dict[str, Any] | None:
+    """The resource's Ready condition when it is True at the resource's current generation (the
+    condition's and the status's observedGeneration both), else None."""
     body = get(*key)
     if body is None:
         return None
-    entry = node_entry(body, node)
-    if entry is None or (phase is not None and entry.get("phase") != phase):
+    generation = body["metadata"].get("generation")
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != generation:
         return None
-    if current and entry.get("observedGeneration") != body["metadata"].get("generation"):
-        return None
-    return entry
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            ok = condition.get("status") == "True" and condition.get("observedGeneration") == generation
+            return dict(condition) if ok else None
+    return None
+
+
+def wait_cluster_ready(
+    get: Getter, keys: Iterable[Key], *, timeout: float = 60.0, interval: float = 0.2
+) -> dict[Key, dict[str, Any]]:
+    """Wait until every resource's Ready condition is True at its current generation; the conditions.
+    On timeout, ``WaitTimeout`` names each resource that is not and what its status says."""
+    wanted = list(keys)
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = {key: condition for key in wanted if (condition := cluster_ready(get, key)) is not None}
+        if len(ready) == len(wanted):
+            return ready
+        if time.monotonic() > deadline:
+            pending = [_describe_condition(get, key) for key in wanted if key not in ready]
+            raise WaitTimeout(f"not Ready after {timeout:.0f} s: " + "; ".join(pending))
+        time.sleep(interval)
+
+
+def _describe_condition(get: Getter, key: Key) -> str:
+    body = get(*key)
+    if body is None:
+        return f"{key[0]}/{key[1]}: not found"
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = conditions.get("Ready")
+    if ready is None:
+        return f"{key[0]}/{key[1]}: no Ready condition (is the controller running?)"
+    text = f"{key[0]}/{key[1]}: Ready {ready.get('status')} ({ready.get('reason')}: {ready.get('message', '')})"
+    generation = body["metadata"].get("generation")
+    if status.get("observedGeneration") != generation:
+        text += f" at generation {status.get('observedGeneration')} (the resource is at {generation})"
+    return text
 
 
 def wait_ready(
@@ -163,7 +235,7 @@ def crd_dir() -> Path:
 
 
 def crds_served(kubectl: Kubectl) -> bool:
-    """Both CRDs are Established and their resources are in discovery (which kubectl's short names use)."""
+    """The CRDs are Established and their resources are in discovery (which kubectl's short names use)."""
     proc = kubectl("get", *[f"crd/{name}" for name in CRD_NAMES], "-o", "json", check=False)
     if proc.returncode != 0:
         return False
