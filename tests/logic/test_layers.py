@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bpfshare.kernel",),  # live handles over bpf(), netlink, cgroups
     ("bpfshare.load",),  # loading and attaching
     ("bpfshare.engine",),  # plan and apply on a node, through the NodeKernel seam
-    ("bpfshare.agent",),  # the kopf agent
+    ("bpfshare.agent", "bpfshare.controller"),  # the kopf agent (one per node); the cluster controller
     ("bpfshare.commands", "bpfshare.cli", "bpfshare.__main__", "bpfshare.controlplane"),  # the front doors
 ]
 
@@ -75,6 +75,28 @@ def test_only_the_command_line_reaches_the_control_plane() -> None:
         for m, targets in imports().items()
         for i in targets
         if i.startswith("bpfshare.controlplane") and not m.startswith(allowed)
+    ]
+    assert wrong == []
+
+
+NODE_LEVEL = ("bpfshare.engine", "bpfshare.kernel", "bpfshare.load", "bpfshare.object")
+
+
+def test_the_agent_and_the_controller_share_only_the_api_credentials() -> None:
+    """Two drivers on one layer: the controller reads the node states and never drives the engine, and
+    takes from the agent only how to reach the API server (``agent.operator``'s ApiCredentials and
+    EndlessBackoff); the agent knows nothing of the controller."""
+    graph = imports()
+    wrong = [
+        f"{m} imports {i}"
+        for m, targets in graph.items()
+        for i in targets
+        if (m.startswith("bpfshare.controller") and i.startswith("bpfshare.agent") and i != "bpfshare.agent.operator")
+        or (
+            m.startswith("bpfshare.controller")
+            and i.startswith(("bpfshare.engine", "bpfshare.kernel", "bpfshare.load"))
+        )
+        or (m.startswith("bpfshare.agent") and i.startswith("bpfshare.controller"))
     ]
     assert wrong == []
 
