@@ -126,9 +126,7 @@ def resource(kind: str, status: dict[str, Any] | None, generation: int = 3, **me
     return obj
 
 
-def view(
-    ready: int, pending: int, error: int, conditions: list[dict[str, Any]], generation: int = 3
-) -> dict[str, Any]:
+def view(ready: int, pending: int, error: int, conditions: list[dict[str, Any]], generation: int = 3) -> dict[str, Any]:
     selected = ready + pending + error
     return {
         "observedGeneration": generation,
@@ -153,8 +151,18 @@ PENDING = view(
     1,
     0,
     [
-        condition("Ready", False, "NodesPending", "1 of 3 nodes pending"),
-        condition("Reconciling", True, "NodesPending", "1 of 3 nodes pending: worker-3: no report"),
+        condition(
+            "Ready",
+            False,
+            "NodesPending",
+            "2 of 3 nodes ready; 1 of 3 nodes have not reported Ready on generation 3: worker-3: no report",
+        ),
+        condition(
+            "Reconciling",
+            True,
+            "NodesPending",
+            "1 of 3 nodes have not reported Ready on generation 3: worker-3: no report",
+        ),
         condition("Stalled", False, "NoErrors"),
     ],
 )
@@ -163,7 +171,12 @@ STALLED = view(
     0,
     1,
     [
-        condition("Ready", False, "NodeErrors", "1 of 3 nodes in Error"),
+        condition(
+            "Ready",
+            False,
+            "NodeErrors",
+            "2 of 3 nodes ready; 1 of 3 nodes in Error: worker-1: BPF_PROG_LOAD: Permission denied",
+        ),
         condition("Reconciling", False, "AllNodesReported"),
         condition("Stalled", True, "NodeErrors", "1 of 3 nodes in Error: worker-1: BPF_PROG_LOAD: Permission denied"),
     ],
@@ -173,8 +186,18 @@ STALLED_AND_PENDING = view(
     1,
     1,
     [
-        condition("Ready", False, "NodeErrors", "1 of 3 nodes in Error, 1 pending"),
-        condition("Reconciling", True, "NodesPending", "1 of 3 nodes pending: worker-3: reports generation 2"),
+        condition(
+            "Ready",
+            False,
+            "NodeErrors",
+            "1 of 3 nodes ready; 1 of 3 nodes in Error: worker-1: map flow-counts: key size 8 != 4",
+        ),
+        condition(
+            "Reconciling",
+            True,
+            "NodesPending",
+            "1 of 3 nodes have not reported Ready on generation 3: worker-3: reports generation 2",
+        ),
         condition("Stalled", True, "NodeErrors", "1 of 3 nodes in Error: worker-1: map flow-counts: key size 8 != 4"),
     ],
 )
@@ -183,8 +206,8 @@ RELEASING = view(
     2,
     0,
     [
-        condition("Ready", False, "Deleting", "deleting"),
-        condition("Reconciling", True, "Releasing", "2 nodes still hold it: worker-1, worker-2"),
+        condition("Ready", False, "Deleting", "the resource is being deleted"),
+        condition("Reconciling", True, "Releasing", "waiting for 2 nodes to release it: worker-1, worker-2"),
         condition("Stalled", False, "NoErrors"),
     ],
 )
@@ -193,16 +216,24 @@ NO_NODES = view(
     0,
     0,
     [
-        condition("Ready", True, "NoNodesSelected", "no node matches the nodeSelector"),
+        condition("Ready", True, "NoNodesSelected", "no Node matches spec.nodeSelector"),
         condition("Reconciling", False, "AllNodesReported"),
         condition("Stalled", False, "NoErrors"),
     ],
 )
 
-CASES = {
+# (status, metadata.generation, more metadata, the health's status, its message)
+Case = tuple[dict[str, Any] | None, int, dict[str, Any], str, str]
+CASES: dict[str, Case] = {
     "ready": (READY, 3, {}, "Healthy", "3 of 3 nodes ready"),
-    "no-nodes-selected": (NO_NODES, 3, {}, "Healthy", "no node matches the nodeSelector"),
-    "nodes-pending": (PENDING, 3, {}, "Progressing", "1 of 3 nodes pending: worker-3: no report"),
+    "no-nodes-selected": (NO_NODES, 3, {}, "Healthy", "no Node matches spec.nodeSelector"),
+    "nodes-pending": (
+        PENDING,
+        3,
+        {},
+        "Progressing",
+        "1 of 3 nodes have not reported Ready on generation 3: worker-3: no report",
+    ),
     "no-status-yet": (None, 1, {}, "Progressing", "Waiting for the bpfshare controller to report on this resource"),
     "stale-observed-generation": (
         READY,
@@ -233,12 +264,12 @@ CASES = {
         "Degraded",
         "1 of 3 nodes in Error: worker-1: map flow-counts: key size 8 != 4",
     ),
-    "deleting": (
+    "the resource is being deleted": (
         RELEASING,
         3,
         {"deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["bpfshare.io/controller"]},
         "Progressing",
-        "2 nodes still hold it: worker-1, worker-2",
+        "waiting for 2 nodes to release it: worker-1, worker-2",
     ),
 }
 

@@ -1,7 +1,8 @@
 """deploy/ against the real kube-apiserver (the tests marked ``cluster``): kustomize builds, the API server
-accepts every object, a pod made from the DaemonSet's template passes admission, and the manifests say
-what the agent needs. The unmarked tests read files only: deploy/'s CRD copies equal crds/, the
-Dockerfile uses the tested build steps, the sync script names the copies."""
+accepts every object, pods made from the DaemonSet's and the controller Deployment's templates pass
+admission, and the manifests say what the agent and the controller need. The unmarked tests read files
+only: deploy/'s CRD copies equal crds/, the Dockerfile uses the tested build steps, the sync script
+names the copies."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.conftest import (
+    CONTROLLER_SERVICE_ACCOUNT,
     DEPLOY,
     NAMESPACE,
     REPO,
@@ -24,12 +27,20 @@ from tests.deploy.conftest import (
     kustomize,
 )
 
+CRD_FILES = ("bpfmap.yaml", "bpfprogram.yaml", "bpfmapstate.yaml", "bpfprogramstate.yaml")
+
 
 def test_deploy_copies_of_the_crds_are_identical_to_crds() -> None:
-    for name in ("bpfmap.yaml", "bpfprogram.yaml"):
+    for name in CRD_FILES:
         assert (DEPLOY / "base" / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
             f"deploy/base/crds/{name} differs from crds/{name}: run scripts/sync-deploy-crds.sh"
         )
+
+
+def _peering_objects() -> list[tuple[str, str]]:
+    """What deploy/base/peering.yaml holds (kopf's peering CRD and the peering object)."""
+    docs = yaml.safe_load_all((DEPLOY / "base" / "peering.yaml").read_text())
+    return [(d["kind"], d["metadata"]["name"]) for d in docs if d]
 
 
 @pytest.mark.cluster
@@ -40,21 +51,36 @@ def test_base_builds_with_every_object_the_install_needs(deployed: Deployed) -> 
             ("Namespace", NAMESPACE),
             ("CustomResourceDefinition", "bpfmaps.bpfshare.io"),
             ("CustomResourceDefinition", "bpfprograms.bpfshare.io"),
+            ("CustomResourceDefinition", "bpfmapstates.bpfshare.io"),
+            ("CustomResourceDefinition", "bpfprogramstates.bpfshare.io"),
             ("ServiceAccount", SERVICE_ACCOUNT),
             ("ClusterRole", "bpfshare-agent"),
             ("ClusterRoleBinding", "bpfshare-agent"),
             ("Role", "bpfshare-agent-events"),
             ("RoleBinding", "bpfshare-agent-events"),
             ("DaemonSet", "bpfshare-agent"),
+            ("ServiceAccount", CONTROLLER_SERVICE_ACCOUNT),
+            ("ClusterRole", "bpfshare-controller"),
+            ("ClusterRoleBinding", "bpfshare-controller"),
+            ("Role", "bpfshare-controller-events"),
+            ("RoleBinding", "bpfshare-controller-events"),
+            ("Deployment", "bpfshare-controller"),
+            ("PodDisruptionBudget", "bpfshare-controller"),
+            ("ValidatingAdmissionPolicy", "bpfshare-agent-own-node"),
+            ("ValidatingAdmissionPolicyBinding", "bpfshare-agent-own-node"),
+            *_peering_objects(),
         ]
     )
+    assert ("ClusterKopfPeering", "bpfshare-controller") in kinds  # the controller's default --peering
     assert deployed.objects[0]["kind"] == "Namespace"  # kustomize orders it first: one apply suffices
+    for obj in deployed.objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "bpfshare", (obj["kind"], obj["metadata"])
 
 
 @pytest.mark.cluster
 def test_every_object_was_applied_server_side(deployed: Deployed) -> None:
     for obj in deployed.objects:
-        if obj["kind"] == "CustomResourceDefinition":
+        if obj["kind"] == "CustomResourceDefinition" and obj["spec"]["group"] == "bpfshare.io":
             continue  # dry-run only (see conftest); test_deploy_copies... ties them to crds/
         meta = obj["metadata"]
         argv = ["get", obj["kind"].lower(), meta["name"], "-o", "json", "--show-managed-fields"]
@@ -77,6 +103,7 @@ def test_example_overlay_builds_and_is_accepted(deployed: Deployed) -> None:
     init = ds["spec"]["template"]["spec"]["initContainers"][0]
     assert init["image"] == agent["image"]
     assert daemonset_caps(objects) == daemonset_caps(deployed.objects)  # the patch keeps the security context
+    assert controller_container(objects)["image"] == agent["image"]  # one image, one `images:` entry
     items = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
     deployed.cp.kubectl(
         "apply",
@@ -90,13 +117,21 @@ def test_example_overlay_builds_and_is_accepted(deployed: Deployed) -> None:
     )
 
 
-def _pod_from_template(deployed: Deployed, node: str = "any-node") -> dict[str, Any]:
-    template = find(deployed.objects, "DaemonSet", "bpfshare-agent")["spec"]["template"]
+def controller_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = find(objects, "Deployment", "bpfshare-controller")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _pod_from_template(
+    deployed: Deployed, node: str = "any-node", kind: str = "DaemonSet", name: str = "bpfshare-agent"
+) -> dict[str, Any]:
+    template = find(deployed.objects, kind, name)["spec"]["template"]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": "bpfshare-agent-admission-test",
+            "name": f"{name}-admission-test",
             "namespace": NAMESPACE,
             "labels": template["metadata"]["labels"],
         },
@@ -116,22 +151,20 @@ def test_a_pod_from_the_daemonset_template_passes_admission(deployed: Deployed) 
     assert created["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
 
 
+def _namespace(deployed: Deployed, name: str, level: str) -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": level}},
+    }
+    deployed.cp.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+
 @pytest.mark.cluster
 def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: Deployed) -> None:
     """The namespace label is what lets the pod in: the same pod in a 'baseline' namespace is refused."""
     name = "bpfshare-psa-baseline-test"
-    deployed.cp.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}},
-            }
-        ),
-    )
+    _namespace(deployed, name, "baseline")
     try:
         pod = _pod_from_template(deployed)
         pod["metadata"]["namespace"] = name
@@ -139,6 +172,29 @@ def test_pod_security_would_refuse_the_agent_in_a_baseline_namespace(deployed: D
         proc = deployed.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
         assert proc.returncode != 0
         assert "violates PodSecurity" in proc.stderr and "hostNetwork" in proc.stderr
+    finally:
+        deployed.cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.mark.cluster
+def test_the_controller_pod_passes_the_restricted_pod_security_level(deployed: Deployed) -> None:
+    """The controller needs nothing the "restricted" level forbids (and gets nothing more than it allows):
+    a pod from its template is admitted in a namespace enforcing it, and in bpfshare-system."""
+    name = "bpfshare-psa-restricted-test"
+    _namespace(deployed, name, "restricted")
+    try:
+        pod = _pod_from_template(deployed, kind="Deployment", name="bpfshare-controller")
+        del pod["spec"]["nodeName"]
+        out = deployed.cp.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(pod)).stdout
+        assert json.loads(out)["spec"]["serviceAccountName"] == CONTROLLER_SERVICE_ACCOUNT
+        pod["metadata"]["namespace"] = name
+        proc = deployed.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+        assert proc.returncode == 0 and "PodSecurity" not in proc.stderr, proc.stderr
+        # The check is real: the agent's pod is refused there.
+        agent = _pod_from_template(deployed)
+        agent["metadata"]["namespace"] = name
+        proc = deployed.cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(agent), check=False)
+        assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr
     finally:
         deployed.cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
@@ -208,6 +264,43 @@ def test_the_daemonset_runs_the_agent_as_documented(deployed: Deployed) -> None:
     assert init["volumeMounts"][0]["mountPropagation"] == "Bidirectional"
 
 
+@pytest.mark.cluster
+def test_the_controller_runs_as_documented(deployed: Deployed) -> None:
+    deployment = find(deployed.objects, "Deployment", "bpfshare-controller")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = controller_container(deployed.objects)
+    assert spec["replicas"] == 2  # one active, one standby (kopf peering)
+    assert spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": "bpfshare-controller"}
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "bpfshare-controller" and labels["app.kubernetes.io/component"]
+    assert pod["serviceAccountName"] == CONTROLLER_SERVICE_ACCOUNT
+    # The agent's image, another command.
+    assert container["image"] == agent_container(deployed.objects)["image"]
+    assert container["command"] == ["bpfshare", "controller"]
+    # Not root, nothing extra: no capabilities, no escalation, read-only root, the runtime's seccomp.
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and "hostPath" not in json.dumps(pod["volumes"])
+    # The liveness endpoint the arguments open is what the probes ask.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert re.fullmatch(rf"http://0\.0\.0\.0:{ports['healthz']}/healthz", _arg(container, "--liveness"))
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    # Voluntary disruptions leave one replica.
+    pdb = find(deployed.objects, "PodDisruptionBudget", "bpfshare-controller")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
+    live = json.loads(deployed.cp.kubectl("get", "pdb", "bpfshare-controller", "-n", NAMESPACE, "-o", "json").stdout)
+    assert live["spec"]["minAvailable"] == 1
+
+
 def test_dockerfile_uses_only_the_tested_build_steps_and_existing_paths() -> None:
     """Every RUN is a step of scripts/image-build.sh (run by test_image.py), every COPY source exists and
     is not excluded by .dockerignore, and the image ships what the DaemonSet calls."""
@@ -243,6 +336,8 @@ def test_dockerfile_uses_only_the_tested_build_steps_and_existing_paths() -> Non
 def test_sync_script_names_the_copies_the_kustomization_uses() -> None:
     script = (REPO / "scripts" / "sync-deploy-crds.sh").read_text()
     kustomization = (DEPLOY / "base" / "kustomization.yaml").read_text()
-    for name in ("bpfmap.yaml", "bpfprogram.yaml"):
-        assert f"crds/{name}" in script and f"crds/{name}" in kustomization
+    assert "crds/*.yaml" in script
+    assert sorted(p.name for p in (REPO / "crds").glob("*.yaml")) == sorted(CRD_FILES)  # a new CRD is listed here
+    for name in CRD_FILES:
+        assert (REPO / "crds" / name).exists() and f"crds/{name}" in kustomization
     assert Path(REPO / "scripts" / "sync-deploy-crds.sh").stat().st_mode & 0o111
