@@ -13,6 +13,7 @@ endpoints); veths get none.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -157,9 +158,9 @@ def build_objects(stack: contextlib.ExitStack) -> Path:
 # -- control plane -----------------------------------------------------------------------------------
 
 
-def control_plane(stack: contextlib.ExitStack) -> ControlPlane:
-    """A private etcd + kube-apiserver on free loopback ports with the CRDs installed; stopped (and
-    its state directory removed) when the stack unwinds. Its processes die with this one."""
+def control_plane(stack: contextlib.ExitStack, crds: Path = REPO / "crds") -> ControlPlane:
+    """A private etcd + kube-apiserver on free loopback ports with the CRDs (of ``crds``) installed; stopped
+    (and its state directory removed) when the stack unwinds. Its processes die with this one."""
     from bpfshare.controlplane.build import ensure_built
     from bpfshare.controlplane.run import start, stop
 
@@ -175,7 +176,11 @@ def control_plane(stack: contextlib.ExitStack) -> ControlPlane:
     stack.callback(teardown)
     log("starting the control plane")
     cp = start(state, bin_dir, die_with_parent=True)
-    install_crds(cp.kubectl, REPO / "crds")
+    if crds == REPO / "crds":
+        install_crds(cp.kubectl, crds)
+    else:  # another design's CRDs (bench.scale_nodes's previous design): wait for whichever they are
+        cp.kubectl("apply", "-f", str(crds))
+        cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", timeout=90)
     return cp
 
 
@@ -203,19 +208,21 @@ class StatusWatch:
     """The latest body of every object node reports are read from, kept by one watch per plural (no
     polling, so the benchmark does not load the API server it measures)."""
 
-    def __init__(self, cp: ControlPlane, stack: contextlib.ExitStack) -> None:
+    def __init__(self, cp: ControlPlane, stack: contextlib.ExitStack, plurals: Iterable[str] = REPORT_PLURALS) -> None:
         self.api = cp.api_client()
+        self.plurals = tuple(plurals)
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.events = 0
+        self.counts: collections.Counter[str] = collections.Counter()  # watch events by plural (no lists)
         self.errors: list[str] = []
         self.on_event: Callable[[tuple[str, str], dict[str, Any]], None] | None = None  # under the lock
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._synced: set[str] = set()
-        for plural in REPORT_PLURALS:
+        for plural in self.plurals:
             threading.Thread(target=self._run, args=(plural,), daemon=True, name=f"watch-{plural}").start()
         stack.callback(self._stop.set)
-        self.wait(lambda objs: len(self._synced) == len(REPORT_PLURALS), timeout=30, what="the initial lists")
+        self.wait(lambda objs: len(self._synced) == len(self.plurals), timeout=30, what="the initial lists")
 
     def _run(self, plural: str) -> None:
         from kubernetes import client, watch
@@ -258,6 +265,7 @@ class StatusWatch:
                                 if self.on_event is not None:
                                     self.on_event(key, obj)
                             self.events += 1
+                            self.counts[plural] += 1
                             self._cond.notify_all()
             except ApiException as exc:
                 if exc.status != 410:  # 410 Gone: the resourceVersion expired, list again
@@ -490,6 +498,7 @@ def start_agent(
     resync: float = 60.0,
     pin_root: Path | None = None,
     prefix: list[str] | None = None,
+    env: dict[str, str] | None = None,
     wait: bool = True,
 ) -> BenchAgent:
     """A Node object and its agent (log in ``workdir``; without ``pin_root``, a private bpffs), stopped
@@ -503,6 +512,7 @@ def start_agent(
         resync=resync,
         liveness=True,
         prefix=prefix or (),
+        env=env,
         agent_class=BenchAgent,
     )
     assert isinstance(agent, BenchAgent)

@@ -1,10 +1,10 @@
 """Apply-to-ready latency: `kubectl apply` of one BpfMap and two BpfPrograms (tc + cgroup) until every
-status entry is Ready, next to the same loads done directly by `bpfshare load`, in one run.
+state object is Ready, next to the same loads done directly by `bpfshare load`, in one run.
 
 - agent: one `bpfshare agent` (its own bpffs mount, a Node object) against a private control plane;
   each run starts just before `kubectl apply` and ends when a watch sees all three entries Ready for
   the current generation; then the resources are deleted and the benchmark waits until they are gone
-  (the agent detached and released its finalizers) before the next run.
+  (the agent detached and deleted its state objects) before the next run.
 - direct: `bpfshare load flow_counter.o --program count_ingress --attach tc:...` then
   `--program count_cgroup_egress --attach cgroup:...` (two processes; the first creates and pins the
   shared map by name, the second reuses it), then the pins and the tc filter are removed.
@@ -176,7 +176,7 @@ def report(args: argparse.Namespace) -> str:
         "",
         f"Over the {runs} measured apply + delete cycles the agent made {passes} reconcile passes "
         f"({passes / runs:.1f} per cycle) and {requests} API requests beyond its watches "
-        f"({requests / runs:.1f} per cycle: finalizers, status entries, events); agent log lines at "
+        f"({requests / runs:.1f} per cycle: state objects, their deletion, events); agent log lines at "
         f"WARNING or above: {len(problems)}.",
     ]
     if problems:

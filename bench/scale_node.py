@@ -4,8 +4,8 @@ cgroup program, all sharing one BpfMap, applied at once with one `kubectl apply`
 
 Two shapes of the same work:
 - per-target: one BpfProgram per interface and per cgroup (N + M BpfPrograms): what a controller
-  generating resources per pod would do, and the harder case for the agent (N + M loads, status
-  entries, finalizers);
+  generating resources per pod would do, and the harder case for the agent (N + M loads, N + M
+  state objects);
 - lists: the interfaces listed in as few BpfPrograms as the CRD allows (256 interfaces at most per
   resource), plus the M cgroup BpfPrograms (a cgroup attachment names one cgroup).
 
@@ -162,20 +162,20 @@ def agent_run(
 
 def api_floor(cp: ControlPlane, keys: list[Key]) -> float:
     """Seconds for the writes that must precede "all Ready", made by this process against the same API
-    server: per resource, a finalizer and a status entry for a made-up node (server-side apply, as the
-    agent does); the finalizers are taken off again afterwards (untimed)."""
+    server: per resource, one state object for a made-up node (server-side apply, as the agent does);
+    they are deleted again afterwards (untimed)."""
     from bpfshare.agent.writer import Writer
+    from bpfshare.api.states import state_body, state_kind_of
 
-    writer = Writer(cp.api_client(), "bench-floor")
-    entry = {"node": "bench-floor", "phase": "Ready", "message": "", "observedGeneration": 1}
+    node = "bench-floor"
+    writer = Writer(cp.api_client(), node)
+    status = {"phase": "Ready", "message": "", "observedGeneration": 1}
+    kinds = [(state_kind_of(MAP_KIND if plural == MAP_PLURAL else PROGRAM_KIND), name) for plural, name in keys]
     start = time.perf_counter()
-    kinds = [(MAP_KIND if plural == MAP_PLURAL else PROGRAM_KIND, name) for plural, name in keys]
-    for kind, name in kinds:
-        writer.set_finalizer(kind, name, True)
-        writer.set_status(kind, name, entry)
+    written = [writer.apply_state(kind, state_body(kind, name, None, node, status)) for kind, name in kinds]
     elapsed = time.perf_counter() - start
-    for kind, name in kinds:
-        writer.set_finalizer(kind, name, False)
+    for (kind, _), body in zip(kinds, written, strict=True):
+        writer.delete_state(kind, body["metadata"]["name"])
     return elapsed
 
 
