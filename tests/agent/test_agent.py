@@ -1,7 +1,10 @@
-"""The kopf agent against the real kube-apiserver and the real kernel."""
+"""The kopf agent against the real kube-apiserver and the real kernel: it reports in its own node's
+state objects and writes nothing to the BpfMaps and BpfPrograms (there is no controller here, so
+nothing holds a deleted resource: the agents release what disappears)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 from bpfshare.api.resources import MAP_PLURAL as MAPS
 from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
+from bpfshare.api.states import AGENT_FINALIZER, state_name
 from tests.fixtures.agents import Cluster
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
@@ -35,9 +39,24 @@ def test_kubectl_apply_shares_one_map_and_reports_ids(
         ),
         "usedBy on the map",
     )
+
+    # Nothing written to the shared objects: no finalizer, no status, no field of the agent's.
+    def managers(ref: str) -> set[str]:
+        out = cluster.kubectl("get", ref, "-o", "json", "--show-managed-fields").stdout
+        return {f["manager"] for f in json.loads(out)["metadata"]["managedFields"]}
+
+    for plural, name in ((MAPS, "flow-counts"), (PROGS, "count-ingress"), (PROGS, "count-cgroup")):
+        obj = cluster.get(plural, name) or {}
+        assert not obj["metadata"].get("finalizers") and not obj.get("status"), obj
+        assert not any(m.startswith("bpfshare") for m in managers(f"{plural}/{name}"))
+        assert not any(k.startswith("kopf") for k in (obj["metadata"].get("annotations") or {}))
+        state = cluster.state(plural, name, node) or {}
+        assert state["metadata"]["finalizers"] == [AGENT_FINALIZER]
+        assert [(r["kind"], r["name"], r["uid"]) for r in state["metadata"]["ownerReferences"]] == [
+            (obj["kind"], name, obj["metadata"]["uid"])
+        ]
+        assert managers(f"{state['kind'].lower()}/{state['metadata']['name']}") == {"bpfshare-agent"}
     obj = cluster.get(PROGS, "count-ingress") or {}
-    assert f"bpfshare.io/node-{node}" in obj["metadata"]["finalizers"]
-    assert not any(k.startswith("kopf") for k in (obj["metadata"].get("annotations") or {}))
     assert tc["observedGeneration"] == obj["metadata"]["generation"]
 
     netns_pair.send_udp(5)
@@ -45,11 +64,13 @@ def test_kubectl_apply_shares_one_map_and_reports_ids(
     values = counters(Path(m["pinPath"]))
     assert values[TC_INGRESS] >= 5 and values[CG_EGRESS] == 3
 
-    # kubectl get shows the printer columns with the IDs and phases.
-    maps_table = cluster.kubectl("get", "bpfmaps").stdout
-    assert "MAPIDS" in maps_table.upper() and str(m["mapId"]) in maps_table and "Ready" in maps_table
-    progs_table = cluster.kubectl("get", "bpfprogs").stdout
+    # kubectl get of the states is the node view: the IDs, by label.
+    maps_table = cluster.kubectl("get", "bpfmapstates", "-l", "bpfshare.io/map=flow-counts").stdout.splitlines()
+    assert maps_table[0].split() == ["NAME", "MAP", "NODE", "MAPID", "PHASE", "AGE"]
+    assert maps_table[1].split()[:5] == [state_name("flow-counts", node), "flow-counts", node, str(m["mapId"]), "Ready"]
+    progs_table = cluster.kubectl("get", "bpfprogramstates", "-l", f"bpfshare.io/node={node}").stdout
     assert str(tc["programId"]) in progs_table and str(cg["programId"]) in progs_table
+    assert f'{{"shared_counts":{m["mapId"]}}}' in progs_table and "tc:" in progs_table
 
     # Events were posted for the loads.
     events = cluster.kubectl(
@@ -65,16 +86,19 @@ def test_idle_agent_writes_nothing(cluster: Cluster, bpf_objects, cgroup_dir: Pa
     cluster.wait_phase(PROGS, "count-cgroup", node)
     cluster.wait(lambda: (cluster.entry(MAPS, "flow-counts", node) or {}).get("usedBy") == ["count-cgroup"], "usedBy")
     time.sleep(2.5)
-    before = {
-        (p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"]
-        for p, n in ((MAPS, "flow-counts"), (PROGS, "count-cgroup"))
-    }
+    keys = ((MAPS, "flow-counts"), (PROGS, "count-cgroup"))
+
+    def versions() -> dict[tuple[str, str, str], str]:
+        resources = {(p, n, ""): (cluster.get(p, n) or {})["metadata"]["resourceVersion"] for p, n in keys}
+        states = {(p, n, node): (cluster.state(p, n, node) or {})["metadata"]["resourceVersion"] for p, n in keys}
+        return resources | states
+
+    before = versions()
     time.sleep(5)  # two resync passes or more
-    after = {(p, n): (cluster.get(p, n) or {})["metadata"]["resourceVersion"] for p, n in before}
-    assert after == before
+    assert versions() == before
 
 
-def test_two_agents_share_resources_each_with_its_own_entry(cluster: Cluster, bpf_objects, cgroup_dir: Path) -> None:
+def test_two_agents_share_resources_each_with_its_own_state(cluster: Cluster, bpf_objects, cgroup_dir: Path) -> None:
     node_a = cluster.add_node({"role": "edge"})
     node_b = cluster.add_node({"role": "core"})
     agent_a, agent_b = cluster.start_agent(node_a), cluster.start_agent(node_b)
@@ -92,24 +116,37 @@ def test_two_agents_share_resources_each_with_its_own_entry(cluster: Cluster, bp
     assert entries[node_a]["programId"] != entries[node_b]["programId"]
     assert entries[node_a]["maps"]["shared_counts"] == maps[node_a]["mapId"]
     assert entries[node_b]["maps"]["shared_counts"] == maps[node_b]["mapId"]
-    obj = cluster.get(PROGS, "count-cgroup") or {}
-    assert sorted(e["node"] for e in obj["status"]["nodes"]) == sorted([node_a, node_b])
-    assert {f"bpfshare.io/node-{node_a}", f"bpfshare.io/node-{node_b}"} <= set(obj["metadata"]["finalizers"])
-    # nodeSelector: only the edge node runs edge-only.
+    listed = cluster.kubectl("get", "bpfprogramstates", "-l", "bpfshare.io/program=count-cgroup", "-o", "json")
+    assert sorted(s["spec"]["node"] for s in json.loads(listed.stdout)["items"]) == sorted([node_a, node_b])
+    assert not (cluster.get(PROGS, "count-cgroup") or {})["metadata"].get("finalizers")
+    # nodeSelector: only the edge node runs edge-only; the other has no state of it.
     time.sleep(1)
     assert cluster.entry(PROGS, "edge-only", node_b) is None
     assert not (agent_b.pin_root / "programs" / "edge-only").exists()
 
-    # Relabel node b as edge: its agent picks edge-only up.
+    # Relabel node b as edge: its agent picks edge-only up (it watches its own Node).
     cluster.kubectl("label", "node", node_b, "role=edge", "--overwrite")
     cluster.wait_phase(PROGS, "edge-only", node_b)
+    # ...and back: it lets go, and its state goes.
+    cluster.kubectl("label", "node", node_b, "role=core", "--overwrite")
+    cluster.wait(lambda: cluster.state(PROGS, "edge-only", node_b) is None, "node b's state of edge-only deleted")
+    assert not (agent_b.pin_root / "programs" / "edge-only").exists()
+    assert cluster.state(PROGS, "edge-only", node_a) is not None
 
-    # Deletion waits for both finalizers and cleans both nodes.
+    # Deletion: no controller, no finalizer: the objects go at once, and both agents still clean up
+    # their nodes and delete their states.
     cluster.kubectl("delete", PROGS, "count-cgroup", "edge-only", "--wait=true", "--timeout=30s")
     cluster.kubectl("delete", MAPS, "flow-counts", "--wait=true", "--timeout=30s")
-    for agent in (agent_a, agent_b):
-        assert not (agent.pin_root / "programs" / "count-cgroup").exists()
-        assert not (agent.pin_root / "maps" / "flow-counts").exists()
+
+    def released() -> bool:
+        return all(
+            not (agent.pin_root / "programs" / "count-cgroup").exists()
+            and not (agent.pin_root / "maps" / "flow-counts").exists()
+            and not cluster.states_of(agent.node)
+            for agent in (agent_a, agent_b)
+        )
+
+    cluster.wait(released, "both nodes released everything and deleted their states")
     assert bpftool("cgroup", "show", str(cgroup_dir)) == []
 
 
@@ -123,9 +160,12 @@ def test_sigkill_and_restart_keeps_ids_and_attachments(
     agent.kill()
     netns_pair.send_udp(3)  # the datapath runs on without the agent
     assert counters(agent.pin_root / "maps" / "flow-counts")[TC_INGRESS] >= 3
+    states = {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in cluster.states_of(node)}
     agent.start()
     time.sleep(4)  # the restarted agent's first pass and a resync
     assert agent.alive(), agent.log_tail()
+    # It listed its states and found them right: nothing written again.
+    assert {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in cluster.states_of(node)} == states
     for name, entry in before.items():
         now = cluster.wait_phase(PROGS, name, node)
         assert now["programId"] == entry["programId"]
@@ -133,6 +173,25 @@ def test_sigkill_and_restart_keeps_ids_and_attachments(
     assert cluster.wait_phase(MAPS, "flow-counts", node)["mapId"] == map_id
     assert filters_on(netns_pair) == [before["count-ingress"]["programId"]]
     assert [p["id"] for p in bpftool("cgroup", "show", str(cgroup_dir))] == [before["count-cgroup"]["programId"]]  # type: ignore[union-attr,index]
+
+
+def test_a_resource_deleted_while_its_agent_was_away_is_released_at_its_start(
+    cluster: Cluster, bpf_objects, cgroup_dir: Path
+) -> None:
+    """No finalizer held it, so the agent never saw it deleting: absent from its first complete view,
+    the program is removed from the node and its state deleted."""
+    node = cluster.add_node()
+    agent = cluster.start_agent(node)
+    cluster.apply(bpfmap(), cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir))
+    cluster.wait_phase(PROGS, "count-cgroup", node)
+    agent.kill()
+    cluster.kubectl("delete", PROGS, "count-cgroup", "--wait=true", "--timeout=30s")
+    assert cluster.state(PROGS, "count-cgroup", node) is not None  # nobody else deletes it
+    agent.start()
+    cluster.wait(lambda: cluster.state(PROGS, "count-cgroup", node) is None, "the state of count-cgroup deleted")
+    cluster.wait(lambda: bpftool("cgroup", "show", str(cgroup_dir)) == [], "the cgroup program detached")
+    assert not (agent.pin_root / "programs" / "count-cgroup").exists()
+    assert "usedBy" not in cluster.wait_phase(MAPS, "flow-counts", node)  # used by none
 
 
 def test_bad_resources_are_errors_in_status_and_disturb_nothing(

@@ -16,10 +16,10 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bpfshare.agent.loop import Agent, attached_summary
+from bpfshare.agent.loop import Agent, attached_summary, state_status
 from bpfshare.agent.writer import APPLY, JSON_PATCH
 from bpfshare.api.states import AGENT_FINALIZER, MAP_STATE, state_body, state_name
-from bpfshare.api.status import MapStatus, Phase, StatusEntry
+from bpfshare.api.status import MapStatus, Phase, ProgramStatus, StatusEntry
 from bpfshare.engine import Report
 from bpfshare.engine.memory_kernel import MemoryKernel
 from tests.logic.enginekit import PIN_ROOT, obj
@@ -240,6 +240,24 @@ def test_a_pass_applies_one_whole_state_per_resource_and_nothing_else() -> None:
     # Exactly the body api.states makes: nothing else is applied.
     wanted = state_body(MAP_STATE, "flow-counts", "u-map", NODE, m["status"])
     assert {k: v for k, v in m.items() if k != "metadata"} == {k: v for k, v in wanted.items() if k != "metadata"}
+
+
+def test_empty_sets_and_maps_are_left_out() -> None:
+    """Applied over a non-empty one, an empty set or granular map would leave null (refused): absent
+    means none."""
+    api = FakeApi()
+    started(api, bpfmap())
+    assert "usedBy" not in (api.state("bpfmapstates", "flow-counts") or {})["status"]
+    program = StatusEntry(Phase.Ready, program=ProgramStatus(7, "ab", maps={}))
+    assert state_status("BpfProgram", program, 2) == {
+        "phase": "Ready",
+        "message": "",
+        "observedGeneration": 2,
+        "programId": 7,
+        "tag": "ab",
+        "attachments": [],
+        "attached": "",
+    }
 
 
 def test_events_are_posted_on_the_resources() -> None:
