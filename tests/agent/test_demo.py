@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bpfshare.api.states import label_value
 from bpfshare.controlplane.demo import INSTALLED_BPF_DIR, example_resources
 from bpfshare.controlplane.wait import crd_dir
 from tests.fixtures.netenv import run
@@ -56,12 +58,19 @@ def test_demo_shares_one_map_and_cleans_up(crds, bpffs: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "using the current kubeconfig" in out
-    assert re.search(r"flow-counts\s+Array\s+4\s+8\s+4\s+\{\"[^\"]+\":\d+\}\s+\{\"[^\"]+\":\"Ready\"\}", out), out
-    assert re.search(r"count-ingress\s+tc/ingress bsdemo-b@bpfshare-demo-b\s+count_ingress", out), out
+    # The cluster view (the controller's), then the node view (the agent's).
+    assert re.search(r"flow-counts\s+Array\s+4\s+8\s+4\s+1/1\s+AllNodesReady", out), out
+    assert re.search(
+        r"count-ingress\s+tc/ingress bsdemo-b@bpfshare-demo-b\s+count_ingress\s+1/1\s+AllNodesReady", out
+    ), out
+    assert re.search(r"flow-counts\.\S+\s+flow-counts\s+\S+\s+\d+\s+Ready", out), out
+    assert re.search(r"count-ingress\.\S+\s+count-ingress\s+\S+\s+\d+\s+\{\"shared_counts\":\d+\}\s+tc:", out), out
     counts = dict(re.findall(r"(tc ingress|cgroup egress) (\d+)", out))
     assert int(counts["tc ingress"]) >= 10 and int(counts["cgroup egress"]) >= 10, out
-    # Cleaned up: resources, namespaces, cgroup, pins.
+    # Cleaned up: resources and their states, namespaces, cgroup, pins.
     assert crds.kubectl("get", "bpfprograms,bpfmaps", "-o", "name").stdout.strip() == ""
+    mine = f"bpfshare.io/node={label_value(socket.gethostname())}"  # the demo's node is this machine
+    assert crds.kubectl("get", "bpfmapstates,bpfprogramstates", "-l", mine, "-o", "name").stdout.strip() == ""
     assert "bpfshare-demo" not in run("ip", "netns", "list").stdout
     assert not (bpffs / "bpfshare" / "maps" / "flow-counts").exists()
 

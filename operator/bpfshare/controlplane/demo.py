@@ -1,8 +1,10 @@
 """The scenario of ``bpfshare demo``: the whole product on one machine, start to finish, cleaned up after.
 
 A cluster (the current kubeconfig if one answers, otherwise the local control plane), the CRDs, an
-agent for this machine, a veth pair in two network namespaces and a cgroup, the resources of
-examples/, real traffic, ``kubectl get``, and the shared map's counters.
+agent for this machine and a controller, a veth pair in two network namespaces and a cgroup, the
+resources of examples/, until their Ready condition is True, real traffic, ``kubectl get`` of the
+cluster view (bpfmaps, bpfprogs) and of the node view (bpfmapstates, bpfprogramstates), and the
+shared map's counters.
 
 Nothing here needs a source checkout: the CRDs are the package's copies, the example resources are
 made by ``example_resources`` (tests/agent/test_demo.py holds them equal to examples/*.yaml), and the
@@ -23,12 +25,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpfshare.api.resources import API_VERSION, MAP_KIND, PROGRAM_KIND
 from bpfshare.controlplane.agents import start_agent
-from bpfshare.controlplane.wait import install_crds, key_of, kubectl_getter, wait_ready
+from bpfshare.controlplane.wait import install_crds, key_of, kubectl_getter, wait_cluster_ready, wait_ready
 from bpfshare.errors import BpfshareError
+
+if TYPE_CHECKING:
+    from bpfshare.controlplane.controllers import Controller
 
 INSTALLED_BPF_DIR = Path("/opt/bpfshare/bpf")
 NS_A, NS_B = "bpfshare-demo-a", "bpfshare-demo-b"
@@ -250,24 +255,52 @@ def _node(kube: Kube, node: str) -> Iterator[None]:
             kube("delete", "node", node, "--ignore-not-found", check=False)
 
 
+def _start_controller(kube: Kube, log: Path) -> Controller:
+    """A controller replica on ``kube``'s cluster (kopf's peering CRD and object installed first).
+    Made here rather than by ``controllers.start_controller``, which wants the local control plane:
+    the demo's cluster may be the current kubeconfig's."""
+    from bpfshare.controlplane.controllers import Controller, install_peering
+    from bpfshare.controlplane.procs import free_ports
+
+    install_peering(kube)
+    (port,) = free_ports(1)
+    controller = Controller("controller", Path("/nonexistent"), kube.kubeconfig, log, liveness_port=port)
+    try:
+        controller.start()
+    except BaseException:
+        controller.close()
+        raise
+    return controller
+
+
 def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) -> None:
     ensure_bpffs(pin_root)
     node = socket.gethostname()
     keys = [key_of(doc) for doc in docs]
     names = [f"{plural}/{name}" for plural, name in keys]
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfshare-demo-agent-{os.getpid()}.log"
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    log = logs / f"bpfshare-demo-agent-{os.getpid()}.log"
+    controller_log = logs / f"bpfshare-demo-controller-{os.getpid()}.log"
     with cluster(say) as kube, network(say), _node(kube, node):
         install_crds(kube)
         agent = start_agent(node, kube.kubeconfig, log, pin_root=pin_root)
         say(f"agent: node {node}, pin root {pin_root}, log {log}")
+        controller = None
         try:
+            controller = _start_controller(kube, controller_log)
+            say(f"controller: log {controller_log}")
             say("$ kubectl apply -f examples/")
             listing = {"apiVersion": "v1", "kind": "List", "items": docs}
             say(kube("apply", "-f", "-", input=json.dumps(listing)).stdout.rstrip())
-            wait_ready(kubectl_getter(kube), keys, [node])
+            get = kubectl_getter(kube)
+            wait_ready(get, keys, [node])  # the node's reports, then the cluster view made of them
+            say("$ kubectl wait --for=condition=Ready bpfmaps,bpfprogs --all")
+            wait_cluster_ready(get, keys)
             make_traffic()
             say("\n$ kubectl get bpfmaps,bpfprogs")
             say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
+            say("\n$ kubectl get bpfmapstates,bpfprogramstates")
+            say(kube("get", "bpfmapstates,bpfprogramstates").stdout.rstrip())
             pin = pin_root / "maps" / MAP_NAME
             values = read_counters(pin)
             say(f"\nshared map {pin}: " + ", ".join(f"{n} {v}" for n, v in zip(COUNTER_NAMES, values, strict=True)))
@@ -279,6 +312,19 @@ def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) 
             say("\ncleaning up: kubectl delete -f examples/")
             kube("delete", *reversed(names), "--timeout=60s")
         finally:
-            # Whatever happened, the resources go while the agent still runs to detach them.
+            # Whatever happened, the resources go while the agent still runs to detach them (and the
+            # controller, to release them once the node did); without a controller, nothing holds them.
+            if controller is not None and not controller.alive():
+                _drop_finalizers(kube, names)
             kube("delete", *reversed(names), "--ignore-not-found", "--timeout=60s", check=False)
+            _drop_finalizers(kube, names)
+            if controller is not None:
+                controller.close()
             agent.close()
+
+
+def _drop_finalizers(kube: Kube, names: list[str]) -> None:
+    """Let whatever of ``names`` is left go (a controller that died holds them by its finalizer)."""
+    for name in names:
+        if kube("get", name, check=False).returncode == 0:
+            kube("patch", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
