@@ -1,5 +1,6 @@
 """The agent's one credential source (bpfshare.agent.operator.ApiCredentials), for both of its API
-clients: the kubernetes client (writes) and kopf (watches, through its login handler). Against the real
+clients: the kubernetes client (its state objects, events, ConfigMap reads and the watch of its own
+Node) and kopf (the watches of BpfMaps and BpfPrograms, through its login handler). Against the real
 kube-apiserver, with its static admin token and with real service-account tokens that rotate."""
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 import aiohttp
 import kopf
 import pytest
+from kubernetes import client
 
+from bpfshare.agent.nodewatch import NodeWatch
 from bpfshare.agent.operator import ApiCredentials, jwt_claims, relogin_time
 from bpfshare.controlplane.run import ControlPlane
 from bpfshare.errors import BpfshareError
@@ -116,6 +119,8 @@ def test_kubeconfig_credentials_serve_both_clients(control_plane: ControlPlane) 
     assert info.server == control_plane.server and info.insecure is False
     assert info.token == control_plane.token and info.expiration is None  # a static token: kopf keeps it
     assert whoami_kubernetes_client(credentials) == whoami_kopf(info) == "bpfshare-admin"
+    with credentials.api_client() as api:  # the Node watch's list, through the same client
+        assert NodeWatch(client.CoreV1Api(api), "no-such-node", lambda *_: None).list() is None
 
 
 @pytest.fixture
@@ -170,5 +175,5 @@ def test_service_account_token_rotation_reaches_both_clients(
         assert time.monotonic() < deadline, "the rotated token never reached the login handler"
         time.sleep(1)
     header = credentials.configuration.auth_settings()["BearerToken"]["value"]
-    assert header == f"bearer {second}"  # what the writes send
+    assert header == f"bearer {second}"  # what the writes and the Node watch send
     assert whoami_kubernetes_client(credentials) == whoami_kopf(info) == user

@@ -17,7 +17,8 @@ ATTACH_TC = {"tc": {"interfaces": ["eth0"], "direction": "ingress"}}
 ATTACH_CGROUP = {"cgroup": {"path": "/", "type": "egress"}}
 
 
-def test_both_crds_are_established(crds: ControlPlane) -> None:
+def test_the_crds_are_established(crds: ControlPlane) -> None:
+    assert len(CRD_NAMES) == 4  # BpfMap, BpfProgram and the nodes' states of each
     for crd in CRD_NAMES:
         out = json.loads(crds.kubectl("get", f"crd/{crd}", "-o", "json").stdout)
         conditions = {c["type"]: c["status"] for c in out["status"]["conditions"]}
@@ -29,7 +30,7 @@ def test_both_crds_are_established(crds: ControlPlane) -> None:
 
 def test_short_names_and_category(crds: ControlPlane, name: str) -> None:
     """What API discovery reports, and what kubectl makes of it: the short names resolve to their kind,
-    and `kubectl get bpf` (the category) lists objects of both kinds."""
+    and `kubectl get bpf` (the category) lists objects of the kinds (the states among them)."""
     discovery = json.loads(crds.kubectl("get", "--raw", f"/apis/{GROUP}/{VERSION}").stdout)
     advertised = {
         r["name"]: (sorted(r.get("shortNames", [])), r.get("categories"))
@@ -39,6 +40,8 @@ def test_short_names_and_category(crds: ControlPlane, name: str) -> None:
     assert advertised == {
         "bpfmaps": (["bpfmap"], ["bpf"]),
         "bpfprograms": (["bpfprog", "bpfprogs"], ["bpf"]),
+        "bpfmapstates": (["bpfmapstate"], ["bpf"]),
+        "bpfprogramstates": (["bpfprogstate", "bpfprogstates"], ["bpf"]),
     }
     objects = [bpfmap(name), bpfprogram(name, maps={"shared_counts": name})]
     crds.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
@@ -54,7 +57,8 @@ def test_short_names_and_category(crds: ControlPlane, name: str) -> None:
             assert out == [f"{kind}.{GROUP}/{name}"], resource
         listed = crds.kubectl("get", "bpf", "-o", "name").stdout.split()
         assert {f"bpfmap.{GROUP}/{name}", f"bpfprogram.{GROUP}/{name}"} <= set(listed)
-        assert {entry.split("/")[0] for entry in listed} == {f"bpfmap.{GROUP}", f"bpfprogram.{GROUP}"}
+        kinds = {f"bpfmap.{GROUP}", f"bpfprogram.{GROUP}", f"bpfmapstate.{GROUP}", f"bpfprogramstate.{GROUP}"}
+        assert {entry.split("/")[0] for entry in listed} <= kinds
         unknown = crds.kubectl("get", "bpfmapz", check=False)  # kubectl does refuse an unknown name
         assert unknown.returncode != 0 and "the server doesn't have a resource type" in unknown.stderr
     finally:
@@ -229,59 +233,99 @@ def test_valid_programs_are_accepted(custom: Any, name: str, bytecode: dict[str,
     create(custom, "bpfprograms", bpfprogram(name, bytecode=bytecode, attach=attach), dry_run=True)
 
 
+def view(ready: str, reason: str, generation: int = 1) -> dict[str, Any]:
+    """A cluster view as the controller writes it (Ready condition with ``reason``)."""
+    return {
+        "observedGeneration": generation,
+        "nodes": {"selected": 2, "ready": int(ready[0]), "pending": 0, "error": 2 - int(ready[0])},
+        "ready": ready,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True" if reason == "AllNodesReady" else "False",
+                "reason": reason,
+                "message": "",
+                "observedGeneration": generation,
+                "lastTransitionTime": "2030-01-02T03:04:05Z",
+            }
+        ],
+    }
+
+
+def apply_view(custom: Any, plural: str, kind: str, name: str, status: dict[str, Any]) -> None:
+    custom.patch_cluster_custom_object_status(
+        GROUP, VERSION, plural, name,
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "status": status},
+        field_manager="bpfshare-controller", _content_type="application/apply-patch+yaml",
+    )  # fmt: skip
+
+
 def test_printer_columns(crds: ControlPlane, custom: Any, name: str) -> None:
+    """The cluster view's columns: ready nodes of the selected ones and the Ready reason, whatever the
+    number of nodes."""
     create(custom, "bpfmaps", bpfmap(name, type="LruHash", keySize=16, valueSize=32, maxEntries=4096))
     create(custom, "bpfprograms", bpfprogram(name, attach=ATTACH_CGROUP, program="count_egress"))
     try:
-        for node, map_id, phase in (("node-a", 17, "Ready"), ("node-b", 4, "Error")):
-            status = {
-                "nodes": [{"node": node, "phase": phase, "mapId": map_id}],
-                "mapIds": {node: map_id},
-                "phases": {node: phase},
-            }
-            custom.patch_cluster_custom_object_status(
-                GROUP,
-                VERSION,
-                "bpfmaps",
-                name,
-                {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BpfMap", "metadata": {"name": name}, "status": status},
-                field_manager=f"agent-{node}",
-                _content_type="application/apply-patch+yaml",
-            )
-
+        apply_view(custom, "bpfmaps", "BpfMap", name, view("1/2", "NodeErrors"))
         lines = crds.kubectl("get", "bpfmaps", name).stdout.splitlines()
-        assert lines[0].split() == ["NAME", "TYPE", "KEY", "VALUE", "MAXENTRIES", "MAPIDS", "PHASES", "AGE"]
-        row = lines[1].split()
-        assert row[:5] == [name, "LruHash", "16", "32", "4096"]
-        assert json.loads(row[5]) == {"node-a": 17, "node-b": 4}
-        assert json.loads(row[6]) == {"node-a": "Ready", "node-b": "Error"}
+        assert lines[0].split() == ["NAME", "TYPE", "KEY", "VALUE", "MAXENTRIES", "READY", "REASON", "AGE"]
+        assert lines[1].split()[:7] == [name, "LruHash", "16", "32", "4096", "1/2", "NodeErrors"]
 
-        custom.patch_cluster_custom_object_status(
-            GROUP,
-            VERSION,
-            "bpfprograms",
-            name,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "BpfProgram",
-                "metadata": {"name": name},
-                "status": {
-                    "attach": "cgroup/egress /",
-                    "programIds": {"node-a": 9},
-                    "phases": {"node-a": "Ready"},
-                    "nodes": [{"node": "node-a", "phase": "Ready", "programId": 9}],
-                },
-            },
-            field_manager="agent-node-a",
-            _content_type="application/apply-patch+yaml",
+        apply_view(
+            custom, "bpfprograms", "BpfProgram", name, {**view("2/2", "AllNodesReady"), "attach": "cgroup/egress /"}
         )
         lines = crds.kubectl("get", "bpfprogs", name).stdout.splitlines()
-        assert lines[0].split() == ["NAME", "ATTACH", "PROGRAM", "PROGRAMIDS", "PHASES", "AGE"]
+        assert lines[0].split() == ["NAME", "ATTACH", "PROGRAM", "READY", "REASON", "AGE"]
         row = lines[1].split()
         assert row[0] == name
-        assert row[1:3] == ["cgroup/egress", "/"]  # status.attach, written by the agents
-        assert row[3] == "count_egress"
-        assert json.loads(row[4]) == {"node-a": 9}
+        assert row[1:3] == ["cgroup/egress", "/"]  # status.attach, written by the controller
+        assert row[3:6] == ["count_egress", "2/2", "AllNodesReady"]
+        waited = crds.kubectl("wait", "--for=condition=Ready", f"bpfprogram/{name}", "--timeout=5s")
+        assert "condition met" in waited.stdout
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "bpfmaps", name)
         custom.delete_cluster_custom_object(GROUP, VERSION, "bpfprograms", name)
+
+
+def test_state_printer_columns(crds: ControlPlane, custom: Any, name: str) -> None:
+    """The node view: `kubectl get bpfmapstates -l bpfshare.io/map=X` is the map ID on every node."""
+    from bpfshare.api.states import MAP_STATE, PROGRAM_STATE, state_body, state_name
+
+    made = []
+    try:
+        for node, map_id, phase in (("node-a", 17, "Ready"), ("node-b", 4, "Error")):
+            for kind, status in (
+                (MAP_STATE, {"phase": phase, "mapId": map_id, "observedGeneration": 1}),
+                (
+                    PROGRAM_STATE,
+                    {
+                        "phase": phase,
+                        "programId": map_id + 1,
+                        "maps": {"counts": map_id},
+                        "attached": "tc:eth0:ingress",
+                    },
+                ),
+            ):
+                made.append((kind.plural, state_name(name, node)))
+                custom.patch_cluster_custom_object(
+                    GROUP, VERSION, kind.plural, state_name(name, node), state_body(kind, name, None, node, status),
+                    field_manager="bpfshare-agent", force=True, _content_type="application/apply-patch+yaml",
+                )  # fmt: skip
+        lines = crds.kubectl("get", "bpfmapstates", "-l", f"bpfshare.io/map={name}").stdout.splitlines()
+        assert lines[0].split() == ["NAME", "MAP", "NODE", "MAPID", "PHASE", "AGE"]
+        rows = sorted(line.split()[:5] for line in lines[1:])
+        assert rows == [
+            [f"{name}.node-a", name, "node-a", "17", "Ready"],
+            [f"{name}.node-b", name, "node-b", "4", "Error"],
+        ]
+        lines = crds.kubectl("get", "bpfprogramstates", "-l", "bpfshare.io/node=node-b").stdout.splitlines()
+        assert lines[0].split() == ["NAME", "PROGRAM", "NODE", "PROGRAMID", "MAPS", "ATTACHMENTS", "PHASE", "AGE"]
+        row = next(line.split() for line in lines[1:] if line.startswith(f"{name}."))
+        assert row[1:7] == [name, "node-b", "5", '{"counts":4}', "tc:eth0:ingress", "Error"]
+    finally:
+        for plural, state in made:
+            custom.patch_cluster_custom_object(
+                GROUP, VERSION, plural, state, {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )  # fmt: skip
+            custom.delete_cluster_custom_object(GROUP, VERSION, plural, state)
