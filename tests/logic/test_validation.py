@@ -42,7 +42,7 @@ def test_the_package_carries_the_crds_it_validates_with() -> None:
         assert (PACKAGE_CRDS / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
             f"operator/bpfshare/api/crds/{name} differs from crds/{name}: copy crds/*.yaml there"
         )
-    assert sorted(schema.crds()) == ["BpfMap", "BpfProgram"]
+    assert sorted(schema.crds()) == ["BpfMap", "BpfMapState", "BpfProgram", "BpfProgramState"]
 
 
 # -- 1. decoding -------------------------------------------------------------------------------------
@@ -70,11 +70,11 @@ def test_unknown_fields_anywhere_in_the_object() -> None:
     obj = copy.deepcopy(MAP)
     obj["specs"] = {}
     obj["metadata"]["labelz"] = {}
-    obj["status"] = {"nodes": [{"node": "n", "mapID": 1}]}
+    obj["status"] = {"nodes": {"selected": 1, "redy": 1}}
     assert [(e.path, e.kind) for e in validate(obj, "BpfMap").errors] == [
         ("metadata.labelz", UNKNOWN),
         ("specs", UNKNOWN),
-        ("status.nodes[0].mapID", UNKNOWN),
+        ("status.nodes.redy", UNKNOWN),
     ]
     prog = with_spec(PROG, attach={"tc": {"interfaces": ["eth0"], "direction": "ingress", "prio": 2}})
     assert errors(prog, "BpfProgram") == ["spec.attach.tc.prio: unknown field"]
@@ -155,10 +155,11 @@ def test_a_null_is_pruned_then_defaulted_or_missing() -> None:
 
 
 def test_status_is_dropped_as_a_create_drops_it() -> None:
-    """A create ignores status (the agents write it); a typo in it is still named (see above)."""
-    obj = {**MAP, "status": {"phases": {"n1": "Broken"}, "nodes": "x"}}
+    """A create ignores the status given (the controller writes it; a typo in it is still named, see
+    above) and stores the CRD's default, observedGeneration 0, which kstatus reads as not yet observed."""
+    obj = {**MAP, "status": {"ready": "0/1", "nodes": "x"}}
     result = validate(obj, "BpfMap")
-    assert result.errors == () and result.obj is not None and "status" not in result.obj
+    assert result.errors == () and result.obj is not None and result.obj["status"] == {"observedGeneration": 0}
 
 
 # -- 3. metadata --------------------------------------------------------------------------------------
@@ -212,13 +213,28 @@ def test_the_agent_reads_objects_as_the_api_server_returns_them() -> None:
                 "fieldsType": "FieldsV1",
                 "fieldsV1": {"f:spec": {"f:type": {}}},
             },
-            {"manager": "agent-n1", "operation": "Apply", "subresource": "status", "fieldsType": "FieldsV1"},
+            {
+                "manager": "bpfshare-controller",
+                "operation": "Update",
+                "subresource": "status",
+                "fieldsType": "FieldsV1",
+            },
         ],
     }
     body["status"] = {
-        "nodes": [{"node": "n1", "phase": "Ready", "mapId": 7, "lastUpdated": "2026-01-01T00:00:01.5Z"}],
-        "mapIds": {"n1": 7},
-        "phases": {"n1": "Ready"},
+        "observedGeneration": 3,
+        "nodes": {"selected": 1, "ready": 1, "pending": 0, "error": 0},
+        "ready": "1/1",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "AllNodesReady",
+                "message": "1/1 nodes ready",
+                "observedGeneration": 3,
+                "lastTransitionTime": "2026-01-01T00:00:01Z",
+            }
+        ],
     }
     parsed = parse_map(body)
     assert (parsed.meta.generation, parsed.meta.deleting, parsed.reclaim_policy) == (3, True, "Retain")
@@ -341,7 +357,8 @@ def test_every_rule_of_the_crds_evaluates_on_valid_objects(monkeypatch: pytest.M
     objects += [("BpfProgram", with_spec(PROG, bytecode=b, attach=a)) for b in sources for a in targets]
     for kind, obj in objects:
         assert validate(obj, kind).errors == ()
-    every = {r["rule"] for crd in _crd_files() for r in _all_rules(crd)}
+    # The state objects' only rule is a transition rule (spec immutable): creates never evaluate it.
+    every = {r["rule"] for crd in _crd_files() for r in _all_rules(crd) if "oldSelf" not in r["rule"]}
     assert set(outcomes) == every
     assert all(results == {True} for results in outcomes.values()), outcomes
 

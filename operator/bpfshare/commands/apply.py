@@ -104,8 +104,11 @@ def read_resources(sources: tuple[Path, ...], bpffs: str | None = None) -> Resou
             continue
         if kind not in (MAP_KIND, PROGRAM_KIND):
             if isinstance(api_version, str) and api_version.split("/")[0] == GROUP:
-                known = ", ".join(sorted(crds))
-                out.invalid.append(_at(doc, doc.line_of("kind"), f"kind: {kind!r} is not a {GROUP} kind ({known})"))
+                if kind in crds:  # BpfMapState, BpfProgramState: each node's report, not something to apply
+                    why = f"kind: {kind!r} is a node's report, written by its agent: apply {MAP_KIND} or {PROGRAM_KIND}"
+                else:
+                    why = f"kind: {kind!r} is not a {GROUP} kind ({MAP_KIND}, {PROGRAM_KIND})"
+                out.invalid.append(_at(doc, doc.line_of("kind"), why))
             else:
                 out.skipped.append(f"skipping {kind} in {doc.where} (not a {GROUP} resource)")
             continue
