@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from bpfshare.api.resources import MAP_PLURAL as MAPS
 from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
-from bpfshare.api.states import AGENT_FINALIZER, state_name
+from bpfshare.api.states import AGENT_FINALIZER, CONTROLLER_FINALIZER, state_name
 from tests.fixtures.agents import Cluster
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
@@ -263,3 +264,39 @@ def test_a_lasting_failure_is_one_warning_not_one_per_resync(
         return out.split()
 
     assert len(warnings()) == 1
+
+
+def test_with_the_controller_ready_means_every_node_and_deletion_waits_for_each(
+    cluster: Cluster, bpf_objects, cgroup_dir: Path
+) -> None:
+    """The controller counts the nodes' states into the Ready condition and holds a deleted resource by
+    its finalizer until every selected node's agent released it (and deleted its state)."""
+    test = f"t{uuid.uuid4().hex[:8]}"  # only this test's Nodes are selected
+    selector = {"nodeSelector": {"matchLabels": {"bpfshare-test": test}}}
+    node_a, node_b = cluster.add_node({"bpfshare-test": test}), cluster.add_node({"bpfshare-test": test})
+    agent_a, agent_b = cluster.start_agent(node_a), cluster.start_agent(node_b)
+    cluster.start_controller()
+    program = cgroup_program(bpf_objects["cgroup_counter_mapdef"], cgroup_dir, **selector)
+    cluster.apply(bpfmap(**selector), program)
+    keys = ((MAPS, "flow-counts"), (PROGS, "count-cgroup"))
+    ready = cluster.wait_cluster_ready(*keys)
+    assert {c["reason"] for c in ready.values()} == {"AllNodesReady"}
+    for plural, name in keys:
+        obj = cluster.get(plural, name) or {}
+        assert obj["status"]["ready"] == "2/2" and obj["status"]["nodes"]["selected"] == 2
+        assert obj["metadata"]["finalizers"] == [CONTROLLER_FINALIZER]
+    waited = cluster.kubectl("wait", "--for=condition=Ready", f"{PROGS}/count-cgroup", "--timeout=10s")
+    assert "condition met" in waited.stdout
+
+    agent_b.kill()
+    cluster.kubectl("delete", PROGS, "count-cgroup", "--wait=false")
+    cluster.wait(lambda: cluster.state(PROGS, "count-cgroup", node_a) is None, "node a released count-cgroup")
+    assert not (agent_a.pin_root / "programs" / "count-cgroup").exists()
+    time.sleep(2)
+    held = cluster.get(PROGS, "count-cgroup") or {}
+    assert held["metadata"].get("deletionTimestamp"), "deleted while node b still holds it"
+    assert cluster.state(PROGS, "count-cgroup", node_b) is not None
+    agent_b.start()  # back: it sees the deletion, releases, deletes its state; the controller lets go
+    cluster.wait(lambda: cluster.get(PROGS, "count-cgroup") is None, "count-cgroup gone once both nodes released it")
+    assert not (agent_b.pin_root / "programs" / "count-cgroup").exists()
+    assert cluster.state(PROGS, "count-cgroup", node_b) is None
