@@ -91,22 +91,21 @@ class Informer:
         self.backoff = backoff
         self.metadata_only = metadata_only
         self.stopping = threading.Event()
-        self.response: Response | None = None
         self.thread = threading.Thread(target=self.run, name=f"watch {name}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
+        """The thread ends at its next event or when the server ends the watch; it is a daemon thread,
+        so the process does not wait for it. (Closing the response from here would block until the
+        thread's read returns.)"""
         self.stopping.set()
-        response = self.response
-        if response is not None:
-            with contextlib.suppress(Exception):  # whatever the connection's state, the thread is ending
-                response.close()  # ends a blocking read in the thread
 
     def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
         if not self.stopping.is_set():
-            self.loop.call_soon_threadsafe(fn, *args)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the operator is stopping
+                self.loop.call_soon_threadsafe(fn, *args)
 
     def _headers(self, watch: bool) -> dict[str, str]:
         if not self.metadata_only:
@@ -145,7 +144,6 @@ class Informer:
             _request_timeout=(10, WATCH_SECONDS + 30),
             _headers=self._headers(True),
         )
-        self.response = response
         try:
             for line in lines(response):
                 event = json.loads(line)
@@ -158,7 +156,6 @@ class Informer:
                 if type_ in ("ADDED", "MODIFIED", "DELETED"):
                     self._deliver(self.sink.event, type_, obj)
         finally:
-            self.response = None
             response.release_conn()
         return version
 

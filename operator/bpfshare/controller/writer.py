@@ -85,6 +85,7 @@ class Writer:
         self.failures: dict[Key, int] = {}
         self.missing_since: dict[str, float] = {}  # node -> when the view first lacked it
         self.deleting_states: set[tuple[str, str]] = set()
+        self.rechecks: dict[Key, float] = {}  # resource -> when a node it waits on counts as gone
         self.inflight: dict[Key, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.status_writes = 0
@@ -144,6 +145,12 @@ class Writer:
             self.dirty |= set(self.view.resources)
             self.dirty |= set(self.view.states)
         next_at = self.collect_orphans(now)
+        for key, at in list(self.rechecks.items()):
+            if at <= now:
+                del self.rechecks[key]
+                self.dirty.add(key)
+            else:
+                next_at = at if next_at is None else min(next_at, at)
         for key in sorted(self.dirty):
             if key in self.inflight:
                 continue  # stepped again when the running step ends
@@ -220,8 +227,18 @@ class Writer:
             self.wake.set()
 
     async def _step(self, key: Key) -> None:
+        def is_node(node: str) -> bool:
+            """As ``self.is_node``; a node still in its grace makes the resource be stepped again when
+            the grace ends (a legacy finalizer's node has no state that would)."""
+            if self.gone(node):
+                return False
+            if node not in self.view.nodes:
+                at = self.missing_since[node] + self.orphan_grace
+                self.rechecks[key] = min(self.rechecks.get(key, at), at)
+            return True
+
         states = self.view.states_of(key)
-        for name in orphans({n: e.name for n, e in states.items()}, self.is_node):
+        for name in orphans({n: e.name for n, e in states.items()}, is_node):
             entry = next(e for e in states.values() if e.name == name)
             await self.delete_state(entry)
         body = self.view.resources.get(key)
@@ -230,7 +247,7 @@ class Writer:
         holders = set(states)
         for _attempt in range(3):
             current = finalizers_of(body)
-            desired = desired_finalizers(body, self.is_node, self.view.has_agent, holders)
+            desired = desired_finalizers(body, is_node, self.view.has_agent, holders)
             rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
             patch = finalizer_patch(current, desired, rv)
             if patch is None:
@@ -257,6 +274,7 @@ class Writer:
         if status == current_status:
             return
         await self.call(self.api.patch_status, key, {"status": merge_patch(current_status, status)})
+        log.debug("wrote the status of %s %s: %s", key[0], key[1], status["ready"])
         self.status_writes += 1
         self.last_write[key] = self.clock()
 
