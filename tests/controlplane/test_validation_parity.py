@@ -70,7 +70,7 @@ CORPUS: list[tuple[str, dict[str, Any]]] = [
     # decoding
     ("unknown-root", {**M, "specs": {}}),
     ("unknown-nested", bpfmap("m", nodeSelector={"matchExpressions": [{"key": "k", "operator": "Exists", "x": 1}]})),
-    ("unknown-status", {**M, "status": {"nodes": [{"node": "n", "mapID": 1}]}}),
+    ("unknown-status", {**M, "status": {"nodes": {"selected": 1, "redy": 1}}}),
     ("unknown-metadata", with_meta(M, name="m", labelz={})),
     ("metadata-name-number", with_meta(M, name=5)),
     ("metadata-labels-string", with_meta(M, name="m", labels="x")),

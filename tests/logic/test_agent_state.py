@@ -158,3 +158,19 @@ def test_status_writes_do_not_make_a_resource_parsed_again() -> None:
     deleting["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     state.on_map("MODIFIED", deleting)
     assert state.take().maps[0].meta.deleting
+
+
+def test_objects_stored_before_the_upgrade_parse_whatever_their_old_status() -> None:
+    """A BpfMap written by the previous model's agents carries status.nodes[] and the per-node summary
+    maps, unknown to the current schema: the agent reads the spec, never the status, so it is no Error."""
+    state = ClusterState()
+    old = body(MAP, uid="u1", generation=2, finalizers=["bpfshare.io/node-n1"])
+    old["status"] = {
+        "nodes": [{"node": "n1", "phase": "Ready", "mapId": 7, "observedGeneration": 2}],
+        "mapIds": {"n1": 7},
+        "phases": {"n1": "Ready"},
+    }
+    state.on_map(None, old)
+    snap = state.take()
+    assert snap.invalid == {}
+    assert [m.name for m in snap.maps] == ["flow-counts"]

@@ -144,7 +144,10 @@ class ClusterState:
                     result = cached[1]
                 else:
                     try:
-                        result = parse(body)
+                        # Without status: it is the controller's and means nothing to the agent, and an
+                        # object stored before an upgrade may still carry the previous model's status
+                        # (status.nodes[], phases, mapIds), which the current schema calls unknown fields.
+                        result = parse({k: v for k, v in body.items() if k != "status"})
                     except BpfshareError as exc:
                         result = str(exc)
                 parsed[key] = (body, result, version)

@@ -94,7 +94,7 @@ def label_value(name: str) -> str:
     ``kubectl get bpfmapstates --field-selector spec.map=NAME``)."""
     if len(name) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(name):
         return name
-    prefix = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[: MAX_LABEL_VALUE - _HASH_CHARS - 1].rstrip("-_.")
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[: MAX_LABEL_VALUE - _HASH_CHARS - 1].strip("-_.")
     return f"{prefix}-{_digest(name)}" if prefix else _digest(name)
 
 
