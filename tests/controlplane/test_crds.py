@@ -329,3 +329,36 @@ def test_state_printer_columns(crds: ControlPlane, custom: Any, name: str) -> No
                 _content_type="application/merge-patch+json",
             )  # fmt: skip
             custom.delete_cluster_custom_object(GROUP, VERSION, plural, state)
+
+
+def test_state_lists_and_maps_emptied_by_one_apply(crds: ControlPlane, custom: Any, name: str) -> None:
+    """usedBy and maps are atomic: the agent's apply of [] or {} over a full value stores the empty value
+    (a per-item set or a per-key map would drop the field, or store a null the schema refuses)."""
+    from kubernetes.client.exceptions import ApiException
+
+    from bpfshare.api.states import MAP_STATE, PROGRAM_STATE, state_body, state_name
+
+    state = state_name(name, "node-a")
+    apply = {"field_manager": "bpfshare-agent", "force": True, "_content_type": "application/apply-patch+yaml"}
+    try:
+        for kind, field, full, empty in (
+            (MAP_STATE, "usedBy", ["p1", "p2"], []),
+            (PROGRAM_STATE, "maps", {"m": 3}, {}),
+        ):
+            for value in (full, empty):
+                status = {"phase": "Ready", "observedGeneration": 1, field: value}
+                body = state_body(kind, name, None, "node-a", status)
+                custom.patch_cluster_custom_object(GROUP, VERSION, kind.plural, state, body, **apply)
+                stored = custom.get_cluster_custom_object(GROUP, VERSION, kind.plural, state)
+                assert stored["status"][field] == value
+    finally:
+        for kind in (MAP_STATE, PROGRAM_STATE):
+            try:
+                custom.patch_cluster_custom_object(
+                    GROUP, VERSION, kind.plural, state, {"metadata": {"finalizers": None}},
+                    _content_type="application/merge-patch+json",
+                )  # fmt: skip
+                custom.delete_cluster_custom_object(GROUP, VERSION, kind.plural, state)
+            except ApiException as exc:
+                if exc.status != 404:  # 404: the test stopped before making it
+                    raise

@@ -242,12 +242,12 @@ def test_a_pass_applies_one_whole_state_per_resource_and_nothing_else() -> None:
     assert {k: v for k, v in m.items() if k != "metadata"} == {k: v for k, v in wanted.items() if k != "metadata"}
 
 
-def test_empty_sets_and_maps_are_left_out() -> None:
-    """Applied over a non-empty one, an empty set or granular map would leave null (refused): absent
-    means none."""
+def test_empty_sets_and_maps_are_written_as_empty() -> None:
+    """usedBy [] and maps {} are written as such (the CRDs make both atomic, so an empty value applied
+    over a full one replaces it: tests/controlplane/test_crds.py shows it on the API server)."""
     api = FakeApi()
     started(api, bpfmap())
-    assert "usedBy" not in (api.state("bpfmapstates", "flow-counts") or {})["status"]
+    assert (api.state("bpfmapstates", "flow-counts") or {})["status"]["usedBy"] == []
     program = StatusEntry(Phase.Ready, program=ProgramStatus(7, "ab", maps={}))
     assert state_status("BpfProgram", program, 2) == {
         "phase": "Ready",
@@ -255,6 +255,7 @@ def test_empty_sets_and_maps_are_left_out() -> None:
         "observedGeneration": 2,
         "programId": 7,
         "tag": "ab",
+        "maps": {},
         "attachments": [],
         "attached": "",
     }

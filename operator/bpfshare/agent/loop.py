@@ -51,18 +51,10 @@ def attached_summary(attachments: list[dict[str, Any]]) -> str:
     return ",".join(shown) + f" and {len(targets) - len(shown)} more"
 
 
-# Fields left out when empty: server-side apply of an empty set (usedBy) or an empty granular map
-# (maps) over a non-empty one leaves no value, or null, which the schema refuses; absent means none.
-EMPTY_OMITTED = ("usedBy", "maps")
-
-
 def state_status(kind: str, entry: StatusEntry, generation: int) -> dict[str, Any]:
     """A state object's status: the node's report at ``generation`` (the node is the state's spec)."""
     status = entry.to_dict("", generation)
     del status["node"]
-    for name in EMPTY_OMITTED:
-        if name in status and not status[name]:
-            del status[name]
     if kind == PROGRAM_KIND:
         status["attached"] = attached_summary(status.get("attachments") or [])
     return status
