@@ -295,7 +295,8 @@ def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) 
             get = kubectl_getter(kube)
             wait_ready(get, keys, [node])  # the node's reports, then the cluster view made of them
             say("$ kubectl wait --for=condition=Ready bpfmaps,bpfprogs --all")
-            wait_cluster_ready(get, keys)
+            say(kube("wait", "--for=condition=Ready", "bpfmaps,bpfprogs", "--all", "--timeout=60s").stdout.rstrip())
+            wait_cluster_ready(get, keys)  # also status.observedGeneration, which kubectl wait does not read
             make_traffic()
             say("\n$ kubectl get bpfmaps,bpfprogs")
             say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
