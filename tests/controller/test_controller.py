@@ -83,7 +83,10 @@ def test_deletion_waits_for_the_states_and_a_deleted_node_releases_it(ctl: Ctl) 
     ctl.kubectl("delete", "bpfmap", name, "--wait=false")
     status = ctl.wait_status(MAPS, name, lambda s: reasons(s).get("Ready") == ("False", "Deleting"), "Deleting")
     assert reasons(status)["Reconciling"] == ("True", "Releasing")
-    assert ctl.condition(MAPS, name, "Reconciling")["message"] == f"waiting for 2 nodes to release it: {w1}, {w2}"
+    first, second = sorted((w1, w2))  # the message names nodes in order
+    assert (
+        ctl.condition(MAPS, name, "Reconciling")["message"] == f"waiting for 2 nodes to release it: {first}, {second}"
+    )
     ctl.release_state(MAP_STATE, name, w1)
     ctl.wait(lambda: w1 not in ctl.condition(MAPS, name, "Reconciling")["message"], "w1 released")
     time.sleep(1.0)

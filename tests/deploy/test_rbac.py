@@ -116,10 +116,9 @@ CONTROLLER_ALLOWED = [
     ("get", "nodes", None),
     ("list", "nodes", None),
     ("watch", "nodes", None),
-    *((verb, "clusterkopfpeerings.kopf.dev", None) for verb in ("get", "list", "watch", "patch")),
+    *((verb, "clusterkopfpeerings.kopf.dev", None) for verb in ("get", "list", "watch", "patch", "create")),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
-    ("create", "events", "default"),
 ]
 
 CONTROLLER_DENIED = [
@@ -127,10 +126,10 @@ CONTROLLER_DENIED = [
     # Only agents report: the controller creates no state.
     ("create", "bpfmapstates.bpfshare.io", None),
     ("create", "bpfprogramstates.bpfshare.io", None),
-    # It reads no bytecode.
+    # It reads no bytecode and posts no events.
     ("get", "configmaps", "kube-system"),
-    # The peering object comes with the install (peering.yaml); kopf only patches it.
-    ("create", "clusterkopfpeerings.kopf.dev", None),
+    ("create", "events", "default"),
+    # The controller creates its peering object and kopf patches it; nothing deletes it.
     ("delete", "clusterkopfpeerings.kopf.dev", None),
     ("get", "kopfpeerings.kopf.dev", "bpfshare-system"),
 ]
@@ -202,7 +201,6 @@ EVERYONE = {  # what every authenticated user gets: self reviews
                 "bpfprogramstates.bpfshare.io",
                 "nodes",
                 "clusterkopfpeerings.kopf.dev",
-                "events",
                 "customresourcedefinitions.apiextensions.k8s.io",
             },
         ),
@@ -211,7 +209,7 @@ EVERYONE = {  # what every authenticated user gets: self reviews
 )
 def test_nothing_else_is_granted(deployed: Deployed, user: str, expected: set[str]) -> None:
     """The rules the service account has in the default namespace: its ClusterRole's, its events
-    Role's, and what every authenticated user gets (self reviews, discovery)."""
+    Role's (the agent's; the controller posts none), and what every authenticated user gets."""
     out = deployed.cp.kubectl("auth", "can-i", "--list", f"--as={user}", "-n", "default").stdout
     resources = {line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
     assert resources == expected | EVERYONE

@@ -98,6 +98,26 @@ class KubeApi:
             return
         raise Conflict(f"{entry.kind.kind} {entry.name}: its finalizers keep changing")
 
+    def ensure_peering(self, group: str, version: str, plural: str, kind: str, name: str) -> bool:
+        """Create the peering object if there is none; False while its CRD is not served yet.
+
+        The controller makes it rather than the install: one ``kubectl apply -k deploy/`` cannot create
+        an object whose CRD it creates in the same run (the kind is unknown until it is established)."""
+        from kubernetes.client.exceptions import ApiException
+
+        if self._gone_is_none(self.custom.get_cluster_custom_object, group, version, plural, name) is not None:
+            return True
+        body = {"apiVersion": f"{group}/{version}", "kind": kind, "metadata": {"name": name}}
+        try:
+            self.custom.create_cluster_custom_object(group, version, plural, body, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:  # another replica made it meanwhile
+                return True
+            if exc.status == 404:  # the CRD is not served (yet)
+                return False
+            raise
+        return True
+
     # -- the informers' calls ---------------------------------------------------------------------
 
     def list_custom(self, plural: str) -> ListCall:

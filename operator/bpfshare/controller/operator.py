@@ -50,6 +50,7 @@ log = logging.getLogger("bpfshare.controller")
 PEERING_GROUP = "kopf.dev"
 PEERING_VERSION = "v1"
 PEERING_PLURAL = "clusterkopfpeerings"
+PEERING_KIND = "ClusterKopfPeering"
 DEFAULT_PEERING = "bpfshare-controller"
 # Seconds a replica's peering entry stays valid: a killed active replica is taken over after at most
 # this (kopf renews the entry every 1-3 s with it; a standby notices the expiry within about a second).
@@ -188,12 +189,24 @@ def without_finalizer(registry: kopf.OperatorRegistry, fn: Callable[..., Any]) -
             handlers[i] = dataclasses.replace(handler, requires_finalizer=False)
 
 
+def wait_for_peering(kube: KubeApi, peering: str, interval: float = 2.0) -> None:
+    """Make sure the peering object exists (kopf refuses to start without a mandatory one), waiting for
+    its CRD while it is not served (installed by the same ``kubectl apply -k deploy/``)."""
+    waited = False
+    while not kube.ensure_peering(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, PEERING_KIND, peering):
+        if not waited:
+            log.info("waiting for the CRD %s.%s (deploy/base/peering.yaml)", PEERING_PLURAL, PEERING_GROUP)
+            waited = True
+        time.sleep(interval)
+
+
 def run_controller(*, peering: str = DEFAULT_PEERING, priority: int | None = None, liveness: str | None = None) -> None:
     credentials = ApiCredentials.load()
     controller = Controller(credentials.api_client())
     registry = build_registry(controller, credentials, peering)
     priority = random_priority() if priority is None else priority
     log.info("bpfshare controller, peering %s, priority %d", peering, priority)
+    wait_for_peering(controller.kube, peering)
     while True:
         try:
             kopf.run(

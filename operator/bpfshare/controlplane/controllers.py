@@ -88,8 +88,9 @@ def peering_documents(path: Path = PEERING_YAML) -> list[dict[str, Any]]:
 
 
 def install_peering(kubectl: Kubectl, path: Path = PEERING_YAML, timeout: float = 60.0) -> None:
-    """Apply kopf's peering CRD, wait until it is served, then the peering object (one ``apply`` of
-    both would fail: the object's kind is unknown until the CRD is established)."""
+    """Apply kopf's peering CRD and wait until it is served. The peering object itself is the
+    controller's to create when it starts (``controller.operator.wait_for_peering``); anything else
+    the file holds is applied after the CRD is established (one ``apply`` of both would fail)."""
     import json
 
     docs = peering_documents(path)
@@ -99,9 +100,11 @@ def install_peering(kubectl: Kubectl, path: Path = PEERING_YAML, timeout: float 
     for crd in crds:
         name = crd["metadata"]["name"]
         kubectl("wait", "--for=condition=Established", f"crd/{name}", f"--timeout={int(timeout)}s")
+    if not rest:
+        return
 
     def applied() -> bool:
         items = json.dumps({"apiVersion": "v1", "kind": "List", "items": rest})
         return kubectl("apply", "-f", "-", input=items, check=False).returncode == 0
 
-    poll(applied, "the peering object to be accepted", timeout, interval=0.5)
+    poll(applied, "the objects of " + str(path), timeout, interval=0.5)
