@@ -193,7 +193,7 @@ def test_a_resource_deleted_while_its_agent_was_away_is_released_at_its_start(
     cluster.wait(lambda: cluster.state(PROGS, "count-cgroup", node) is None, "the state of count-cgroup deleted")
     cluster.wait(lambda: bpftool("cgroup", "show", str(cgroup_dir)) == [], "the cgroup program detached")
     assert not (agent.pin_root / "programs" / "count-cgroup").exists()
-    assert "usedBy" not in cluster.wait_phase(MAPS, "flow-counts", node)  # used by none
+    assert cluster.wait_phase(MAPS, "flow-counts", node)["usedBy"] == []  # used by none
 
 
 def test_bad_resources_are_errors_in_status_and_disturb_nothing(

@@ -50,7 +50,7 @@ class Controller(Agent):
 
 
 def start_controller(
-    cp: ControlPlane,
+    cp: ControlPlane | None,
     log: Path,
     *,
     kubeconfig: Path | None = None,
@@ -61,13 +61,18 @@ def start_controller(
     liveness: bool = True,
     verbose: bool = False,
 ) -> Controller:
-    """Start a controller replica (the admin's kubeconfig unless one is given), serving liveness on a
-    free loopback port. The caller ``close()``s it."""
+    """Start a controller replica (the admin's kubeconfig of ``cp`` unless one is given; without ``cp``,
+    the ``kubeconfig`` given, e.g. the current one's cluster), serving liveness on a free loopback port.
+    The caller ``close()``s it."""
+    if kubeconfig is None:
+        if cp is None:
+            raise ValueError("start_controller needs a control plane or a kubeconfig")
+        kubeconfig = cp.kubeconfig
     (port,) = free_ports(1)
     controller = Controller(
         name,
         Path("/nonexistent"),
-        kubeconfig or cp.kubeconfig,
+        kubeconfig,
         log,
         liveness_port=port if liveness else None,
         env=dict(env or {}),

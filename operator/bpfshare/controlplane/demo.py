@@ -256,21 +256,12 @@ def _node(kube: Kube, node: str) -> Iterator[None]:
 
 
 def _start_controller(kube: Kube, log: Path) -> Controller:
-    """A controller replica on ``kube``'s cluster (kopf's peering CRD and object installed first).
-    Made here rather than by ``controllers.start_controller``, which wants the local control plane:
-    the demo's cluster may be the current kubeconfig's."""
-    from bpfshare.controlplane.controllers import Controller, install_peering
-    from bpfshare.controlplane.procs import free_ports
+    """A controller replica on ``kube``'s cluster (the local control plane's or the current kubeconfig's),
+    kopf's peering CRD installed first."""
+    from bpfshare.controlplane.controllers import install_peering, start_controller
 
     install_peering(kube)
-    (port,) = free_ports(1)
-    controller = Controller("controller", Path("/nonexistent"), kube.kubeconfig, log, liveness_port=port)
-    try:
-        controller.start()
-    except BaseException:
-        controller.close()
-        raise
-    return controller
+    return start_controller(None, log, kubeconfig=kube.kubeconfig)
 
 
 def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) -> None:
