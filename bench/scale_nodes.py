@@ -104,15 +104,18 @@ def node_wrapper(tmp: Path) -> Path:
     return path
 
 
+def cgroup_programs(path: Path) -> list[dict[str, Any]]:
+    """The programs attached to a cgroup (bpftool prints only a newline when there is none)."""
+    shown = sh("bpftool", "-j", "cgroup", "show", str(path)).stdout.strip()
+    return list(json.loads(shown)) if shown else []
+
+
 def verify_attachments(top: Path, nodes: int, n_cg: int, n_tc: int) -> int:
     """Nodes whose attachments the host sees where they belong: a program on each of the node's own
     cgroups (bpftool cgroup show) and a bpf filter on each of the veths in its own namespace."""
     good = 0
     for i in range(nodes):
-        cgroups_ok = all(
-            json.loads(sh("bpftool", "-j", "cgroup", "show", str(top / f"n{i}/bench/p{j}")).stdout or "[]")
-            for j in range(n_cg)
-        )
+        cgroups_ok = all(cgroup_programs(top / f"n{i}/bench/p{j}") for j in range(n_cg))
         filters_ok = all(
             "bpf" in sh("tc", "-n", f"{TAG}n{i}", "filter", "show", "dev", f"e{k}a", "ingress").stdout
             for k in range(n_tc)
@@ -157,9 +160,7 @@ def leftovers(top: Path, nodes: int, n_cg: int, n_tc: int) -> int:
     count = 0
     for i in range(nodes):
         for j in range(n_cg):
-            count += len(
-                json.loads(sh("bpftool", "-j", "cgroup", "show", str(top / f"n{i}/bench/p{j}")).stdout or "[]")
-            )
+            count += len(cgroup_programs(top / f"n{i}/bench/p{j}"))
         for k in range(n_tc):
             count += sh("tc", "-n", f"{TAG}n{i}", "filter", "show", "dev", f"e{k}a", "ingress").stdout.count(" bpf ")
     return count
@@ -382,9 +383,10 @@ def report(args: argparse.Namespace) -> str:
     for node, lines_ in problems.items():
         if lines_:
             log(f"{node}: {len(lines_)} problems, e.g.\n" + "\n".join(lines_[:5]))
+    node_counts = ",".join(map(str, counts))
     return "\n".join(
         [
-            f"Command: {SECTION.command(f'--nodes {args.nodes} --programs {programs}')} "
+            f"Command: {SECTION.command(f'--nodes {node_counts} --programs {programs}')} "
             f"({machine()}; agent resync {args.resync:.0f} s).",
             "",
             f"{len(docs)} resources (1 BpfMap, {n_cg} cgroup and {n_tc} tc BpfPrograms), applied with one "
