@@ -112,6 +112,16 @@ def test_free_ports_are_distinct() -> None:
     assert len(set(ports)) == 5 and all(p > 0 for p in ports)
 
 
+def test_free_ports_are_never_handed_out_twice() -> None:
+    """Agents started one after the other each ask for a port that nothing binds until the agent
+    runs: the kernel would offer a port again, and two agents got the same liveness port."""
+    seen: set[int] = set()
+    for _ in range(200):
+        (port,) = procs.free_ports(1)  # given back to the kernel at once, as for an agent not yet bound
+        assert port not in seen
+        seen.add(port)
+
+
 def test_stop_refuses_a_directory_it_did_not_create(tmp_path: Path) -> None:
     (tmp_path / "precious").write_text("keep me")
     with pytest.raises(ControlPlaneError, match="not a bpfshare control-plane directory"):

@@ -126,15 +126,27 @@ def stop(record: ProcessRecord, grace: float = 15.0) -> None:
         return
 
 
+# Ports this process has handed out. A port is free when asked for, but taken only when its user (a
+# process started later) binds it: until then the kernel may hand the same port out again, and two agents
+# started one after the other got the same liveness port (one of them could never serve).
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (held open together so that they differ)."""
+    """Distinct free TCP ports on 127.0.0.1 (held open together so that they differ), none handed out
+    before by this process."""
     socks = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
+            socks.append(sock)  # held until all are chosen: a port given back is not chosen twice
+            port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                ports.append(port)
+        _handed_out.update(ports)
+        return ports
     finally:
         for sock in socks:
             sock.close()
