@@ -197,6 +197,35 @@ def test_a_burst_of_state_changes_becomes_a_few_writes() -> None:
     run(test)
 
 
+def test_progress_alone_waits_for_the_progress_interval_and_a_flip_is_written_at_once() -> None:
+    """Nodes reporting one by one change only the counts: a write per progress_interval, not per report;
+    the Ready condition turning True, or Stalled on an error, is written within min_interval."""
+
+    async def test(view: View, api: FakeApi, writer: Writer) -> None:
+        names = [f"w{i}" for i in range(10)]
+        synced(view, nodes=[node(n) for n in names])
+        api.put(bpfmap())
+        await until(lambda: api.calls == ["finalizers", "status"])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n in names[:8]:  # 8 reports over 0.4 s: progress only (Ready stays False, NodesPending)
+            view.state_event("bpfmapstates", "ADDED", mapstate(n))
+            await asyncio.sleep(0.05)
+        if loop.time() - started < 1.0:  # (a machine slow enough to take longer may have written)
+            assert api.calls.count("status") == 1  # nothing yet: within the progress interval
+        await until(lambda: api.objects[MAP]["status"]["ready"] == "8/10")
+        assert loop.time() - started >= 1.4  # one progress write, at the interval
+        assert api.calls.count("status") == 2
+        view.state_event("bpfmapstates", "ADDED", mapstate(names[8], "Error"))
+        await until(lambda: conditions(api.objects[MAP]).get("Stalled") == "True", timeout=0.5)
+        view.state_event("bpfmapstates", "MODIFIED", mapstate(names[8]))
+        view.state_event("bpfmapstates", "ADDED", mapstate(names[9]))
+        await until(lambda: conditions(api.objects[MAP]).get("Ready") == "True", timeout=0.5)
+        assert api.calls.count("status") == 4
+
+    run(test, min_interval=0.1, progress_interval=1.5)
+
+
 def test_a_stopped_writer_writes_nothing_more() -> None:
     async def test(view: View, api: FakeApi, writer: Writer) -> None:
         synced(view, nodes=[node("w1")])

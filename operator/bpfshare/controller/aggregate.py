@@ -216,3 +216,20 @@ def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
     patch: dict[str, Any] = {key: None for key in (current or {}) if key not in desired}
     patch.update(desired)
     return patch
+
+
+def progress_only(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether ``desired`` differs from ``current`` in progress alone: the node counts, ``ready`` and
+    the conditions' messages, while every condition's status and reason, the observed generation and
+    ``attach`` stay. Those are what kstatus, Argo CD and ``kubectl wait`` decide on; the counts are for
+    people watching ``kubectl get``, and a rollout over many nodes changes them with every report."""
+
+    def decisive(status: Mapping[str, Any] | None) -> tuple[Any, ...]:
+        status = status or {}
+        conditions = sorted(
+            (str(c.get("type")), c.get("status"), c.get("reason"), c.get("observedGeneration"))
+            for c in status.get("conditions") or []
+        )
+        return (status.get("observedGeneration"), status.get("attach"), tuple(conditions))
+
+    return decisive(current) == decisive(desired)

@@ -5,7 +5,11 @@ Every change of the view marks the resources it may affect dirty. A dirty resour
 status and finalizers computed from the view and written if they differ from what the resource has)
 at once if this writer has not written it yet, else no sooner than ``min_interval`` after its last
 write: a burst of state changes on one resource becomes about one write per second, each with the
-latest view. No change, no write. At most ``concurrency`` resources are stepped at a time.
+latest view. A change of progress alone (the node counts, the conditions' messages; see
+``aggregate.progress_only``) waits for ``progress_interval`` after the last write: a rollout over many
+nodes, whose every report changes the counts, costs every watcher of the resource (each agent) a few
+events, not one a second for as long as it lasts, while a condition that flips (Ready, Stalled) is
+written at once. No change, no write. At most ``concurrency`` resources are stepped at a time.
 
 Each step also deletes the states of nodes that are no longer Nodes (the agent's finalizer first),
 so that a vanished node neither counts nor holds a deleted resource. A Node counts as gone once it
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bpfshare.controller.aggregate import cluster_status, merge_patch
+from bpfshare.controller.aggregate import cluster_status, merge_patch, progress_only
 from bpfshare.controller.release import deleting, desired_finalizers, finalizer_patch, finalizers_of, orphans
 from bpfshare.controller.view import Key, StateEntry, View
 
@@ -66,6 +70,7 @@ class Writer:
         api: Api,
         *,
         min_interval: float = 1.0,
+        progress_interval: float = 10.0,
         orphan_grace: float = 3.0,
         concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
@@ -74,6 +79,7 @@ class Writer:
         self.view = view
         self.api = api
         self.min_interval = min_interval
+        self.progress_interval = progress_interval
         self.orphan_grace = orphan_grace
         self.concurrency = concurrency
         self.clock = clock
@@ -273,6 +279,12 @@ class Writer:
         current_status = body.get("status") if isinstance(body.get("status"), dict) else {}
         if status == current_status:
             return
+        last = self.last_write.get(key)
+        if last is not None and progress_only(current_status, status):
+            at = last + self.progress_interval
+            if self.clock() < at:
+                self.rechecks[key] = min(self.rechecks.get(key, at), at)
+                return
         await self.call(self.api.patch_status, key, {"status": merge_patch(current_status, status)})
         log.debug("wrote the status of %s %s: %s", key[0], key[1], status["ready"])
         self.status_writes += 1
