@@ -303,3 +303,23 @@ def test_merge_patch_of_the_same_status_is_the_status() -> None:
     status = {"ready": "1/1"}
     assert merge_patch(status, status) == status
     assert AGENT_FINALIZER  # the states the writer deletes carry it; kube.KubeApi removes it first
+
+
+def test_the_view_keeps_the_nodes_that_have_states_but_no_node() -> None:
+    """What the writer walks to find vanished nodes' states, kept up to date by every change (not found
+    by walking every state on every event)."""
+    view = View()
+    view.replace_nodes([node("w1"), node("w2")])
+    view.replace_states("bpfmapstates", [mapstate("w1"), mapstate("w2"), mapstate("w3")])
+    assert view.unknown_nodes() == {"w3"}
+    view.node_event("DELETED", node("w2"))
+    assert view.unknown_nodes() == {"w2", "w3"}
+    view.node_event("ADDED", node("w3"))
+    assert view.unknown_nodes() == {"w2"}
+    assert [e.node for e in view.states_on("w2")] == ["w2"]
+    view.state_event("bpfmapstates", "DELETED", mapstate("w2"))
+    assert view.unknown_nodes() == set() and list(view.states_on("w2")) == []
+    view.state_event("bpfmapstates", "ADDED", mapstate("w9", resource="other"))
+    assert view.unknown_nodes() == {"w9"}
+    view.replace_nodes([node("w1"), node("w9")])  # a listing: w3 (which has a state) is gone again
+    assert view.unknown_nodes() == {"w3"}

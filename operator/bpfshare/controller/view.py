@@ -71,6 +71,11 @@ class View:
     synced: set[str] = field(default_factory=set)  # the streams whose first listing arrived
     _state_at: dict[tuple[str, str], StateEntry] = field(default_factory=dict)  # (plural, name) -> entry
     _agent_nodes: Counter[str] = field(default_factory=Counter)  # node -> how many states it has
+    # node -> its states, and the nodes that have states but no Node: kept up to date with every change,
+    # so that finding the states of vanished nodes costs nothing per state event (with 1,000 nodes,
+    # walking all 20,000 states on every event made the controller's CPU grow with the square).
+    _by_node: dict[str, dict[tuple[str, str], StateEntry]] = field(default_factory=dict)
+    _unknown: set[str] = field(default_factory=set)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -86,6 +91,13 @@ class View:
 
     def all_states(self) -> Iterable[StateEntry]:
         return self._state_at.values()
+
+    def unknown_nodes(self) -> set[str]:
+        """Nodes that have state objects but no Node object (vanished, or not listed yet)."""
+        return self._unknown
+
+    def states_on(self, node: str) -> Iterable[StateEntry]:
+        return (self._by_node.get(node) or {}).values()
 
     # -- resources ----------------------------------------------------------------------------------
 
@@ -117,6 +129,9 @@ class View:
         self._state_at[(entry.kind.plural, entry.name)] = entry
         self.states.setdefault(entry.key, {})[entry.node] = entry
         self._agent_nodes[entry.node] += 1
+        self._by_node.setdefault(entry.node, {})[(entry.kind.plural, entry.name)] = entry
+        if entry.node not in self.nodes:
+            self._unknown.add(entry.node)
 
     def _drop_state(self, entry: StateEntry) -> None:
         self._state_at.pop((entry.kind.plural, entry.name), None)
@@ -128,6 +143,12 @@ class View:
         self._agent_nodes[entry.node] -= 1
         if self._agent_nodes[entry.node] <= 0:
             del self._agent_nodes[entry.node]
+        on_node = self._by_node.get(entry.node)
+        if on_node is not None:
+            on_node.pop((entry.kind.plural, entry.name), None)
+            if not on_node:
+                del self._by_node[entry.node]
+                self._unknown.discard(entry.node)
 
     def replace_states(self, plural: str, items: Iterable[Mapping[str, Any]]) -> None:
         kind = STATE_PLURALS[plural]
@@ -163,6 +184,7 @@ class View:
         fresh = {str(o["metadata"]["name"]): _labels(o) for o in items}
         changed = fresh != self.nodes
         self.nodes = fresh
+        self._unknown = {node for node in self._by_node if node not in fresh}
         self.synced.add("nodes")
         if changed:
             self.on_change(None)
@@ -173,9 +195,12 @@ class View:
         name = str(obj["metadata"]["name"])
         if type_ == "DELETED":
             if self.nodes.pop(name, None) is not None:
+                if name in self._by_node:
+                    self._unknown.add(name)
                 self.on_change(None)
             return
         labels = _labels(obj)
+        self._unknown.discard(name)
         if self.nodes.get(name) != labels:
             self.nodes[name] = labels
             self.on_change(None)

@@ -196,14 +196,13 @@ class Writer:
         """Mark the resources of states whose node is gone dirty (their step deletes those states);
         when the next node's grace ends, if one is still running."""
         next_at: float | None = None
-        for entry in list(self.view.all_states()):
-            if entry.node in self.view.nodes:
-                continue
-            if self.gone(entry.node, now):
-                if (entry.kind.plural, entry.name) not in self.deleting_states:
-                    self.dirty.add(entry.key)
+        for node in list(self.view.unknown_nodes()):
+            if self.gone(node, now):
+                for entry in list(self.view.states_on(node)):
+                    if (entry.kind.plural, entry.name) not in self.deleting_states:
+                        self.dirty.add(entry.key)
             else:
-                at = self.missing_since[entry.node] + self.orphan_grace
+                at = self.missing_since[node] + self.orphan_grace
                 next_at = at if next_at is None else min(next_at, at)
         for node in [n for n in self.missing_since if n in self.view.nodes]:
             del self.missing_since[node]
