@@ -88,6 +88,10 @@ class Writer:
         self.dirty: set[Key] = set()
         self.everything = True  # every resource is dirty (a Node changed, or a new active period)
         self.last_write: dict[Key, float] = {}
+        # When each resource's status was last computed, written or not: a resource is computed at most
+        # once per min_interval (a step is O(its nodes); stepping at every state event made the
+        # controller's CPU grow with the square of the nodes).
+        self.last_step: dict[Key, float] = {}
         self.failures: dict[Key, int] = {}
         self.missing_since: dict[str, float] = {}  # node -> when the view first lacked it
         self.deleting_states: set[tuple[str, str]] = set()
@@ -117,6 +121,7 @@ class Writer:
         missing Node could be one not listed yet."""
         self.active = True
         self.last_write.clear()
+        self.last_step.clear()
         self.failures.clear()
         self.missing_since.clear()
         self.everything = True
@@ -171,9 +176,10 @@ class Writer:
         return None if next_at is None else max(0.0, next_at - now)
 
     def due_at(self, key: Key) -> float:
-        last = self.last_write.get(key)
-        if last is None:
+        written, stepped = self.last_write.get(key), self.last_step.get(key)
+        if written is None and stepped is None:
             return float("-inf")
+        last = max(t for t in (written, stepped) if t is not None)
         failed = self.failures.get(key, 0)
         extra = RETRY_DELAYS[min(failed, len(RETRY_DELAYS)) - 1] if failed else 0.0
         return last + max(self.min_interval, extra)
@@ -232,6 +238,8 @@ class Writer:
             self.wake.set()
 
     async def _step(self, key: Key) -> None:
+        self.last_step[key] = self.clock()
+
         def is_node(node: str) -> bool:
             """As ``self.is_node``; a node still in its grace makes the resource be stepped again when
             the grace ends (a legacy finalizer's node has no state that would)."""
