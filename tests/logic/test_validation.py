@@ -509,3 +509,11 @@ def test_any_value_in_any_field_is_a_resource_error_or_a_resource(data: st.DataO
     except ResourceError as exc:
         assert exc.errors and all(isinstance(e, FieldError) for e in exc.errors)
         assert str(exc).startswith(kind)
+
+
+def test_warm_compiles_every_rule_of_the_crds() -> None:
+    """What an agent does at start, so that its first rollout does not pay for it."""
+    schema._program.cache_clear()
+    schema.warm()
+    every = {r["rule"] for crd in _crd_files() for r in _all_rules(crd)}
+    assert schema._program.cache_info().currsize == len(every)

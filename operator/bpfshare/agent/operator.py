@@ -248,7 +248,10 @@ def run_agent(
     metrics: str | None = None,
     limits: Limits | None = None,
 ) -> None:
+    from bpfshare.api import schema
+
     credentials = ApiCredentials.load()
+    schema.warm()  # at start, not in the first rollout: the CRDs read, the CEL rules compiled
     agent = Agent(node, pin_root, credentials.api_client(), resync_seconds=resync_seconds, limits=limits)
     registry = build_registry(agent, credentials)
     if metrics:

@@ -685,9 +685,33 @@ def crds() -> Mapping[str, Crd]:
     folder = resources.files("bpfshare.api") / "crds"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            crd = Crd.load(yaml.safe_load(entry.read_text()))
+            # libyaml's loader where PyYAML has it: the pure-Python one took a quarter of a new agent's
+            # first rollout for these four files.
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            crd = Crd.load(yaml.load(entry.read_text(), Loader=loader))
             found[crd.kind] = crd
     return found
+
+
+def warm() -> None:
+    """Pay the one-time costs of validation now (the CRDs read, the CEL parser built, every rule
+    compiled) rather than in the first pass over resources, where they were most of a new agent's
+    CPU for its first rollout (tests/logic/test_validation.py checks that it compiles every rule)."""
+    for crd in crds().values():
+        for schema in crd.schemas.values():
+            for rule in _rules_of(schema):
+                _program(rule)
+
+
+def _rules_of(node: Any) -> Iterator[str]:
+    if isinstance(node, Mapping):
+        for rule in node.get("x-kubernetes-validations") or ():
+            yield str(rule["rule"])
+        for value in node.values():
+            yield from _rules_of(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _rules_of(value)
 
 
 def validate(obj: Any, kind: str) -> Validated:
