@@ -1,4 +1,4 @@
-"""The agent's one credential source (bpfshare.agent.operator.ApiCredentials), for both of its API
+"""The agent's one credential source (bpfshare.credentials.ApiCredentials), for both of its API
 clients: the kubernetes client (its state objects, events, ConfigMap reads and the watch of its own
 Node) and kopf (the watches of BpfMaps and BpfPrograms, through its login handler). Against the real
 kube-apiserver, with its static admin token and with real service-account tokens that rotate."""
@@ -23,8 +23,8 @@ import pytest
 from kubernetes import client
 
 from bpfshare.agent.nodewatch import NodeWatch
-from bpfshare.agent.operator import ApiCredentials, jwt_claims, relogin_time
 from bpfshare.controlplane.run import ControlPlane
+from bpfshare.credentials import ApiCredentials, jwt_claims, relogin_time
 from bpfshare.errors import BpfshareError
 
 REVIEW = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}

@@ -172,7 +172,8 @@ def test_kopf_watches_only_the_resources() -> None:
     from kubernetes import client
 
     from bpfshare.agent.loop import Agent
-    from bpfshare.agent.operator import ApiCredentials, build_registry
+    from bpfshare.agent.operator import build_registry
+    from bpfshare.credentials import ApiCredentials
     from bpfshare.engine.memory_kernel import MemoryKernel
 
     agent = Agent("n1", Path("/sys/fs/bpf/bpfshare"), client.ApiClient(), kernel=MemoryKernel())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from kubernetes import client
 
-from bpfshare.agent.operator import ApiCredentials
 from bpfshare.controller.operator import PEERING_PLURAL, Controller, build_registry, random_priority
+from bpfshare.credentials import ApiCredentials
 
 
 def test_the_only_daemon_is_on_the_peering_object_and_holds_no_finalizer() -> None:

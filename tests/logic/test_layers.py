@@ -15,7 +15,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("bpfshare.kernel",),  # live handles over bpf(), netlink, cgroups
     ("bpfshare.load",),  # loading and attaching
     ("bpfshare.engine",),  # plan and apply on a node, through the NodeKernel seam
-    ("bpfshare.agent", "bpfshare.controller"),  # the kopf agent (one per node); the cluster controller
+    # the kopf agent (one per node); the cluster controller; how both reach the API server
+    ("bpfshare.agent", "bpfshare.controller", "bpfshare.credentials"),
     ("bpfshare.commands", "bpfshare.cli", "bpfshare.__main__", "bpfshare.controlplane"),  # the front doors
 ]
 
@@ -83,20 +84,20 @@ NODE_LEVEL = ("bpfshare.engine", "bpfshare.kernel", "bpfshare.load", "bpfshare.o
 
 
 def test_the_agent_and_the_controller_share_only_the_api_credentials() -> None:
-    """Two drivers on one layer: the controller reads the node states and never drives the engine, and
-    takes from the agent only how to reach the API server (``agent.operator``'s ApiCredentials and
-    EndlessBackoff); the agent knows nothing of the controller."""
+    """Two drivers on one layer: the controller reads the node states and never drives the engine; what
+    both need to reach the API server is ``bpfshare.credentials``; neither imports the other."""
     graph = imports()
     wrong = [
         f"{m} imports {i}"
         for m, targets in graph.items()
         for i in targets
-        if (m.startswith("bpfshare.controller") and i.startswith("bpfshare.agent") and i != "bpfshare.agent.operator")
+        if (m.startswith("bpfshare.controller") and i.startswith("bpfshare.agent"))
         or (
             m.startswith("bpfshare.controller")
             and i.startswith(("bpfshare.engine", "bpfshare.kernel", "bpfshare.load"))
         )
         or (m.startswith("bpfshare.agent") and i.startswith("bpfshare.controller"))
+        or (m == "bpfshare.credentials" and i.startswith(("bpfshare.agent", "bpfshare.controller")))
     ]
     assert wrong == []
 

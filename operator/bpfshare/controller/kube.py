@@ -42,28 +42,16 @@ class KubeApi:
         return result if isinstance(result, dict) else {}
 
     def patch_status(self, key: Key, patch: dict[str, Any]) -> dict[str, Any] | None:
-        return self._gone_is_none(
-            self.custom.patch_cluster_custom_object_status,
-            GROUP,
-            VERSION,
-            plural(key),
-            key[1],
-            patch,
-            field_manager=CONTROLLER_FIELD_MANAGER,
-            _content_type=MERGE_PATCH,
-        )
+        return self._patch(self.custom.patch_cluster_custom_object_status, key, patch, MERGE_PATCH)
 
     def patch_finalizers(self, key: Key, patch: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return self._patch(self.custom.patch_cluster_custom_object, key, patch, JSON_PATCH)
+
+    def _patch(self, fn: Any, key: Key, patch: Any, content_type: str) -> dict[str, Any] | None:
         return self._gone_is_none(
-            self.custom.patch_cluster_custom_object,
-            GROUP,
-            VERSION,
-            plural(key),
-            key[1],
-            patch,
-            field_manager=CONTROLLER_FIELD_MANAGER,
-            _content_type=JSON_PATCH,
-        )
+            fn, GROUP, VERSION, plural(key), key[1], patch,
+            field_manager=CONTROLLER_FIELD_MANAGER, _content_type=content_type,
+        )  # fmt: skip
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._gone_is_none(self.custom.get_cluster_custom_object, GROUP, VERSION, plural(key), key[1])

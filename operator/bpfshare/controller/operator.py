@@ -37,13 +37,13 @@ from typing import Any
 
 import kopf
 
-from bpfshare.agent.operator import ApiCredentials, EndlessBackoff
 from bpfshare.api.resources import MAP_PLURAL, PROGRAM_PLURAL
 from bpfshare.api.states import MAP_STATE_PLURAL, PROGRAM_STATE_PLURAL
 from bpfshare.controller.informer import Informer, Sink
 from bpfshare.controller.kube import KubeApi
 from bpfshare.controller.view import View
 from bpfshare.controller.writer import Writer
+from bpfshare.credentials import ApiCredentials, EndlessBackoff
 
 log = logging.getLogger("bpfshare.controller")
 
