@@ -16,10 +16,10 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bpfshare.agent.loop import Agent, attached_summary, state_status
+from bpfshare.agent.loop import Agent, attached_summary, merge_normal_events, state_status
 from bpfshare.agent.writer import APPLY, JSON_PATCH
 from bpfshare.api.states import AGENT_FINALIZER, MAP_STATE, state_body, state_name
-from bpfshare.api.status import MapStatus, Phase, ProgramStatus, StatusEntry
+from bpfshare.api.status import Event, MapStatus, Phase, ProgramStatus, StatusEntry
 from bpfshare.engine import Report
 from bpfshare.engine.memory_kernel import MemoryKernel
 from tests.logic.enginekit import PIN_ROOT, obj
@@ -537,3 +537,26 @@ def test_the_attached_summary_is_bounded() -> None:
 def test_the_agent_runs_on_the_kernel_it_is_given() -> None:
     k = kernel()
     assert agent_on(FakeApi(), k).engine.kernel is k
+
+
+def test_a_pass_posts_one_normal_event_per_resource() -> None:
+    """A rollout to N nodes is N Events on the shared program, not one per step (load, attach)."""
+    api = FakeApi()
+    started(api, bpfmap(), bpfprog())
+    posted = [c[3]["event"] for c in api.calls if c[0] == "event" and c[2] == "count-ingress"]
+    assert [e.reason for e in posted] == ["Loaded"]
+    assert "loaded" in posted[0].message and "attached to" in posted[0].message
+
+
+def test_merging_keeps_warnings_apart_and_the_first_reason() -> None:
+    events = [
+        Event("BpfProgram", "p", "Normal", "Loaded", "program 7 (count) loaded"),
+        Event("BpfMap", "m", "Normal", "Created", "map 3 pinned"),
+        Event("BpfProgram", "p", "Warning", "AttachFailed", "no such interface e9"),
+        Event("BpfProgram", "p", "Normal", "Attached", "program 7 attached to tc e0 ingress"),
+    ]
+    assert merge_normal_events(events) == [
+        Event("BpfProgram", "p", "Normal", "Loaded", "program 7 (count) loaded; program 7 attached to tc e0 ingress"),
+        Event("BpfMap", "m", "Normal", "Created", "map 3 pinned"),
+        Event("BpfProgram", "p", "Warning", "AttachFailed", "no such interface e9"),
+    ]

@@ -24,7 +24,7 @@ from bpfshare.agent.state import ClusterState, Snapshot
 from bpfshare.agent.writer import Writer
 from bpfshare.api.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION
 from bpfshare.api.states import AGENT_FINALIZER, STATE_KINDS, state_body, state_kind_of, state_labels
-from bpfshare.api.status import Phase
+from bpfshare.api.status import Event, Phase
 from bpfshare.engine import Engine, Limits, Report, StatusEntry
 from bpfshare.engine.kernel import NodeKernel
 from bpfshare.errors import BpfshareError
@@ -90,6 +90,26 @@ def as_applied(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 Key = tuple[str, str]  # (BpfMap or BpfProgram, the resource's name)
+
+
+def merge_normal_events(events: list[Event]) -> list[Event]:
+    """One Normal Event per resource and pass: its first reason, the messages joined ("loaded as
+    program 42; attached to tc eth0 ingress"). Every node posts on the shared object, so a rollout
+    to N nodes is N Events per resource, not 2N (describe stays readable, and the API server and
+    etcd store half as many). Warnings stay one per cause. The metrics count every engine event."""
+    merged: dict[Key, Event] = {}
+    out: list[Event | Key] = []
+    for event in events:
+        key = (event.kind, event.name)
+        if event.type != "Normal":
+            out.append(event)
+        elif key not in merged:
+            merged[key] = event
+            out.append(key)
+        else:
+            first = merged[key]
+            merged[key] = Event(first.kind, first.name, first.type, first.reason, f"{first.message}; {event.message}")
+    return [merged[item] if isinstance(item, tuple) else item for item in out]
 
 
 @dataclass
@@ -268,7 +288,7 @@ class Agent:
             for name, entry in entries.items():
                 if entry.phase is not Phase.Error:  # recovered: a later failure is news again
                     self._last_warnings.pop((kind, name), None)
-        for event in report.events:
+        for event in merge_normal_events(report.events):
             # A resource that keeps failing fails again on every resync: warn once per distinct cause,
             # not every minute. Normal events (loads, repairs) are always news.
             if event.type == "Warning":

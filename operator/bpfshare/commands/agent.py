@@ -51,6 +51,10 @@ def agent(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:
+        # kopf logs "Handler 'on_map' succeeded." at INFO for every watch event of every resource:
+        # noise that costs CPU on every event. Its warnings and errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     run_agent(
         node or os.uname().nodename,
         Path(pin_root),

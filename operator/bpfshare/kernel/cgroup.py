@@ -54,14 +54,40 @@ def cgroup2_mounts(mountinfo: str | None = None) -> list[Path]:
 
 def cgroup2_root(mountinfo: str | None = None) -> Path:
     """The cgroup v2 root: /sys/fs/cgroup if it is cgroup2, else /sys/fs/cgroup/unified, else the
-    first cgroup2 mount."""
+    first cgroup2 mount.
+
+    Without ``mountinfo``, the answer found in /proc/self/mountinfo is kept while it still holds:
+    the engine resolves every cgroup target at every plan, and reading and parsing mountinfo (long
+    on a node with many pods' mounts) was most of that cost, while statfs(2) of the kept root and
+    of the preferred roots before it tells in one or two system calls whether it would change."""
+    global _kept_root
+    if mountinfo is None and _kept_root is not None and _still_root(_kept_root):
+        return _kept_root
     mounts = cgroup2_mounts(mountinfo)
-    for preferred in PREFERRED_ROOTS:
-        if preferred in mounts:
-            return preferred
-    if mounts:
-        return mounts[0]
-    raise TargetNotFoundError(f"no cgroup v2 filesystem is mounted (no cgroup2 entry in {MOUNTINFO})")
+    found = next((p for p in PREFERRED_ROOTS if p in mounts), mounts[0] if mounts else None)
+    if found is None:
+        raise TargetNotFoundError(f"no cgroup v2 filesystem is mounted (no cgroup2 entry in {MOUNTINFO})")
+    if mountinfo is None:
+        _kept_root = found
+    return found
+
+
+CGROUP2_SUPER_MAGIC = 0x63677270
+_kept_root: Path | None = None
+
+
+def _still_root(root: Path) -> bool:
+    """Whether ``cgroup2_root`` would still answer ``root``: it is cgroup2, and no preferred root
+    before it has become cgroup2 (a preferred root is a mount point only when it is cgroup2)."""
+    from bpfshare.kernel.objects import fs_magic
+
+    try:
+        if fs_magic(root) != CGROUP2_SUPER_MAGIC:
+            return False
+        before = PREFERRED_ROOTS[: PREFERRED_ROOTS.index(root)] if root in PREFERRED_ROOTS else PREFERRED_ROOTS
+        return not any(fs_magic(p) == CGROUP2_SUPER_MAGIC for p in before if os.path.isdir(p))
+    except OSError:
+        return False
 
 
 def resolve_cgroup(path: str, root: Path | None = None) -> Path:

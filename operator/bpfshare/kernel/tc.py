@@ -30,6 +30,14 @@ from bpfshare.types import Direction
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
+
+def warm() -> None:
+    """Import what tc changes need (pyroute2: about 0.2 s of CPU), for a long-running agent to pay
+    at start rather than in its first rollout."""
+    import pyroute2
+    import pyroute2.netlink.exceptions  # noqa: F401
+
+
 TC_H_CLSACT_PARENT = 0xFFFFFFF1  # the clsact (and ingress) qdisc's parent
 PARENTS: dict[str, int] = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # ffff:fff2 / ffff:fff3
 ETH_P_ALL = 0x0003
