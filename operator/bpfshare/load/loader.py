@@ -28,6 +28,7 @@ from bpfshare.errors import BpfshareError, KernelError
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
+from bpfshare.load.bpf_pinning import custom_pin_subdir
 from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec, kernel_object_name
 
 PROGRAM_PIN = "program"
@@ -93,11 +94,17 @@ def default_pin_dir(pin_root: Path, program: str) -> Path:
 
 
 def convention_pin_path(spec: MapSpec, pin_root: Path) -> Path | None:
-    """Where a map that asks to be pinned by name goes when it is not bound explicitly."""
+    """Where a map that asks to be pinned by name goes when it is not bound explicitly.
+
+    An iproute2 custom pinning value is looked up in the node's bpf_pinning file (iproute2's
+    bpf_make_pathname: ``<bpffs>/<subdir>/<name>``); a value the file lacks is an error naming the map.
+    """
     if spec.pinning is Pinning.ByName:
         return pin_root / spec.name
     if spec.pinning is Pinning.GlobalNS:
         return pin_root / "tc" / "globals" / spec.name
+    if spec.pinning is Pinning.Custom:
+        return pin_root / custom_pin_subdir(spec.custom_pinning, spec.name) / spec.name
     return None
 
 
