@@ -354,8 +354,8 @@ def _refuse_program_type(func: Function, prog_type: ProgType) -> None:
         )
     if prog_type is ProgType.StructOps:
         raise UnsupportedError(
-            f"unsupported: struct_ops program in {where} "
-            "(loaded through a struct_ops map, which bpfshare does not create)"
+            f"unsupported: {where}: a struct_ops program is loaded through a struct_ops map, "
+            "which bpfshare does not create"
         )
 
 
