@@ -5,6 +5,8 @@ slots, iproute2 custom pinning through a private bpf_pinning file."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -133,3 +135,64 @@ def test_custom_pinning_from_a_bpf_pinning_file(
         assert again.maps["custom_counts"].map.info().id == map_id
     finally:
         again.close()
+
+
+def _xlated(*selector: str) -> list[str]:
+    """``bpftool prog dump xlated``'s instructions, map IDs masked (source and BTF lines dropped:
+    bpfshare loads no line info)."""
+    out = subprocess.run(["bpftool", "prog", "dump", "xlated", *selector], capture_output=True, text=True, check=True)
+    lines = [line for line in out.stdout.splitlines() if re.match(r"^\s*\d+: ", line)]
+    return [re.sub(r"map\[id:\d+\]", "map[id:N]", line) for line in lines]
+
+
+def _slot_names(pin: Path) -> dict[int, str]:
+    with Map.from_pin(pin) as jumps:
+        ids = {i: jumps.lookup(u32(i)) for i in range(4)}
+    names = {}
+    for index, raw in ids.items():
+        if raw is not None:
+            with Program.from_id(struct.unpack("<I", raw)[0]) as prog:
+                names[index] = prog.info().name
+    return names
+
+
+def test_tail_calls_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
+    """The same object through ``bpftool prog loadall`` (libbpf): the same instructions for each
+    program and the same programs in the prog array's slots."""
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool is not installed")
+    obj = bpf_objects["tail_calls"]
+    subprocess.run(
+        [
+            "bpftool",
+            "prog",
+            "loadall",
+            str(obj),
+            str(bpffs / "libbpf"),
+            "type",
+            "classifier",
+            "pinmaps",
+            str(bpffs / "libbpf_maps"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    loaded = load_program(read_collection(obj), "entry", pin_root=bpffs)
+    try:
+        ours = {"entry": loaded.program, **loaded.slot_programs}
+        for name, prog in ours.items():
+            mine = _xlated("id", str(prog.info().id))
+            assert len(mine) > 10
+            assert mine == _xlated("pinned", str(bpffs / "libbpf" / name)), name
+        jumps_pin = loaded.maps["jumps"].pin_path
+        assert jumps_pin is not None
+        assert (
+            _slot_names(jumps_pin)
+            == _slot_names(bpffs / "libbpf_maps" / "jumps")
+            == {
+                0: "stage_one",
+                1: "stage_two",
+            }
+        )
+    finally:
+        loaded.close()
