@@ -48,13 +48,18 @@ def test_the_loadable_program_of_a_mixed_object_loads(bpf_objects: BpfObjects, b
 def test_cli_load_of_a_refused_program_names_the_reason(bpf_objects: BpfObjects, bpffs: Path) -> None:
     obj = str(bpf_objects["mixed_object"])
 
-    def load(program: str) -> subprocess.CompletedProcess[str]:
+    def load(program: str, obj: str = obj) -> subprocess.CompletedProcess[str]:
         args = [sys.executable, "-m", "bpfshare", "--pin-root", str(bpffs), "load", obj, "--program", program, "--json"]
         return subprocess.run(args, capture_output=True, text=True)
 
     ok = load("count_packets")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["program"] == "count_packets"
+    pipeline = load("entry", str(bpf_objects["tail_calls"]))
+    assert pipeline.returncode == 0, pipeline.stderr
+    out = json.loads(pipeline.stdout)
+    assert set(out["tailCallPrograms"]) == {"stage_one", "stage_two"}
+    assert set(out["maps"]) == {"trail", "jumps"}
     refused = load("cc_init")
     assert refused.returncode != 0
     assert "program 'cc_init' cannot be loaded: unsupported: program 'cc_init' (section struct_ops/cc_init)" in (
