@@ -12,10 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bpfshare.cli import cli
-from bpfshare.errors import ObjectError
+from bpfshare.errors import ObjectError, UnsupportedError
+from bpfshare.object import read_collection
 from tests.fixtures.objects import BpfObjects, CompileBpf
 
 
@@ -162,3 +164,16 @@ def test_inspect_ring_buffer_value_type(compile_bpf: CompileBpf) -> None:
     maps = {m["name"]: m for m in json.loads(result.output)["maps"]}
     assert (maps["rb"]["keySize"], maps["rb"]["valueSize"]) == (0, 0)
     assert (maps["perf"]["keySize"], maps["perf"]["valueSize"]) == (0, 0)
+
+
+def test_reader_refuses_per_program(bpf_objects: BpfObjects) -> None:
+    """The spec itself: what loads in ``programs``/``maps``, what does not beside them with the reason."""
+    spec = read_collection(bpf_objects["mixed_object"])
+    assert list(spec.programs) == ["count_packets"] and list(spec.maps) == ["packets"]
+    assert list(spec.refused_programs) == ["cc_init", "odd_one"]
+    assert spec.order == ("count_packets", "cc_init", "odd_one")
+    assert spec.program("tc").name == "count_packets"  # by its section, as before
+    with pytest.raises(UnsupportedError, match=r"^program 'odd_one' cannot be loaded: unsupported: program 'odd_one'"):
+        spec.program("mystery")  # a refused program found by its section says why too
+    with pytest.raises(KeyError, match=r"no program 'nope' in the object \(programs: cc_init, count_packets, odd"):
+        spec.program("nope")

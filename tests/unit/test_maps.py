@@ -384,3 +384,21 @@ def test_btf_and_legacy_maps_in_one_object(compile_bpf: CompileBpf) -> None:
     spec = read_collection(compile_bpf(src))
     assert spec.maps["btf"].style is DefinitionStyle.BTF
     assert spec.maps["legacy"].style is DefinitionStyle.LIBBPF_LEGACY
+
+
+def test_a_tail_call_cycle_loads_each_program_once(compile_bpf: CompileBpf) -> None:
+    src = """
+    struct jt {
+        __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+        __uint(max_entries, 2);
+        __uint(key_size, sizeof(__u32));
+        __array(values, int (struct __sk_buff *));
+    };
+    extern struct jt loop SEC(".maps");
+    SEC("tc") int again(struct __sk_buff *skb) { bpf_tail_call(skb, &loop, 0); return 0; }
+    struct jt loop SEC(".maps") = { .values = { [0] = (void *)&again, [1] = (void *)&again } };
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    spec = read_collection(compile_bpf(src))
+    assert spec.maps["loop"].slots == ((0, "again"), (1, "again"))
+    assert spec.load_closure("again") == (["again"], ["loop"])
