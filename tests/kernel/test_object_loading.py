@@ -150,6 +150,14 @@ def _xlated(*selector: str) -> list[str]:
     return [re.sub(r"map\[id:\d+\]", "map[id:N]", line) for line in lines]
 
 
+def _libbpf_loadall(obj: Path, bpffs: Path) -> None:
+    """The whole object through libbpf: programs pinned under ``libbpf/``, maps under ``libbpf_maps/``."""
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool is not installed")
+    args = ["loadall", str(obj), str(bpffs / "libbpf"), "type", "classifier", "pinmaps", str(bpffs / "libbpf_maps")]
+    subprocess.run(["bpftool", "prog", *args], check=True, capture_output=True)
+
+
 def _slot_names(pin: Path) -> dict[int, str]:
     with Map.from_pin(pin) as jumps:
         ids = {i: jumps.lookup(u32(i)) for i in range(4)}
@@ -164,24 +172,8 @@ def _slot_names(pin: Path) -> dict[int, str]:
 def test_tail_calls_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
     """The same object through ``bpftool prog loadall`` (libbpf): the same instructions for each
     program and the same programs in the prog array's slots."""
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is not installed")
     obj = bpf_objects["tail_calls"]
-    subprocess.run(
-        [
-            "bpftool",
-            "prog",
-            "loadall",
-            str(obj),
-            str(bpffs / "libbpf"),
-            "type",
-            "classifier",
-            "pinmaps",
-            str(bpffs / "libbpf_maps"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _libbpf_loadall(obj, bpffs)
     loaded = load_program(read_collection(obj), "entry", pin_root=bpffs)
     try:
         ours = {"entry": loaded.program, **loaded.slot_programs}
@@ -199,5 +191,31 @@ def test_tail_calls_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
                 1: "stage_two",
             }
         )
+    finally:
+        loaded.close()
+
+
+def _inner_names(pin: Path) -> dict[int, str]:
+    with Map.from_pin(pin) as outer:
+        ids = {i: outer.lookup(u32(i)) for i in range(4)}
+    names = {}
+    for index, raw in ids.items():
+        if raw is not None:
+            with Map.from_id(struct.unpack("<I", raw)[0]) as inner:
+                names[index] = inner.info().name
+    return names
+
+
+def test_inner_maps_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
+    obj = bpf_objects["map_in_map"]
+    _libbpf_loadall(obj, bpffs)
+    loaded = load_program(read_collection(obj), "read_inner", pin_root=bpffs)
+    try:
+        mine = _xlated("id", str(loaded.program.info().id))
+        assert len(mine) > 10 and mine == _xlated("pinned", str(bpffs / "libbpf" / "read_inner"))
+        outer_pin = loaded.maps["outer"].pin_path
+        assert outer_pin is not None
+        expected = {0: "inner_a", 2: "inner_b"}
+        assert _inner_names(outer_pin) == _inner_names(bpffs / "libbpf_maps" / "outer") == expected
     finally:
         loaded.close()
