@@ -20,7 +20,7 @@ from bpfshare.kernel.programs import Program
 from bpfshare.load.bpf_pinning import ENV_VAR
 from bpfshare.load.loader import load_program
 from bpfshare.object import read_collection
-from tests.fixtures.objects import BpfObjects
+from tests.fixtures.objects import BpfObjects, CompileBpf
 
 pytestmark = pytest.mark.kernel
 
@@ -217,5 +217,36 @@ def test_inner_maps_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
         assert outer_pin is not None
         expected = {0: "inner_a", 2: "inner_b"}
         assert _inner_names(outer_pin) == _inner_names(bpffs / "libbpf_maps" / "outer") == expected
+    finally:
+        loaded.close()
+
+
+IPROUTE2_MAP_IN_MAP = """
+#include "legacy_maps.h"
+struct bpf_elf_map SEC("maps") inner_tpl = {
+    .type = BPF_MAP_TYPE_ARRAY, .size_key = 4, .size_value = 4, .max_elem = 1, .id = 7, .inner_idx = 1,
+};
+struct bpf_elf_map SEC("maps") outer = {
+    .type = BPF_MAP_TYPE_ARRAY_OF_MAPS, .size_key = 4, .size_value = 4, .max_elem = 2, .inner_id = 7,
+};
+SEC("classifier") int via_outer(struct __sk_buff *skb) {
+    __u32 key = 1, zero = 0;
+    void *inner = bpf_map_lookup_elem(&outer, &key);
+    __u32 *value = inner ? bpf_map_lookup_elem(inner, &zero) : 0;
+    return value ? *value : 255;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_iproute2_inner_idx_fills_the_outer_map(compile_bpf: CompileBpf, bpffs: Path) -> None:
+    """iproute2's bpf_maps_attach_all: the map whose id an outer map's inner_id names goes in at its inner_idx."""
+    collection = read_collection(compile_bpf(IPROUTE2_MAP_IN_MAP))
+    loaded = load_program(collection, "via_outer", pin_root=bpffs)
+    try:
+        outer, inner = loaded.maps["outer"].map, loaded.maps["inner_tpl"].map
+        assert outer.lookup(u32(1)) == u32(inner.info().id) and outer.lookup(u32(0)) is None
+        inner.update(u32(0), u32(9))
+        assert loaded.program.test_run(PACKET) == 9
     finally:
         loaded.close()

@@ -339,6 +339,7 @@ def test_bpf_elf_map(compile_bpf: CompileBpf) -> None:
     ) == (MapType.LpmTrie, 8, 64, MapFlag.NoPrealloc, Pinning.GlobalNS)
     assert m["outer"].pinning is Pinning.ObjectNS
     assert m["outer"].inner == m["inner_tpl"]
+    assert m["outer"].slots == ((0, "inner_tpl"),)  # iproute2 puts the template at its inner_idx
     assert dict(m["inner_tpl"].extra) == {"id": 7, "inner_id": 0, "inner_idx": 0}
     assert dict(m["outer"].extra)["inner_id"] == 7
     assert spec.programs["use"].map_names == ["global", "outer"]

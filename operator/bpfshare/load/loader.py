@@ -25,7 +25,8 @@ Initial slots (``.values = { [i] = &x }`` in ``.maps``), as libbpf does them:
   program that cannot be loaded fails the load, naming the program and why.
 - a map-in-map's slots name maps of the object: when the outer map is created by this load, they are
   resolved like any map (created or reused by their own pinning) and put in the slots; a reused outer
-  map keeps its contents (libbpf's init_map_in_map_slots runs only on creation).
+  map keeps its contents (libbpf's init_map_in_map_slots runs only on creation). An iproute2 map-in-map
+  (``struct bpf_elf_map`` inner_id/inner_idx) gets its slots written on every load, as iproute2 does.
 """
 
 from __future__ import annotations
@@ -176,7 +177,9 @@ def resolve_maps(
                 raise BpfshareError(f"program {program.name!r} refers to map {name!r}, which the object lacks")
             resolved[name] = _resolve_one(spec, bindings.get(name), pin_dir, pin_root)
             new.append(name)
-            if spec.slot_maps and not resolved[name].reused:
+            # libbpf fills a map-in-map's slots only when it creates it; iproute2 every time.
+            iproute2 = spec.style is DefinitionStyle.IPROUTE2_LEGACY
+            if spec.slot_maps and (iproute2 or not resolved[name].reused):
                 new.extend(_fill_map_slots(collection, spec, resolved, bindings, pin_dir, pin_root))
     except BaseException:
         for name in new:

@@ -112,8 +112,14 @@ def _bpf_elf_map(name: str, raw: bytes, section: str, where: str) -> MapSpec:
     )
 
 
+NO_INNER_IDX = 0xFFFFFFFF  # iproute2: inner_idx -1, "do not put this map in its outer map"
+
+
 def _link_inner_maps(maps: list[LegacyMap], section: str) -> list[LegacyMap]:
-    """Give each iproute2 map-in-map the spec of the map whose ``id`` its ``inner_id`` names."""
+    """Give each iproute2 map-in-map the spec of the map whose ``id`` its ``inner_id`` names, and
+    its initial slots: as iproute2's bpf_maps_attach_all, every map with an ``id``, no ``inner_id``
+    and an ``inner_idx`` other than -1 is put at that index of each map-in-map whose ``inner_id``
+    names its id (so the template itself is slot 0 unless its inner_idx says otherwise)."""
     specs = [m for _, _, m in maps if isinstance(m, MapSpec)]
     by_id = {
         dict(m.extra)["id"]: m for m in specs if m.style is DefinitionStyle.IPROUTE2_LEGACY and dict(m.extra)["id"]
@@ -130,6 +136,25 @@ def _link_inner_maps(maps: list[LegacyMap], section: str) -> list[LegacyMap]:
                         "but no other map has that id"
                     )
                 else:
-                    spec = dataclasses.replace(spec, inner=inner)
+                    spec = _with_slots(dataclasses.replace(spec, inner=inner), specs, section)
         out.append((offset, name, spec))
     return out
+
+
+def _with_slots(outer: MapSpec, specs: list[MapSpec], section: str) -> MapSpec | ObjectError:
+    inner_id = dict(outer.extra)["inner_id"]
+    slots: dict[int, str] = {}
+    for m in specs:
+        extra = dict(m.extra)
+        if m.style is not DefinitionStyle.IPROUTE2_LEGACY or extra["id"] != inner_id or extra["inner_id"]:
+            continue
+        index = extra["inner_idx"]
+        if index == NO_INNER_IDX:
+            continue
+        if index >= outer.max_entries:
+            return ObjectError(
+                f"section {section}: map-in-map {outer.name!r}: map {m.name!r} asks for slot {index} (inner_idx), "
+                f"beyond its max_elem {outer.max_entries}"
+            )
+        slots[index] = m.name
+    return dataclasses.replace(outer, slots=tuple(sorted(slots.items())))
