@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfshare.errors import BpfshareError, UnsupportedError
+from bpfshare.errors import BpfshareError, UnsupportedError, VerifierError
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.programs import Program
 from bpfshare.load.bpf_pinning import ENV_VAR
@@ -250,3 +250,24 @@ def test_iproute2_inner_idx_fills_the_outer_map(compile_bpf: CompileBpf, bpffs: 
         assert loaded.program.test_run(PACKET) == 9
     finally:
         loaded.close()
+
+
+BAD_STAGE = """
+SEC("tc") int bad_stage(struct __sk_buff *skb) {
+    return *(__u8 *)(long)skb->data;  /* no bounds check: the verifier refuses it */
+}
+struct { __uint(type, BPF_MAP_TYPE_PROG_ARRAY); __uint(max_entries, 1); __uint(key_size, sizeof(__u32));
+         __array(values, int (struct __sk_buff *)); } jumps SEC(".maps") = { .values = { [0] = (void *)&bad_stage } };
+SEC("tc") int first(struct __sk_buff *skb) { bpf_tail_call(skb, &jumps, 0); return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_a_tail_call_program_the_verifier_refuses_is_named(compile_bpf: CompileBpf, bpffs: Path) -> None:
+    collection = read_collection(compile_bpf(BAD_STAGE))
+    with pytest.raises(
+        VerifierError,
+        match=r"(?s)^tail-call program 'bad_stage' \(an initial prog array slot\): .*invalid access to packet",
+    ):
+        load_program(collection, "first", pin_root=bpffs)
+    assert not (bpffs / "loads" / "first" / "program").exists()

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.errors import BpfshareError, KernelError, VerifierError
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
@@ -299,11 +299,12 @@ def load_program(
             try:
                 slot_programs[name] = Program.load(spec, spec.instructions_with_fds(fds), name=name)
             except KernelError as exc:
-                raise type(exc)(
+                error = VerifierError if isinstance(exc, VerifierError) else KernelError
+                raise error(
                     f"tail-call program {name!r} (an initial prog array slot): {exc}", exc.errno, exc.log
                 ) from None
         loaded_fds = {program.name: live.fd, **{n: p.fd for n, p in slot_programs.items()}}
-        _fill_prog_array_slots(collection, maps, loaded_fds)
+        _fill_prog_array_slots(maps, loaded_fds)
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
             replace_pin(live, prog_pin)
@@ -318,7 +319,7 @@ def load_program(
     return LoadedProgram(program, live, prog_pin, maps, kernel_seconds, slot_programs)
 
 
-def _fill_prog_array_slots(collection: CollectionSpec, maps: dict[str, LoadedMap], fds: dict[str, int]) -> None:
+def _fill_prog_array_slots(maps: dict[str, LoadedMap], fds: dict[str, int]) -> None:
     """Put the programs of this load in the slots of every prog array it uses that names them
     (libbpf's init_prog_array_slots: created or reused alike)."""
     for name, loaded in maps.items():
