@@ -229,3 +229,19 @@ def test_unrelocated_pseudo_instructions_are_refused(compile_bpf: CompileBpf) ->
     bad_target = bytearray(_patch_insn(path, "tc", index, 1, 0x10))
     with pytest.raises(ObjectError, match=r"is in no function"):
         read_collection(bytes(bad_target)).program("helper_call")
+
+
+def test_a_reference_into_an_unsupported_section_refuses_that_program_only(compile_bpf: CompileBpf) -> None:
+    src = """
+    struct ops { int (*init)(void *); };
+    SEC("struct_ops/init") int init(void *ctx) { return 0; }
+    SEC(".struct_ops") struct ops my_ops = { .init = (void *)init };
+    SEC("tc") int peeks(struct __sk_buff *skb) { return *(volatile int *)&my_ops; }
+    SEC("tc") int plain(struct __sk_buff *skb) { return 0; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    spec = read_collection(compile_bpf(src))
+    assert list(spec.programs) == ["plain"]
+    assert spec.refused_maps["my_ops"].reason == "unsupported: struct_ops maps (section .struct_ops)"
+    with pytest.raises(UnsupportedError, match=r"^program 'peeks' cannot be loaded: unsupported: struct_ops maps "):
+        spec.program("peeks")
