@@ -14,6 +14,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.types import MAP_IN_MAP_TYPES, AttachType, MapFlag, MapType, ProgType
 
 INSN_SIZE = 8
@@ -44,6 +45,7 @@ class Pinning(enum.IntEnum):
     ObjectNS = 1  # iproute2: /sys/fs/bpf/tc/<object hash>/<name>
     GlobalNS = 2  # iproute2: /sys/fs/bpf/tc/globals/<name>
     ByName = 3  # libbpf: <pin root>/<name>
+    Custom = 4  # iproute2, any other value: /sys/fs/bpf/tc/<subdir from bpf_pinning>/<name>
 
 
 class DefinitionStyle(enum.StrEnum):
@@ -70,9 +72,33 @@ class MapSpec:
     contents: bytes | None = None
     # iproute2's bpf_elf_map.id / inner_id / inner_idx, kept so inspect can show them.
     extra: tuple[tuple[str, int], ...] = ()
+    # Initial slots from relocations in ``.maps`` (libbpf's bpf_object__collect_map_relos), by
+    # index: a ProgArray's name the object's programs, a map-in-map's the object's maps.
+    slots: tuple[tuple[int, str], ...] = ()
+    # iproute2's pinning value when it is neither 0, 1 nor 2 (``pinning`` is then Pinning.Custom):
+    # a subdirectory that the node's bpf_pinning file names, looked up at load time.
+    custom_pinning: int = 0
+
+    @property
+    def slot_programs(self) -> list[str]:
+        """Programs a ProgArray's initial slots name (in slot order, once each)."""
+        if self.type is not MapType.ProgArray:
+            return []
+        return list(dict.fromkeys(name for _, name in self.slots))
+
+    @property
+    def slot_maps(self) -> list[str]:
+        """Maps a map-in-map's initial slots name (in slot order, once each)."""
+        if self.type not in MAP_IN_MAP_TYPES:
+            return []
+        return list(dict.fromkeys(name for _, name in self.slots))
 
     def describe(self) -> dict[str, object]:
         """The JSON shape of ``bpfshare inspect``'s maps."""
+        if self.pinning is Pinning.Custom:
+            pinning = str(self.custom_pinning)  # the raw bpf_elf_map value: the node's file decides
+        else:
+            pinning = self.pinning.name if self.pinning else "none"
         return {
             "name": self.name,
             "type": self.type.name,
@@ -80,7 +106,7 @@ class MapSpec:
             "valueSize": self.value_size,
             "maxEntries": self.max_entries,
             "flags": MapFlag.names(int(self.flags)),
-            "pinning": self.pinning.name if self.pinning else "none",
+            "pinning": pinning,
             "style": str(self.style),
         }
 
@@ -427,28 +453,121 @@ class ProgramSpec:
 
 
 @dataclass(frozen=True)
+class RefusedProgram:
+    """A program of the object that cannot be loaded, and why (an ``UnsupportedError``'s or
+    ``ObjectError``'s message). ``spec`` is the linked program when only something it needs (a map,
+    a program in a prog array's initial slots) is refused, so inspect can still show it."""
+
+    name: str
+    section: str
+    type: ProgType
+    expected_attach_type: AttachType | None
+    reason: str
+    spec: ProgramSpec | None = None
+    # The reason is a malformation (ObjectError), not a feature bpfshare lacks (UnsupportedError).
+    malformed: bool = False
+
+    def describe(self) -> dict[str, object]:
+        if self.spec is not None:
+            out = self.spec.describe()
+        else:
+            out = {
+                "name": self.name,
+                "section": self.section,
+                "type": self.type.name,
+                "attachType": self.expected_attach_type.name if self.expected_attach_type is not None else None,
+                "instructions": None,
+                "maps": [],
+            }
+        out.update(loadable=False, reason=self.reason)
+        return out
+
+
+@dataclass(frozen=True)
+class RefusedMap:
+    """A map definition that cannot be loaded, and why; a program that uses it is refused too."""
+
+    name: str
+    section: str
+    reason: str
+    malformed: bool = False  # as RefusedProgram.malformed
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "section": self.section, "loadable": False, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class CollectionSpec:
+    """What an object declares. ``programs`` and ``maps`` hold what can be loaded; what cannot is in
+    ``refused_programs`` / ``refused_maps`` with the reason, so that one program's unsupported
+    feature refuses that program (and whatever needs it), not the object."""
+
     maps: dict[str, MapSpec] = field(default_factory=dict)
     programs: dict[str, ProgramSpec] = field(default_factory=dict)
     license: str = ""
     kernel_version: int = 0
+    refused_programs: dict[str, RefusedProgram] = field(default_factory=dict)
+    refused_maps: dict[str, RefusedMap] = field(default_factory=dict)
+    # Every program's name, loadable or not, in the object's order (for inspect).
+    order: tuple[str, ...] = ()
 
     def program(self, name: str) -> ProgramSpec:
-        """Find a program by function name, or by section name when that is unique."""
+        """Find a program by function name, or by section name when that is unique.
+
+        Raises KeyError for a name the object lacks, ``UnsupportedError`` (naming the program and
+        the reason) for a program the object has but that cannot be loaded.
+        """
         if name in self.programs:
             return self.programs[name]
-        by_section = [p for p in self.programs.values() if p.section == name]
-        if len(by_section) == 1:
-            return by_section[0]
-        known = ", ".join(sorted(self.programs)) or "none"
-        if by_section:
-            names = ", ".join(p.name for p in by_section)
-            raise KeyError(f"section {name!r} holds several programs ({names}); name one")
-        raise KeyError(f"no program {name!r} in the object (programs: {known})")
+        refused = self.refused_programs.get(name)
+        if refused is None:
+            by_section: list[ProgramSpec | RefusedProgram] = [
+                *(p for p in self.programs.values() if p.section == name),
+                *(p for p in self.refused_programs.values() if p.section == name),
+            ]
+            if len(by_section) > 1:
+                names = ", ".join(p.name for p in by_section)
+                raise KeyError(f"section {name!r} holds several programs ({names}); name one")
+            if not by_section:
+                known = ", ".join(sorted({*self.programs, *self.refused_programs})) or "none"
+                raise KeyError(f"no program {name!r} in the object (programs: {known})")
+            found = by_section[0]
+            if isinstance(found, ProgramSpec):
+                return found
+            refused = found
+        error = ObjectError if refused.malformed else UnsupportedError
+        raise error(f"program {refused.name!r} cannot be loaded: {refused.reason}")
+
+    def load_closure(self, name: str) -> tuple[list[str], list[str]]:
+        """``(programs, maps)`` a load of program ``name`` brings up, in load order: the program and
+        the programs named by the initial slots of the prog arrays it uses (transitively, as their
+        tail calls may use further prog arrays), and every map those use plus the inner maps named
+        by their map-in-maps' initial slots. Pure; ``name`` must be loadable."""
+        programs: dict[str, None] = {}
+        maps: dict[str, None] = {}
+        queue = [self.program(name).name]
+        while queue:
+            prog = self.programs[queue.pop(0)]
+            if prog.name in programs:
+                continue
+            programs[prog.name] = None
+            for map_name in prog.map_names:
+                spec = self.maps[map_name]
+                maps.setdefault(map_name, None)
+                for inner in spec.slot_maps:
+                    maps.setdefault(inner, None)
+                queue.extend(p for p in spec.slot_programs if p not in programs)
+        return list(programs), list(maps)
 
     def describe(self) -> dict[str, object]:
+        programs: list[dict[str, object]] = []
+        for name in self.order or [*self.programs, *self.refused_programs]:
+            if name in self.programs:
+                programs.append({**self.programs[name].describe(), "loadable": True, "reason": None})
+            elif name in self.refused_programs:
+                programs.append(self.refused_programs[name].describe())
         return {
             "license": self.license,
-            "programs": [p.describe() for p in self.programs.values()],
-            "maps": [m.describe() for m in self.maps.values()],
+            "programs": programs,
+            "maps": [*(m.describe() for m in self.maps.values()), *(m.describe() for m in self.refused_maps.values())],
         }

@@ -140,8 +140,10 @@ def swept_words(data: bytes, parts: set[str]) -> list[int]:
         ("flow_counter", {"header", "symbols", "code", "maps", "btf"}),  # BTF maps, five programs
         ("features", {"code", "symbols"}),  # subprograms, global data, callbacks refused
         ("flow_counter_legacy", {"code", "maps"}),  # struct bpf_elf_map
+        ("tail_calls", {"symbols", "maps"}),  # .maps relocations: prog array slots
+        ("map_in_map", {"symbols", "maps"}),  # .maps relocations: map-in-map slots
     ],
-    ids=["flow_counter", "features", "flow_counter_legacy"],
+    ids=["flow_counter", "features", "flow_counter_legacy", "tail_calls", "map_in_map"],
 )
 def test_every_word_set_to_all_ones(bpf_objects: BpfObjects, example: str, parts: set[str]) -> None:
     """0xffffffff in any one field: every index, offset, size and count out of range, one at a time."""

@@ -171,14 +171,14 @@ def test_kfunc_and_extern_are_refused(compile_bpf: CompileBpf) -> None:
     char LICENSE[] SEC("license") = "GPL";
     """
     with pytest.raises(UnsupportedError, match=r"kfunc call to 'bpf_rcu_read_lock' in program 'uses_kfunc'"):
-        read_collection(compile_bpf(kfunc))
+        read_collection(compile_bpf(kfunc)).program("uses_kfunc")  # refused: that program only
     kconfig = """
     extern int LINUX_KERNEL_VERSION __kconfig;
     SEC("tc") int uses_kconfig(struct __sk_buff *skb) { return LINUX_KERNEL_VERSION; }
     char LICENSE[] SEC("license") = "GPL";
     """
     with pytest.raises(UnsupportedError, match=r"extern 'LINUX_KERNEL_VERSION'.*uses_kconfig"):
-        read_collection(compile_bpf(kconfig))
+        read_collection(compile_bpf(kconfig)).program("uses_kconfig")
 
 
 def test_callbacks_are_refused(compile_bpf: CompileBpf) -> None:
@@ -188,7 +188,7 @@ def test_callbacks_are_refused(compile_bpf: CompileBpf) -> None:
     char LICENSE[] SEC("license") = "GPL";
     """
     with pytest.raises(UnsupportedError, match=r"callback: address of function 'step' taken in program 'loo"):
-        read_collection(compile_bpf(src))
+        read_collection(compile_bpf(src)).program("loops")
 
 
 def _patch_insn(path, section: str, index: int, byte: int, value: int) -> bytes:  # type: ignore[no-untyped-def]
@@ -214,7 +214,7 @@ def test_unrelocated_pseudo_instructions_are_refused(compile_bpf: CompileBpf) ->
     # src_reg := BPF_PSEUDO_MAP_FD without a relocation: a map fd the object cannot know
     patched = _patch_insn(path, "tc", index, 1, regs | 0x10)
     with pytest.raises(UnsupportedError, match="pseudo source register 1 and no relocation"):
-        read_collection(patched)
+        read_collection(patched).program("constant")
     # a call with src_reg BPF_PSEUDO_KFUNC_CALL
     src_call = """
     SEC("tc") int helper_call(struct __sk_buff *skb) { return bpf_get_prandom_u32(); }
@@ -224,8 +224,24 @@ def test_unrelocated_pseudo_instructions_are_refused(compile_bpf: CompileBpf) ->
     prog = read_collection(path).programs["helper_call"]
     index = prog.instructions[::8].index(0x85)
     with pytest.raises(UnsupportedError, match="kfunc call"):
-        read_collection(_patch_insn(path, "tc", index, 1, 0x20))
+        read_collection(_patch_insn(path, "tc", index, 1, 0x20)).program("helper_call")
     # a call whose relative target falls outside every function
     bad_target = bytearray(_patch_insn(path, "tc", index, 1, 0x10))
     with pytest.raises(ObjectError, match=r"is in no function"):
-        read_collection(bytes(bad_target))
+        read_collection(bytes(bad_target)).program("helper_call")
+
+
+def test_a_reference_into_an_unsupported_section_refuses_that_program_only(compile_bpf: CompileBpf) -> None:
+    src = """
+    struct ops { int (*init)(void *); };
+    SEC("struct_ops/init") int init(void *ctx) { return 0; }
+    SEC(".struct_ops") struct ops my_ops = { .init = (void *)init };
+    SEC("tc") int peeks(struct __sk_buff *skb) { return *(volatile int *)&my_ops; }
+    SEC("tc") int plain(struct __sk_buff *skb) { return 0; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    spec = read_collection(compile_bpf(src))
+    assert list(spec.programs) == ["plain"]
+    assert spec.refused_maps["my_ops"].reason == "unsupported: struct_ops maps (section .struct_ops)"
+    with pytest.raises(UnsupportedError, match=r"^program 'peeks' cannot be loaded: unsupported: struct_ops maps "):
+        spec.program("peeks")

@@ -69,13 +69,16 @@ def test_section_and_symbol_checks(flow_counter: bytes) -> None:
     rel = next(s for s in elf.sections if s.name == ".reltc")
     with pytest.raises(ObjectError, match="names symbol #65535"):
         read_collection(patched(flow_counter, rel.offset + 12, "<I", 0xFFFF))
+    # (a corrupt relocation of one instruction refuses the programs using it, not the object)
     # a relocation against the null symbol: corrupt, not an extern
     with pytest.raises(ObjectError, match=r"instruction \d+: relocation against symbol #0, which is undefined") as exc:
-        read_collection(patched(flow_counter, rel.offset + 12, "<I", 0))
+        read_collection(patched(flow_counter, rel.offset + 12, "<I", 0)).program("count_ingress")
     assert not isinstance(exc.value, UnsupportedError)
     # a relocation on an instruction that is neither ld_imm64 nor call
     with pytest.raises(ObjectError, match="neither ld_imm64 nor call"):
-        read_collection(patched(flow_counter, rel.offset, "<Q", 0))
+        spec = read_collection(patched(flow_counter, rel.offset, "<Q", 0))
+        assert "count_egress" not in spec.refused_programs  # another section's program still loads
+        spec.program("count_ingress")
     # a function symbol that runs past its section
     symtab = next(s for s in elf.sections if s.name == ".symtab")
     sym = next(s for s in elf.symbols if s.name == "count_egress")
@@ -188,9 +191,9 @@ def test_global_data_reference_outside_its_section(compile_bpf: CompileBpf) -> N
     tc = ElfObject(data).by_name["tc"]
     imm_at = tc.offset + rel.insn * 8 + 4  # the program calls nothing: linked index = section index
     with pytest.raises(ObjectError, match=r"at offset 16 is outside section \.data \(16 bytes\)"):
-        read_collection(patched(data, imm_at, "<i", 16))
+        read_collection(patched(data, imm_at, "<i", 16)).program("p")  # refuses program p
     with pytest.raises(ObjectError, match=r"at offset -8 is outside"):
-        read_collection(patched(data, imm_at, "<i", -8))
+        read_collection(patched(data, imm_at, "<i", -8)).program("p")
 
 
 def test_reference_into_a_map_section_between_maps(compile_bpf: CompileBpf) -> None:
@@ -210,7 +213,8 @@ def test_reference_into_a_map_section_between_maps(compile_bpf: CompileBpf) -> N
     assert reloc.symbol.name == "maps"  # the section symbol: the offset is in the instruction
     imm_at = elf.by_name["tc"].offset + rel.insn * 8 + 4
     with pytest.raises(
-        ObjectError, match=r"^program 'p' \(section tc\) instruction \d+: reference to symbol 'maps'"
+        ObjectError,
+        match=r"^program 'p' cannot be loaded: program 'p' \(section tc\) instruction \d+: reference to symbol 'maps'",
     ) as exc:
-        read_collection(patched(data, imm_at, "<i", 4))
+        read_collection(patched(data, imm_at, "<i", 4)).program("p")
     assert str(exc.value).endswith("at offset 4 of a map section matches no map definition")

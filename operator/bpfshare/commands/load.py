@@ -103,6 +103,9 @@ def load(
             "maps": {name: m.describe() for name, m in loaded.maps.items()},
             "attachments": [a.describe() for a in attachments],
         }
+        if loaded.slot_programs:
+            # The object's programs this load put in the initial slots of its prog arrays.
+            result["tailCallPrograms"] = {name: p.info().id for name, p in loaded.slot_programs.items()}
     finally:
         loaded.close()
     if as_json:
@@ -114,5 +117,7 @@ def load(
     for name, m in result["maps"].items():
         how = "reused" if m["reused"] else "created"
         click.echo(f"  map {name}: id {m['id']} {how} at {m['pinPath']}")
+    for name, prog_id in result.get("tailCallPrograms", {}).items():
+        click.echo(f"  tail-call program {name}: id {prog_id} (in an initial prog array slot)")
     for a in result["attachments"]:
         click.echo(f"  attached {a['target']}")

@@ -133,6 +133,8 @@ class HostKernel:
             collection, program, bindings=bindings, pin_root=pin_root, pin_dir=pin_dir, pin_program=False
         )
         pinned: dict[Path, bool] = {}
+        for prog in loaded.slot_programs.values():
+            prog.close()  # held by the prog arrays they were put in
         for name, m in loaded.maps.items():
             m.map.close()
             if name not in bindings and m.pin_path is not None and pin_dir not in m.pin_path.parents:

@@ -312,6 +312,11 @@ class MemoryKernel:
             self._resolve(collection.maps[name], bindings.get(name), pin_dir, pin_root, pinned)
             for name in spec.map_names
         ]
+        # The maps of its tail-call programs and the inner maps of its map-in-maps' initial slots
+        # are pinned too, as load_program does (their slots are not modelled here).
+        for name in collection.load_closure(spec.name)[1]:
+            if name not in spec.map_names:
+                self._resolve(collection.maps[name], bindings.get(name), pin_dir, pin_root, pinned)
         if spec.name in self._rejected:
             log = self._rejected[spec.name]
             raise VerifierError(f"loading program {spec.name}: EACCES: Permission denied:\n{log}", errno.EACCES, log)

@@ -22,7 +22,7 @@ from bpfshare.engine.kernel import AttachResult, Loaded, NodeKernel, ProgramView
 from bpfshare.engine.layout import Layout
 from bpfshare.engine.meta import ProgramMeta
 from bpfshare.engine.plan import Attach, Detach, LoadProgram, MapPlan, ProgramPlan, RemoveProgram
-from bpfshare.errors import BpfshareError, TargetNotFoundError
+from bpfshare.errors import BpfshareError, ObjectError, TargetNotFoundError
 from bpfshare.load.attach import (
     LINKS_DIR,
     check_fits,
@@ -160,9 +160,12 @@ def plan_program(
         spec = collection.program(res.program)
     except KeyError as exc:
         raise BpfshareError(f"spec.program: {exc.args[0]}") from None
+    except ObjectError as exc:  # the object has the program, but it cannot be loaded: why
+        raise type(exc)(f"spec.program: {exc}") from None
     for target in res.targets:
         check_fits(spec, target)
-    for name in spec.map_names:
+    # Every map the load brings up: the program's, its tail calls' and the inner maps in slots.
+    for name in collection.load_closure(spec.name)[1]:
         m = collection.maps.get(name)
         pin = convention_pin_path(m, layout.root) if m is not None and name not in plan.bindings else None
         if pin is not None:

@@ -14,21 +14,37 @@ Map resolution, for every map the program refers to:
   the same program (an upgrade) finds it again with its contents.
 - global data (.data/.rodata/.bss): created fresh on every load (its initial contents belong to this
   version of the object) and pinned under the pin directory, replacing the previous version's pin.
+
+Initial slots (``.values = { [i] = &x }`` in ``.maps``), as libbpf does them:
+- a prog array's slots name programs of the same object: loading a program loads the programs that
+  the slots of the prog arrays it uses name (transitively: ``CollectionSpec.load_closure``), with
+  their own maps resolved in the same load (one live map per object map), and puts them in the
+  slots. They are written whether the prog array was created or reused (libbpf's
+  init_prog_array_slots), so an upgrade replaces the previous version's tail calls. The tail-call
+  programs are not pinned: the prog array (pinned, like every map) holds them. A slot naming a
+  program that cannot be loaded fails the load, naming the program and why.
+- a map-in-map's slots name maps of the object: when the outer map is created by this load, they are
+  resolved like any map (created or reused by their own pinning) and put in the slots; a reused outer
+  map keeps its contents (libbpf's init_map_in_map_slots runs only on creation). An iproute2 map-in-map
+  (``struct bpf_elf_map`` inner_id/inner_idx) gets its slots written on every load, as iproute2 does.
 """
 
 from __future__ import annotations
 
 import errno
 import re
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.errors import BpfshareError, KernelError, VerifierError
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
+from bpfshare.load.bpf_pinning import custom_pin_subdir
 from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec, kernel_object_name
+from bpfshare.types import MapType
 
 PROGRAM_PIN = "program"
 PRIVATE_MAPS_DIR = "maps"  # <pin dir>/maps/<name>: the object's own maps, apart from the loader's pins
@@ -78,12 +94,22 @@ class LoadedProgram:
     spec: ProgramSpec
     program: Program
     pin_path: Path
+    # Every map the load resolved: the program's, and those of its tail-call programs and the
+    # inner maps put in map-in-map slots.
     maps: dict[str, LoadedMap] = field(default_factory=dict)
     kernel_seconds: float = 0.0  # the BPF_PROG_LOAD call(s): the verifier's time
+    # Programs loaded into prog array slots, by name (held by the prog arrays, not pinned).
+    slot_programs: dict[str, Program] = field(default_factory=dict)
 
-    def close(self) -> None:
+    def close_dependencies(self) -> None:
+        """Close what the load opened besides the program itself (pins and prog arrays keep them)."""
         for loaded in self.maps.values():
             loaded.map.close()
+        for prog in self.slot_programs.values():
+            prog.close()
+
+    def close(self) -> None:
+        self.close_dependencies()
         self.program.close()
 
 
@@ -93,11 +119,17 @@ def default_pin_dir(pin_root: Path, program: str) -> Path:
 
 
 def convention_pin_path(spec: MapSpec, pin_root: Path) -> Path | None:
-    """Where a map that asks to be pinned by name goes when it is not bound explicitly."""
+    """Where a map that asks to be pinned by name goes when it is not bound explicitly.
+
+    An iproute2 custom pinning value is looked up in the node's bpf_pinning file (iproute2's
+    bpf_make_pathname: ``<bpffs>/<subdir>/<name>``); a value the file lacks is an error naming the map.
+    """
     if spec.pinning is Pinning.ByName:
         return pin_root / spec.name
     if spec.pinning is Pinning.GlobalNS:
         return pin_root / "tc" / "globals" / spec.name
+    if spec.pinning is Pinning.Custom:
+        return pin_root / custom_pin_subdir(spec.custom_pinning, spec.name) / spec.name
     return None
 
 
@@ -126,23 +158,63 @@ def resolve_maps(
     bindings: dict[str, MapBinding],
     pin_dir: Path,
     pin_root: Path,
+    resolved: dict[str, LoadedMap] | None = None,
 ) -> dict[str, LoadedMap]:
+    """The live maps ``program`` refers to, added to ``resolved`` (the maps already resolved by
+    this load, shared so that every program of one load gets the same map)."""
     unknown = sorted(set(bindings) - set(collection.maps))
     if unknown:
         known = ", ".join(sorted(collection.maps)) or "none"
         raise BpfshareError(f"no map named {', '.join(unknown)} in the object (maps: {known})")
-    resolved: dict[str, LoadedMap] = {}
+    resolved = resolved if resolved is not None else {}
+    new: list[str] = []
     try:
         for name in program.map_names:
+            if name in resolved:
+                continue
             spec = collection.maps.get(name)
             if spec is None:
                 raise BpfshareError(f"program {program.name!r} refers to map {name!r}, which the object lacks")
             resolved[name] = _resolve_one(spec, bindings.get(name), pin_dir, pin_root)
+            new.append(name)
+            # libbpf fills a map-in-map's slots only when it creates it; iproute2 every time.
+            iproute2 = spec.style is DefinitionStyle.IPROUTE2_LEGACY
+            if spec.slot_maps and (iproute2 or not resolved[name].reused):
+                new.extend(_fill_map_slots(collection, spec, resolved, bindings, pin_dir, pin_root))
     except BaseException:
-        for loaded in resolved.values():
-            loaded.map.close()
+        for name in new:
+            resolved.pop(name).map.close()
         raise
     return resolved
+
+
+def _fill_map_slots(
+    collection: CollectionSpec,
+    spec: MapSpec,
+    resolved: dict[str, LoadedMap],
+    bindings: dict[str, MapBinding],
+    pin_dir: Path,
+    pin_root: Path,
+) -> list[str]:
+    """Resolve the inner maps a new map-in-map's slots name and put them in (libbpf's
+    init_map_in_map_slots). Returns the maps it resolved, for the caller to close on failure."""
+    new: list[str] = []
+    outer = resolved[spec.name].map
+    for index, inner_name in spec.slots:
+        if inner_name not in resolved:
+            inner_spec = collection.maps.get(inner_name)
+            if inner_spec is None:
+                # (the reader refuses the programs using a map whose slots name a refused map)
+                raise BpfshareError(f"map {spec.name!r}: slot {index} names map {inner_name!r}, which the object lacks")
+            resolved[inner_name] = _resolve_one(inner_spec, bindings.get(inner_name), pin_dir, pin_root)
+            new.append(inner_name)
+        try:
+            outer.update(struct.pack("<I", index), struct.pack("<I", resolved[inner_name].map.fd))
+        except KernelError as exc:
+            raise KernelError(
+                f"map {spec.name!r}: putting map {inner_name!r} in slot {index}: {exc}", exc.errno
+            ) from None
+    return new
 
 
 def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_root: Path) -> LoadedMap:
@@ -192,24 +264,69 @@ def load_program(
     pin_dir: Path | None = None,
     pin_program: bool = True,
 ) -> LoadedProgram:
-    """Resolve the program's maps, load it through the verifier, and pin it as ``<pin_dir>/program``."""
+    """Resolve the program's maps, load it through the verifier, and pin it as ``<pin_dir>/program``.
+
+    A program the object has but that cannot be loaded fails with the reason (``UnsupportedError``
+    naming it), whatever the object's other programs use. The programs that the initial slots of
+    its prog arrays name are loaded too and put in the slots (see the module's docstring).
+    """
     try:
         program = collection.program(program_name)
     except KeyError as exc:
         raise BpfshareError(exc.args[0]) from None
     pin_dir = pin_dir or default_pin_dir(pin_root, program.name)
-    maps = resolve_maps(collection, program, bindings=bindings or {}, pin_dir=pin_dir, pin_root=pin_root)
+    bindings = bindings or {}
+    names, _ = collection.load_closure(program.name)
+    maps: dict[str, LoadedMap] = {}
+    live: Program | None = None
+    slot_programs: dict[str, Program] = {}
     try:
+        for name in names:
+            resolve_maps(
+                collection,
+                collection.programs[name],
+                bindings=bindings,
+                pin_dir=pin_dir,
+                pin_root=pin_root,
+                resolved=maps,
+            )
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        instructions = program.instructions_with_fds(fds)
         started = time.perf_counter()
-        live = Program.load(program, instructions, name=program.name)
+        live = Program.load(program, program.instructions_with_fds(fds), name=program.name)
         kernel_seconds = time.perf_counter() - started
+        for name in names[1:]:
+            spec = collection.programs[name]
+            try:
+                slot_programs[name] = Program.load(spec, spec.instructions_with_fds(fds), name=name)
+            except KernelError as exc:
+                error = VerifierError if isinstance(exc, VerifierError) else KernelError
+                raise error(
+                    f"tail-call program {name!r} (an initial prog array slot): {exc}", exc.errno, exc.log
+                ) from None
+        loaded_fds = {program.name: live.fd, **{n: p.fd for n, p in slot_programs.items()}}
+        _fill_prog_array_slots(maps, loaded_fds)
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
             replace_pin(live, prog_pin)
     except BaseException:
         for loaded in maps.values():
             loaded.map.close()
+        for prog in slot_programs.values():
+            prog.close()
+        if live is not None:
+            live.close()
         raise
-    return LoadedProgram(program, live, prog_pin, maps, kernel_seconds)
+    return LoadedProgram(program, live, prog_pin, maps, kernel_seconds, slot_programs)
+
+
+def _fill_prog_array_slots(maps: dict[str, LoadedMap], fds: dict[str, int]) -> None:
+    """Put the programs of this load in the slots of every prog array it uses that names them
+    (libbpf's init_prog_array_slots: created or reused alike)."""
+    for name, loaded in maps.items():
+        for index, target in loaded.spec.slots if loaded.spec.type is MapType.ProgArray else ():
+            try:
+                loaded.map.update(struct.pack("<I", index), struct.pack("<I", fds[target]))
+            except KernelError as exc:
+                raise KernelError(
+                    f"map {name!r}: putting program {target!r} in slot {index}: {exc}", exc.errno
+                ) from None

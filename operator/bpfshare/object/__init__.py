@@ -7,8 +7,10 @@
 
 Modules, one concept each: ``elf`` (sections, symbols, relocations), ``btf`` / ``btf_ext`` (type
 information; CO-RE detection), ``btf_maps`` / ``legacy`` / ``global_data`` (the map-definition
-styles), ``sections`` (program types from section names), ``linker`` (bpf-to-bpf calls and map
-relocations), ``reader`` (putting it together).
+styles), ``slots`` (initial slots of prog arrays and map-in-maps from ``.maps`` relocations),
+``sections`` (program types from section names), ``linker`` (bpf-to-bpf calls and map relocations),
+``reader`` (putting it together: what cannot be loaded is refused per program and per map, with the
+reason, in ``CollectionSpec.refused_programs`` / ``refused_maps``).
 """
 
 from bpfshare.object.reader import read_collection

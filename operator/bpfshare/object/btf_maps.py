@@ -12,12 +12,16 @@ struct {
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object.btf import Btf, BtfType, Kind
 from bpfshare.object.mapdef import map_type
 from bpfshare.spec import DefinitionStyle, MapSpec, Pinning
 from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType
 
+# Map types whose __type(key/value, T) documents records rather than sizing the map.
+_TYPE_ONLY_DOCUMENTS = (MapType.RingBuf, MapType.UserRingBuf, MapType.PerfEventArray)
 LIBBPF_PIN_NONE = 0
 LIBBPF_PIN_BY_NAME = 1
 _INT_FIELDS = (
@@ -32,8 +36,27 @@ _INT_FIELDS = (
 )
 
 
-def btf_maps(btf: Btf, section: str) -> list[MapSpec]:
-    """A spec for every map variable of the ``section`` DATASEC, in DATASEC order.
+@dataclass(frozen=True)
+class BtfMap:
+    """One variable of the ``.maps`` DATASEC: its spec, or why its definition cannot be loaded.
+
+    ``values_offset`` is the byte offset of a trailing ``values`` member (``__array(values, ...)``)
+    in the definition, where the initial slots' relocations land (libbpf's
+    bpf_object__collect_map_relos requires it to be the last member); None without one.
+    """
+
+    name: str
+    spec: MapSpec | None
+    error: ObjectError | None = None
+    values_offset: int | None = None
+
+
+def btf_maps(btf: Btf, section: str) -> list[BtfMap]:
+    """Every map variable of the ``section`` DATASEC, in DATASEC order.
+
+    A definition bpfshare cannot take (or a malformed one) refuses that map only: its entry carries
+    the error, so that the programs that do not use it can still load. A section without a DATASEC,
+    or a DATASEC entry that is not a variable, is malformed as a whole (no map can be named).
 
     clang leaves the DATASEC's offsets at zero (libbpf fills them in from the symbol table), so
     where each map lies in the section is the caller's business: its symbol's value.
@@ -46,8 +69,21 @@ def btf_maps(btf: Btf, section: str) -> list[MapSpec]:
         var = btf.type(info.type)
         if var.kind is not Kind.VAR:
             raise ObjectError(f"section {section}: {btf.describe(var)} in its DATASEC is not a variable")
-        out.append(_parse(btf, btf.name(var), var.size_or_type, section, inner_of=None))
+        name = btf.name(var)
+        try:
+            spec = _parse(btf, name, var.size_or_type, section, inner_of=None)
+        except ObjectError as exc:
+            out.append(BtfMap(name, None, exc))
+            continue
+        out.append(BtfMap(name, spec, None, _values_offset(btf, var.size_or_type)))
     return out
+
+
+def _values_offset(btf: Btf, type_id: int) -> int | None:
+    members = btf.members(btf.skip_mods(type_id))
+    if not members or members[-1].name != "values":
+        return None
+    return (members[-1].offset & 0xFFFFFF) // 8  # a bit offset (a kind_flag struct keeps it in 24 bits)
 
 
 def _int_field(btf: Btf, member_type: int, where: str) -> int:
@@ -89,6 +125,12 @@ def _parse(btf: Btf, name: str, type_id: int, section: str, inner_of: str | None
             raise UnsupportedError(f"unsupported: {where}: unknown field {member.name!r}")
 
     mtype = map_type(ints.get("type", 0), where)
+    if mtype in _TYPE_ONLY_DOCUMENTS:
+        # A ring buffer's or perf event array's ``__type(key/value, T)`` names the record type
+        # for readers (BTF), not a size: libbpf creates them with 0 (the kernel fills a perf event
+        # array's 4 in, and refuses anything but 0 for a ring buffer), so only explicit
+        # key_size/value_size count here, and effective_spec fills in the rest.
+        key_type_size = value_type_size = None
     key_size = _size(ints.get("key_size"), key_type_size, f"{where} key")
     value_size = _size(ints.get("value_size"), value_type_size, f"{where} value")
     inner: MapSpec | None = None

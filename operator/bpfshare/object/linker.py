@@ -44,8 +44,13 @@ class DataTargets:
     maps: dict[tuple[int, int], str] = field(default_factory=dict)  # (shndx, offset) -> map name
     map_sections: set[int] = field(default_factory=set)
     data: dict[int, tuple[str, int]] = field(default_factory=dict)  # shndx -> (map name, value size)
+    # Sections bpfshare cannot load (reader.UNSUPPORTED_SECTIONS) -> why: a program referring to
+    # one is refused with that reason, the object's other programs are not.
+    refused: dict[int, str] = field(default_factory=dict)
 
     def resolve(self, sym: Symbol, imm: int, where: str) -> tuple[str, RelocationKind, int]:
+        if sym.shndx in self.refused:
+            raise UnsupportedError(f"{self.refused[sym.shndx]}, used by {where}")
         if sym.shndx in self.data:
             data_map, size = self.data[sym.shndx]
             offset = sym.value + imm
