@@ -164,33 +164,6 @@ def test_core_relocations_are_refused(compile_bpf: CompileBpf) -> None:
         read_collection(compile_bpf(src))
 
 
-def test_kfunc_and_extern_are_refused(compile_bpf: CompileBpf) -> None:
-    kfunc = """
-    extern void bpf_rcu_read_lock(void) __ksym;
-    SEC("tc") int uses_kfunc(struct __sk_buff *skb) { bpf_rcu_read_lock(); return 0; }
-    char LICENSE[] SEC("license") = "GPL";
-    """
-    with pytest.raises(UnsupportedError, match=r"kfunc call to 'bpf_rcu_read_lock' in program 'uses_kfunc'"):
-        read_collection(compile_bpf(kfunc))
-    kconfig = """
-    extern int LINUX_KERNEL_VERSION __kconfig;
-    SEC("tc") int uses_kconfig(struct __sk_buff *skb) { return LINUX_KERNEL_VERSION; }
-    char LICENSE[] SEC("license") = "GPL";
-    """
-    with pytest.raises(UnsupportedError, match=r"extern 'LINUX_KERNEL_VERSION'.*uses_kconfig"):
-        read_collection(compile_bpf(kconfig))
-
-
-def test_callbacks_are_refused(compile_bpf: CompileBpf) -> None:
-    src = """
-    static int step(__u32 index, void *ctx) { return 0; }
-    SEC("tc") int loops(struct __sk_buff *skb) { bpf_loop(4, step, 0, 0); return 0; }
-    char LICENSE[] SEC("license") = "GPL";
-    """
-    with pytest.raises(UnsupportedError, match=r"callback: address of function 'step' taken in program 'loo"):
-        read_collection(compile_bpf(src))
-
-
 def _patch_insn(path, section: str, index: int, byte: int, value: int) -> bytes:  # type: ignore[no-untyped-def]
     data = bytearray(path.read_bytes())
     sec = ElfObject(bytes(data)).by_name[section]

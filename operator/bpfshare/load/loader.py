@@ -18,6 +18,7 @@ Map resolution, for every map the program refers to:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import re
 import time
@@ -25,10 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.kernel.btf import load_btf
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
-from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec, kernel_object_name
+from bpfshare.load.externs import resolve_externs
+from bpfshare.load.kconfig import kconfig_contents
+from bpfshare.spec import (
+    KCONFIG_MAP,
+    CollectionSpec,
+    DefinitionStyle,
+    MapSpec,
+    Pinning,
+    ProgramSpec,
+    kernel_object_name,
+)
 
 PROGRAM_PIN = "program"
 PRIVATE_MAPS_DIR = "maps"  # <pin dir>/maps/<name>: the object's own maps, apart from the loader's pins
@@ -183,6 +195,17 @@ def private_pin_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name.lstrip(".")) or "map"
 
 
+def with_kconfig_values(collection: CollectionSpec, program: ProgramSpec) -> CollectionSpec:
+    """The collection with its ``.kconfig`` map's contents filled in for the running kernel, if
+    the program reads __kconfig values (libbpf's bpf_object__resolve_externs)."""
+    spec = collection.maps.get(KCONFIG_MAP)
+    if spec is None or KCONFIG_MAP not in program.map_names:
+        return collection
+    contents = kconfig_contents(collection.kconfig, spec.value_size)
+    maps = {**collection.maps, KCONFIG_MAP: dataclasses.replace(spec, contents=contents)}
+    return dataclasses.replace(collection, maps=maps)
+
+
 def load_program(
     collection: CollectionSpec,
     program_name: str,
@@ -198,13 +221,31 @@ def load_program(
     except KeyError as exc:
         raise BpfshareError(exc.args[0]) from None
     pin_dir = pin_dir or default_pin_dir(pin_root, program.name)
+    collection = with_kconfig_values(collection, program)
     maps = resolve_maps(collection, program, bindings=bindings or {}, pin_dir=pin_dir, pin_root=pin_root)
     try:
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        instructions = program.instructions_with_fds(fds)
-        started = time.perf_counter()
-        live = Program.load(program, instructions, name=program.name)
-        kernel_seconds = time.perf_counter() - started
+        resolved = resolve_externs(program, program.instructions_with_fds(fds))
+        try:
+            # The object's BTF, for the func_info of programs with callbacks; the kernel keeps
+            # its own reference from the program, so the fd is closed after the load.
+            needs_btf = program.func_info and program.btf is not None
+            btf = load_btf(program.btf or b"", f"the BTF of program {program.name!r}") if needs_btf else None
+            try:
+                started = time.perf_counter()
+                live = Program.load(
+                    program,
+                    resolved.instructions,
+                    name=program.name,
+                    btf_fd=int(btf) if btf is not None else None,
+                    fd_array=resolved.fd_array,
+                )
+                kernel_seconds = time.perf_counter() - started
+            finally:
+                if btf is not None:
+                    btf.close()
+        finally:
+            resolved.close()
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
             replace_pin(live, prog_pin)

@@ -14,6 +14,7 @@ from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
 from bpfshare.object.global_data import global_data_map, is_global_data
 from bpfshare.object.guard import guard
 from bpfshare.object.legacy import legacy_maps
+from bpfshare.object.link_inputs import LinkInputs
 from bpfshare.object.linker import DataTargets, Function, Linker
 from bpfshare.object.sections import program_type
 from bpfshare.spec import CollectionSpec, MapSpec, ProgramSpec
@@ -23,8 +24,6 @@ LEGACY_MAPS_SECTION = "maps"
 UNSUPPORTED_SECTIONS = {
     ".struct_ops": "struct_ops maps",
     ".struct_ops.link": "struct_ops maps",
-    ".ksyms": "extern kernel symbols (__ksym)",
-    ".kconfig": "extern Kconfig values (__kconfig)",
     ".addr_space.1": "BPF arena variables",
 }
 
@@ -70,10 +69,18 @@ class _Reader:
         version = self._version()
         targets = DataTargets()
         maps = self._maps(targets)
-        linker = Linker(self.elf, targets)
-        programs = self._programs(linker, license, version)
+        inputs = LinkInputs(self.elf, lambda: self.btf)
+        kconfig_map = inputs.kconfig_map()
+        if kconfig_map is not None:
+            if kconfig_map.name in maps:
+                raise ObjectError(f"map {kconfig_map.name!r} is defined twice (a section and the __kconfig externs)")
+            maps[kconfig_map.name] = kconfig_map
+        linker = Linker(self.elf, targets, inputs.externs, inputs.ext_info)
+        programs = self._programs(linker, license, version, inputs)
         self._refuse_core(linker)
-        return CollectionSpec(maps=maps, programs=programs, license=license, kernel_version=version)
+        return CollectionSpec(
+            maps=maps, programs=programs, license=license, kernel_version=version, kconfig=inputs.kconfig()
+        )
 
     # -- object-wide checks ---------------------------------------------------------------------
     def _refuse_unsupported(self) -> None:
@@ -182,7 +189,7 @@ class _Reader:
         return sorted(found, key=lambda item: item[0])
 
     # -- programs -------------------------------------------------------------------------------
-    def _programs(self, linker: Linker, license: str, version: int) -> dict[str, ProgramSpec]:
+    def _programs(self, linker: Linker, license: str, version: int, inputs: LinkInputs) -> dict[str, ProgramSpec]:
         programs: dict[str, ProgramSpec] = {}
         for sec in self.elf.sections:
             if not sec.executable or sec.name == ".text":
@@ -197,16 +204,21 @@ class _Reader:
                         f"{programs[func.name].section} and {sec.name})"
                     )
                 with guard(f"program {func.name!r} (section {sec.name})"):
-                    code, relocations = linker.link(func)
+                    linked = linker.link(func)
+                    btf = inputs.program_btf if linked.callbacks else None
                 programs[func.name] = ProgramSpec(
                     name=func.name,
                     section=sec.name,
                     type=prog_type,
                     expected_attach_type=attach_type,
-                    instructions=code,
+                    instructions=linked.code,
                     license=license,
                     kernel_version=version,
-                    relocations=relocations,
+                    relocations=linked.relocations,
+                    externs=linked.externs,
+                    func_info=linked.func_info,
+                    line_info=linked.line_info,
+                    btf=btf,
                 )
         return programs
 

@@ -1,0 +1,96 @@
+"""Where the running kernel's symbols are: BTF ids (vmlinux and module BTF) and kallsyms addresses.
+
+``find_ksym_btf_id`` is the one function the extern resolver asks the kernel's BTF, as libbpf's
+find_ksym_btf_id does (vmlinux first, then the modules' split BTF). It is deliberately small, to
+be swapped for the shared, lazily indexed kernel BTF module (issue 13 item 8): until then it reads
+/sys/kernel/btf/vmlinux with the object BTF reader and indexes the names of its VARs and FUNCs
+once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfshare.errors import BpfshareError, ObjectError
+from bpfshare.object.btf import Btf, Kind
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+KALLSYMS = Path("/proc/kallsyms")
+
+
+@dataclass(frozen=True)
+class KernelBtfId:
+    btf_id: int
+    module: str = ""  # "" for vmlinux
+    module_btf_obj_id: int = 0  # the module's BTF object id (for BPF_BTF_GET_FD_BY_ID)
+
+
+@functools.cache
+def _vmlinux_index() -> dict[tuple[Kind, str], int]:
+    try:
+        data = VMLINUX_BTF.read_bytes()
+    except OSError as exc:
+        raise BpfshareError(f"cannot read the kernel's BTF ({VMLINUX_BTF}): {exc.strerror or exc}") from None
+    try:
+        btf = Btf(data, str(VMLINUX_BTF))
+    except ObjectError as exc:
+        raise BpfshareError(f"cannot read the kernel's BTF: {exc}") from None
+    index: dict[tuple[Kind, str], int] = {}
+    for t in btf.types:
+        if t.kind in (Kind.VAR, Kind.FUNC):
+            index.setdefault((t.kind, btf.name(t)), t.id)
+    return index
+
+
+def find_ksym_btf_id(name: str, kind: Kind) -> KernelBtfId | None:
+    """The kernel's BTF VAR or FUNC called ``name``; None if the kernel has none."""
+    btf_id = _vmlinux_index().get((kind, name))
+    return KernelBtfId(btf_id) if btf_id is not None else None
+
+
+def kallsyms(names: set[str]) -> dict[str, int]:
+    """Addresses of ``names`` in /proc/kallsyms (libbpf's bpf_object__read_kallsyms_file).
+
+    A name listed twice at different addresses is ambiguous, and refused, as libbpf does.
+    """
+    found: dict[str, int] = {}
+    try:
+        text = KALLSYMS.read_text()
+    except OSError as exc:
+        raise BpfshareError(f"cannot read {KALLSYMS}: {exc.strerror or exc}") from None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[2] not in names:
+            continue
+        addr = int(parts[0], 16)
+        if found.get(parts[2], addr) != addr:
+            raise BpfshareError(f"ksym {parts[2]}: ambiguous in {KALLSYMS} (two addresses)")
+        found[parts[2]] = addr
+    return found
+
+
+# libbpf's arch_specific_syscall_pfx.
+_SYSCALL_PREFIX = {
+    "x86_64": "x64",
+    "i686": "ia32",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "s390x": "s390",
+    "ppc64le": "powerpc",
+    "ppc64": "powerpc",
+    "riscv64": "riscv",
+    "loongarch64": "loongarch",
+}
+
+
+@functools.cache
+def has_syscall_wrapper() -> bool:
+    """LINUX_HAS_SYSCALL_WRAPPER: whether syscalls are entered through ``__<arch>_sys_*`` wrappers
+    (libbpf's probe_kern_syscall_wrapper, which asks the same by kprobing ``__<arch>_sys_bpf``)."""
+    prefix = _SYSCALL_PREFIX.get(platform.machine())
+    if prefix is None:
+        return False
+    return bool(kallsyms({f"__{prefix}_sys_bpf"}))
