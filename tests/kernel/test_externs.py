@@ -76,6 +76,19 @@ def test_kconfig_values_are_the_kernels(bpf_objects: BpfObjects, load) -> None: 
     assert missing == 0  # __weak and in no configuration
 
 
+def test_missing_kconfig_value_is_named(compile_bpf: CompileBpf, load) -> None:  # type: ignore[no-untyped-def]
+    src = """
+    extern int CONFIG_BPFSHARE_NOT_A_REAL_OPTION __kconfig;
+    SEC("tc") int reads(struct __sk_buff *skb) { return CONFIG_BPFSHARE_NOT_A_REAL_OPTION; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    with pytest.raises(
+        BpfshareError,
+        match=r"^extern \(kconfig\) CONFIG_BPFSHARE_NOT_A_REAL_OPTION: not set in the kernel's configuration \(/",
+    ):
+        load(compile_bpf(src), "reads")
+
+
 def test_ksyms_typeless_typed_and_weak(bpf_objects: BpfObjects, load) -> None:  # type: ignore[no-untyped-def]
     lp = load(bpf_objects["extern_ksym"], "read_ksyms")
     assert lp.program.test_run(PACKET) == 0

@@ -343,3 +343,39 @@ def test_truncated_func_info_is_an_object_error(bpf_objects: BpfObjects) -> None
     struct.pack_into("<I", data, sec.offset + 12, 0xFFFF)  # func_info_len
     with pytest.raises(ObjectError, match=r"\.BTF\.ext func_info: subsection .* out of bounds"):
         read_collection(bytes(data))
+
+
+def test_module_kfuncs_go_through_fd_array(bpf_objects: BpfObjects, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kfunc of a module's BTF: its call's off is its module BTF fd's index in fd_array, which
+    starts at 1 (0 means vmlinux), one slot per module, as libbpf's bpf_object__resolve_ksym_func_btf_id."""
+    opened: list[int] = []
+
+    class FakeFd:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def __int__(self) -> int:
+            return self.fd
+
+        def close(self) -> None:
+            opened.remove(self.fd)
+
+    def fd_by_id(obj_id: int) -> FakeFd:
+        opened.append(100 + obj_id)
+        return FakeFd(100 + obj_id)
+
+    ids = {"bpf_rcu_read_lock": KernelBtfId(70001, "mod_a", 7), "bpf_rcu_read_unlock": KernelBtfId(70002, "mod_a", 7)}
+    monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: ids.get(name))
+    monkeypatch.setattr(resolver, "btf_fd_by_id", fd_by_id)
+    prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
+    resolved = resolver.resolve_externs(prog, prog.instructions)
+    assert resolved.fd_array == [0, 107] and opened == [107]
+    for ext in prog.externs:
+        _op, _dst, src, off, imm = insn(resolved.instructions, ext.insn)
+        if ext.name == "bpf_rcu_read_lock" and ext.kind is ExternKind.KFUNC_CALL:
+            assert (src, off, imm) == (2, 1, 70001)
+        if ext.name == "bpf_rcu_read_lock" and ext.kind is ExternKind.KSYM:
+            # a typed ksym of a module: BPF_PSEUDO_BTF_ID, the second imm the module BTF's fd
+            assert (src, imm) == (3, 70001) and insn(resolved.instructions, ext.insn + 1)[4] == 107
+    resolved.close()
+    assert opened == []
