@@ -194,3 +194,39 @@ def test_same_xlated_as_bpftool(bpf_objects: BpfObjects, bpffs: Path, load, exam
     if with_btf:  # func_info and line_info as libbpf passes them: the same names and source lines
         assert "int add_index(__u32 index, void * data):" in ours
         assert "; ctx->sum += index;" in ours
+
+
+def test_every_examples_btf_is_accepted_by_the_kernel(bpf_objects: BpfObjects, compile_bpf: CompileBpf) -> None:
+    """The sanitized BTF (what a program with callbacks is loaded with) passes BPF_BTF_LOAD for
+    every example, and for an object with every kind of extern and unnamed parameters."""
+    from bpfshare.kernel.btf import load_btf
+    from bpfshare.object.btf import Btf
+    from bpfshare.object.elf import ElfObject
+    from bpfshare.object.link_inputs import LinkInputs
+
+    snippet = compile_bpf(
+        """
+        extern int twice(int);
+        extern void bpf_rcu_read_lock(void) __ksym;
+        extern int bpf_iter_num_new(void *, int, int) __ksym __weak;
+        extern const int bpf_prog_active __ksym;
+        extern const void bpf_prog_put __ksym;
+        extern int CONFIG_HZ __kconfig;
+        extern char CONFIG_DEFAULT_HOSTNAME[8] __kconfig __weak;
+        const volatile int limit = 3;
+        SEC("tc") int many(struct __sk_buff *skb) {
+            bpf_printk("hz %d", CONFIG_HZ);
+            bpf_rcu_read_lock();
+            long addrs = (long)&bpf_prog_active + (long)&bpf_prog_put + (long)bpf_iter_num_new;
+            return twice(limit) + CONFIG_DEFAULT_HOSTNAME[0] + addrs;
+        }
+        char LICENSE[] SEC("license") = "GPL";
+        """
+    )
+    for path in [*bpf_objects.paths(), snippet]:
+        elf = ElfObject(path.read_bytes())
+        btf = Btf(elf.data(elf.by_name[".BTF"]))
+        if path == snippet:  # every extern is in the BTF the kernel is given
+            names = {btf.name(t) for t in btf.types}
+            assert {"twice", "bpf_rcu_read_lock", "bpf_iter_num_new", "bpf_prog_active", "bpf_prog_put"} <= names
+        load_btf(LinkInputs(elf, lambda btf=btf: btf).program_btf, path.name).close()
