@@ -220,6 +220,8 @@ class FakeKernel:
         self.syms = {"bpf_prog_put": 0xFFFFFFFF814E6BB0}
         monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: self.btf.get((name, kind)))
         monkeypatch.setattr(resolver, "kallsyms", lambda names: {n: a for n, a in self.syms.items() if n in names})
+        self.protos = {65401: "()void"}
+        monkeypatch.setattr(resolver, "kernel_func_shape", lambda found: self.protos[found.btf_id])
 
 
 def test_resolution_of_ksyms(bpf_objects: BpfObjects, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,6 +269,45 @@ def test_resolution_of_kfuncs_weak_and_missing(
     prog = read_collection(bpf_objects["extern_ksym"]).programs["read_ksyms"]
     with pytest.raises(BpfshareError, match=r"^ksym bpf_prog_put: not in /proc/kallsyms$"):
         resolver.resolve_externs(prog, prog.instructions)
+
+
+def test_kfunc_prototype_must_match_the_kernels(
+    bpf_objects: BpfObjects, compile_bpf: CompileBpf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libbpf's bpf_core_types_are_compat on the prototypes: a strong mismatch is named, a weak
+    one is left unresolved (its call poisoned)."""
+    kernel = FakeKernel(monkeypatch)
+    kernel.protos[65401] = "(int)void"
+    src = """
+    extern void bpf_rcu_read_lock(void) __ksym;
+    SEC("tc") int calls(struct __sk_buff *skb) { bpf_rcu_read_lock(); return 0; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    prog = read_collection(compile_bpf(src)).programs["calls"]
+    with pytest.raises(
+        BpfshareError,
+        match=r"^kfunc bpf_rcu_read_lock: declared as \(\)void, incompatible with the kernel's \(int\)void$",
+    ):
+        resolver.resolve_externs(prog, prog.instructions)
+    prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
+    code = resolver.resolve_externs(prog, prog.instructions).instructions
+    lock = next(e for e in prog.externs if e.name == "bpf_rcu_read_lock" and e.kind is ExternKind.KFUNC_CALL)
+    assert insn(code, lock.insn)[4] >= resolver.POISON_CALL_KFUNC_BASE
+
+
+def test_prototype_shapes(compile_bpf: CompileBpf) -> None:
+    src = """
+    struct opaque;
+    typedef unsigned int u32_t;
+    enum e { A };
+    extern int *k1(struct __sk_buff *skb, const u32_t n, enum e v, char (*arr)[4]) __ksym;
+    extern void k2(struct opaque *o, void *data) __ksym;
+    SEC("tc") int calls(struct __sk_buff *skb) { k2(0, 0); return *k1(skb, 1, A, 0); }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    prog = read_collection(compile_bpf(src)).programs["calls"]
+    protos = {e.name: e.proto for e in prog.externs}
+    assert protos == {"k1": "(*struct,int,enum,*[]int)*int", "k2": "(*fwd,*void)void"}
 
 
 # -- callbacks -----------------------------------------------------------------------------------
@@ -367,6 +408,7 @@ def test_module_kfuncs_go_through_fd_array(bpf_objects: BpfObjects, monkeypatch:
     ids = {"bpf_rcu_read_lock": KernelBtfId(70001, "mod_a", 7), "bpf_rcu_read_unlock": KernelBtfId(70002, "mod_a", 7)}
     monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: ids.get(name))
     monkeypatch.setattr(resolver, "btf_fd_by_id", fd_by_id)
+    monkeypatch.setattr(resolver, "kernel_func_shape", lambda found: "()void")
     prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
     resolved = resolver.resolve_externs(prog, prog.instructions)
     assert resolved.fd_array == [0, 107] and opened == [107]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bpfshare.errors import BpfshareError, ObjectError
 from bpfshare.object.btf import Btf, Kind
+from bpfshare.object.externs import type_shape
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 KALLSYMS = Path("/proc/kallsyms")
@@ -29,7 +30,7 @@ class KernelBtfId:
 
 
 @functools.cache
-def _vmlinux_index() -> dict[tuple[Kind, str], int]:
+def _vmlinux() -> tuple[Btf, dict[tuple[Kind, str], int]]:
     try:
         data = VMLINUX_BTF.read_bytes()
     except OSError as exc:
@@ -42,13 +43,19 @@ def _vmlinux_index() -> dict[tuple[Kind, str], int]:
     for t in btf.types:
         if t.kind in (Kind.VAR, Kind.FUNC):
             index.setdefault((t.kind, btf.name(t)), t.id)
-    return index
+    return btf, index
 
 
 def find_ksym_btf_id(name: str, kind: Kind) -> KernelBtfId | None:
     """The kernel's BTF VAR or FUNC called ``name``; None if the kernel has none."""
-    btf_id = _vmlinux_index().get((kind, name))
+    btf_id = _vmlinux()[1].get((kind, name))
     return KernelBtfId(btf_id) if btf_id is not None else None
+
+
+def kernel_func_shape(found: KernelBtfId) -> str:
+    """The prototype of the kernel FUNC ``found``, as ``type_shape`` writes it."""
+    btf = _vmlinux()[0]
+    return type_shape(btf, btf.type(found.btf_id).size_or_type)
 
 
 def kallsyms(names: set[str]) -> dict[str, int]:

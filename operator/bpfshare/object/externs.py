@@ -35,6 +35,35 @@ class Extern:
     weak: bool
     typed: bool  # __ksym: has a type (a FUNC, or a VAR of non-void type)
     kconfig: KconfigExtern | None = None
+    proto: str = ""  # a __ksym function's prototype, as ``type_shape`` writes it
+
+
+_SHAPE_DEPTH = 32  # libbpf's __bpf_core_types_are_compat recursion limit
+
+
+def type_shape(btf: Btf, type_id: int, depth: int = _SHAPE_DEPTH) -> str:
+    """A type as libbpf's bpf_core_types_are_compat compares it, written out: two types are
+    compatible when their shapes are equal. Modifiers and typedefs are skipped; structs, unions,
+    forward declarations and enums match by kind alone (enum and enum64 alike), integers all
+    match, pointers and arrays by what they point at or hold, function prototypes by the
+    number and shapes of their parameters and their return type."""
+    if depth <= 0:
+        return "?"
+    t = btf.skip_mods(type_id)
+    kind = t.kind
+    if kind is Kind.UNKN:
+        return "void"
+    if kind in (Kind.ENUM, Kind.ENUM64):
+        return "enum"
+    if kind is Kind.PTR:
+        return "*" + type_shape(btf, t.size_or_type, depth - 1)
+    if kind is Kind.ARRAY:
+        return "[]" + type_shape(btf, btf.array(t)[0], depth - 1)
+    if kind is Kind.FUNC_PROTO:
+        params = struct.iter_unpack("<II", btf.types_data[t.extra : t.extra + 8 * t.vlen])
+        args = ",".join(type_shape(btf, param_type, depth - 1) for _name, param_type in params)
+        return f"({args})" + type_shape(btf, t.size_or_type, depth - 1)
+    return kind.name.lower()
 
 
 def undefined_names(elf: ElfObject) -> bool:
@@ -132,7 +161,8 @@ def collect_externs(elf: ElfObject, btf: Btf) -> tuple[dict[str, Extern], int]:
             kcfg.append((_align(btf, t.size_or_type), btf.size(t.size_or_type), sym.name, kind, signed, weak))
             continue
         typed = is_func or btf.skip_mods(t.size_or_type).kind is not Kind.UNKN
-        out[sym.name] = Extern(sym.name, section, is_func, weak, typed)
+        proto = type_shape(btf, t.size_or_type) if is_func and section == KSYMS_SEC else ""
+        out[sym.name] = Extern(sym.name, section, is_func, weak, typed, proto=proto)
     # libbpf's cmp_externs: by descending alignment, then ascending size, then name; then packed.
     kcfg.sort(key=lambda e: (-e[0], e[1], e[2]))
     offset = 0

@@ -326,7 +326,9 @@ class _Job:
             # The .kconfig map's value at the extern's offset (BPF_PSEUDO_MAP_VALUE).
             self.relocations.append(MapRelocation(at, KCONFIG_MAP, RelocationKind.MAP_VALUE, ext.kconfig.offset))
         elif ext.section == KSYMS_SEC:
-            self.externs.append(ExternRelocation(at, ext.name, ExternKind.KSYM, ext.typed, ext.is_func, ext.weak))
+            self.externs.append(
+                ExternRelocation(at, ext.name, ExternKind.KSYM, ext.typed, ext.is_func, ext.weak, ext.proto)
+            )
         elif ext.is_func:
             raise extern_function_error(ext.name, where)
         else:
@@ -348,7 +350,9 @@ class _Job:
                 # A kfunc (libbpf's RELO_EXTERN_CALL): imm and off are the loader's to fill.
                 _set_src_reg(self.code, base + i, I.PSEUDO_KFUNC_CALL)
                 I.set_imm(self.code, base + i, 0)
-                self.externs.append(ExternRelocation(base + i, ext.name, ExternKind.KFUNC_CALL, True, True, ext.weak))
+                self.externs.append(
+                    ExternRelocation(base + i, ext.name, ExternKind.KFUNC_CALL, True, True, ext.weak, ext.proto)
+                )
                 return
             if rel.type != R_BPF_64_32 or src != I.PSEUDO_CALL:
                 raise ObjectError(
