@@ -402,7 +402,7 @@ class ExternRelocation:
     typed: bool = False
     is_func: bool = False
     weak: bool = False
-    proto: str = ""  # a function's prototype, to check against the kernel's (object.externs.type_shape)
+    proto: str = ""  # a typed extern's type, to check against the kernel's (object.externs.type_shape)
 
 
 class KconfigType(enum.IntEnum):

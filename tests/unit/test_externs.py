@@ -220,8 +220,8 @@ class FakeKernel:
         self.syms = {"bpf_prog_put": 0xFFFFFFFF814E6BB0}
         monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: self.btf.get((name, kind)))
         monkeypatch.setattr(resolver, "kallsyms", lambda names: {n: a for n, a in self.syms.items() if n in names})
-        self.protos = {65401: "()void"}
-        monkeypatch.setattr(resolver, "kernel_func_shape", lambda found: self.protos[found.btf_id])
+        self.protos = {65401: "()void", 13793: "int"}
+        monkeypatch.setattr(resolver, "kernel_type_shape", lambda found: self.protos[found.btf_id])
 
 
 def test_resolution_of_ksyms(bpf_objects: BpfObjects, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,6 +287,13 @@ def test_kfunc_prototype_must_match_the_kernels(
     with pytest.raises(
         BpfshareError,
         match=r"^kfunc bpf_rcu_read_lock: declared as \(\)void, incompatible with the kernel's \(int\)void$",
+    ):
+        resolver.resolve_externs(prog, prog.instructions)
+    # a typed variable of the wrong type is refused, weak or not (libbpf: "incompatible types")
+    kernel.protos[13793] = "*struct"
+    prog = read_collection(bpf_objects["extern_ksym_var"]).programs["read_percpu"]
+    with pytest.raises(
+        BpfshareError, match=r"^ksym bpf_prog_active: declared as int, incompatible with the kernel's \*struct$"
     ):
         resolver.resolve_externs(prog, prog.instructions)
     prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
@@ -408,7 +415,7 @@ def test_module_kfuncs_go_through_fd_array(bpf_objects: BpfObjects, monkeypatch:
     ids = {"bpf_rcu_read_lock": KernelBtfId(70001, "mod_a", 7), "bpf_rcu_read_unlock": KernelBtfId(70002, "mod_a", 7)}
     monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: ids.get(name))
     monkeypatch.setattr(resolver, "btf_fd_by_id", fd_by_id)
-    monkeypatch.setattr(resolver, "kernel_func_shape", lambda found: "()void")
+    monkeypatch.setattr(resolver, "kernel_type_shape", lambda found: "()void")
     prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
     resolved = resolver.resolve_externs(prog, prog.instructions)
     assert resolved.fd_array == [0, 107] and opened == [107]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from bpfshare.errors import BpfshareError
 from bpfshare.kernel.btf import btf_fd_by_id
 from bpfshare.kernel.syscall import FD
-from bpfshare.load.kernel_symbols import KernelBtfId, find_ksym_btf_id, kallsyms, kernel_func_shape
+from bpfshare.load.kernel_symbols import KernelBtfId, find_ksym_btf_id, kallsyms, kernel_type_shape
 from bpfshare.object.btf import Kind
 from bpfshare.spec import INSN_SIZE, ExternKind, ExternRelocation, ProgramSpec
 
@@ -82,15 +82,16 @@ def resolve_externs(program: ProgramSpec, instructions: bytes) -> Resolved:
                 _set(buf, ext.insn + 1, imm=addr >> 32)
                 continue
             found = find_ksym_btf_id(ext.name, Kind.FUNC if ext.is_func else Kind.VAR)
-            if found is not None and ext.is_func and ext.proto:
-                # libbpf's bpf_object__resolve_ksym_func_btf_id: the declared prototype must be
-                # compatible with the kernel's (bpf_core_types_are_compat); a weak one that is
-                # not is left unresolved.
-                theirs = kernel_func_shape(found)
+            if found is not None and ext.proto:
+                # The declared type must be compatible with the kernel's (libbpf's
+                # bpf_core_types_are_compat, in bpf_object__resolve_ksym_func_btf_id and
+                # _var_btf_id): a weak kfunc that is not is left unresolved; a variable is refused.
+                theirs = kernel_type_shape(found)
                 if theirs != ext.proto:
-                    if not ext.weak:
+                    what = "kfunc" if ext.is_func else "ksym"
+                    if not (ext.weak and ext.is_func):
                         raise ExternError(
-                            f"kfunc {ext.name}: declared as {ext.proto}, incompatible with the kernel's {theirs}"
+                            f"{what} {ext.name}: declared as {ext.proto}, incompatible with the kernel's {theirs}"
                         )
                     found = None
             if found is None:

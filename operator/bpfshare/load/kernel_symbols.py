@@ -52,8 +52,8 @@ def find_ksym_btf_id(name: str, kind: Kind) -> KernelBtfId | None:
     return KernelBtfId(btf_id) if btf_id is not None else None
 
 
-def kernel_func_shape(found: KernelBtfId) -> str:
-    """The prototype of the kernel FUNC ``found``, as ``type_shape`` writes it."""
+def kernel_type_shape(found: KernelBtfId) -> str:
+    """The type of the kernel VAR ``found`` (a FUNC: its prototype), as ``type_shape`` writes it."""
     btf = _vmlinux()[0]
     return type_shape(btf, btf.type(found.btf_id).size_or_type)
 

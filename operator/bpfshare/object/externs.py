@@ -35,7 +35,7 @@ class Extern:
     weak: bool
     typed: bool  # __ksym: has a type (a FUNC, or a VAR of non-void type)
     kconfig: KconfigExtern | None = None
-    proto: str = ""  # a __ksym function's prototype, as ``type_shape`` writes it
+    proto: str = ""  # a typed __ksym's type (a function's prototype), as ``type_shape`` writes it
 
 
 _SHAPE_DEPTH = 32  # libbpf's __bpf_core_types_are_compat recursion limit
@@ -161,7 +161,7 @@ def collect_externs(elf: ElfObject, btf: Btf) -> tuple[dict[str, Extern], int]:
             kcfg.append((_align(btf, t.size_or_type), btf.size(t.size_or_type), sym.name, kind, signed, weak))
             continue
         typed = is_func or btf.skip_mods(t.size_or_type).kind is not Kind.UNKN
-        proto = type_shape(btf, t.size_or_type) if is_func and section == KSYMS_SEC else ""
+        proto = type_shape(btf, t.size_or_type) if typed and section == KSYMS_SEC else ""
         out[sym.name] = Extern(sym.name, section, is_func, weak, typed, proto=proto)
     # libbpf's cmp_externs: by descending alignment, then ascending size, then name; then packed.
     kcfg.sort(key=lambda e: (-e[0], e[1], e[2]))
