@@ -173,6 +173,7 @@ def xlated(pin: Path, with_btf: bool) -> str:
         ("extern_kconfig", "read_kconfig"),
         ("extern_ksym", "read_ksyms"),
         ("extern_kfunc", "call_kfuncs"),
+        ("extern_kfunc_weak", "weak_kfuncs"),
         ("callback_loop", "sum_with_callbacks"),
     ],
 )
