@@ -428,3 +428,30 @@ def test_module_kfuncs_go_through_fd_array(bpf_objects: BpfObjects, monkeypatch:
             assert (src, imm) == (3, 70001) and insn(resolved.instructions, ext.insn + 1)[4] == 107
     resolved.close()
     assert opened == []
+
+
+def test_externs_in_subprograms_get_linked_indexes(compile_bpf: CompileBpf) -> None:
+    """A kfunc call, a ksym and a kconfig read in an appended subprogram are recorded at their
+    index in the linked program, not in .text."""
+    src = """
+    extern void bpf_rcu_read_lock(void) __ksym;
+    extern const void bpf_prog_put __ksym;
+    extern int CONFIG_HZ __kconfig;
+    static __attribute__((noinline)) long helper(int x) {
+        bpf_rcu_read_lock();
+        return x + CONFIG_HZ + (long)&bpf_prog_put;
+    }
+    SEC("tc") int outer(struct __sk_buff *skb) { return helper(skb->len) + helper(1); }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    prog = read_collection(compile_bpf(src)).programs["outer"]
+    code = prog.instructions
+    call = next(i for i in range(len(code) // 8) if insn(code, i)[0] == CALL and insn(code, i)[2] == 1)
+    start = call + insn(code, call)[4] + 1  # the subprogram's first linked instruction
+    assert start > 0
+    kfunc = next(e for e in prog.externs if e.kind is ExternKind.KFUNC_CALL)
+    ksym = next(e for e in prog.externs if e.kind is ExternKind.KSYM)
+    kconfig = next(r for r in prog.relocations if r.map_name == KCONFIG_MAP)
+    assert min(kfunc.insn, ksym.insn, kconfig.insn) >= start
+    assert insn(code, kfunc.insn)[:3] == (CALL, 0, 2)
+    assert insn(code, ksym.insn)[0] == LD_IMM64 and insn(code, kconfig.insn)[0] == LD_IMM64

@@ -221,11 +221,14 @@ class _Job:
         self.externs: list[ExternRelocation] = []
         self.callbacks = False
         self.order: list[tuple[Function, int]] = []  # every placed function and its base
-        queue = [(program, 0)]
-        while queue:
-            func, base = queue.pop(0)
-            self.order.append((func, base))
-            self._relocate(func, base, queue)
+        self._visit(program, 0)
+
+    def _visit(self, func: Function, base: int) -> None:
+        """Relocate a placed function, appending what it calls as it is met, depth first: libbpf's
+        bpf_object__reloc_code recurses into a subprogram when it appends it, and the same order
+        gives the same instructions (and program tag) as libbpf."""
+        self.order.append((func, base))
+        self._relocate(func, base)
 
     def rebase(self, info: ExtInfo) -> bytes:
         """The records of every placed function, their instruction offsets made linked indexes
@@ -239,14 +242,14 @@ class _Job:
         out.sort(key=lambda r: r[0])
         return b"".join(_U32.pack(insn) + rest for insn, rest in out)
 
-    def _place(self, target: tuple[int, int], where: str, queue: list[tuple[Function, int]]) -> int:
+    def _place(self, target: tuple[int, int], where: str) -> int:
         """Index in the linked program of section instruction ``target``, appending its function."""
         func = self.linker._function_at(target[0], target[1], where)
         key = (func.section.index, func.start)
         if key not in self.placed:
             self.placed[key] = len(self.code) // I.INSN_SIZE
             self.code += func.code
-            queue.append((func, self.placed[key]))
+            self._visit(func, self.placed[key])
         return self.placed[key] + target[1] - func.start
 
     def _describe(self, func: Function) -> str:
@@ -254,7 +257,7 @@ class _Job:
             return f"program {func.name!r} (section {func.section.name})"
         return f"program {self.program.name!r}: subprogram {func.name!r} (section {func.section.name})"
 
-    def _relocate(self, func: Function, base: int, queue: list[tuple[Function, int]]) -> None:
+    def _relocate(self, func: Function, base: int) -> None:
         code = func.code
         count = len(code) // I.INSN_SIZE
         section_relocs = self.linker._section_relocations(func.section)
@@ -273,18 +276,16 @@ class _Job:
                 second_half = i + 1
                 if i + 1 >= count:
                     raise ObjectError(f"{where}: ld_imm64 truncated by the end of the function")
-                self._ld_imm64(func, base, i, rel, where, queue)
+                self._ld_imm64(func, base, i, rel, where)
             elif op == I.CALL:
-                self._call(func, base, i, rel, where, queue)
+                self._call(func, base, i, rel, where)
             elif rel is not None:
                 raise ObjectError(
                     f"{where}: relocation of type {rel.type} against {rel.symbol.describe()} "
                     f"on opcode {op:#04x}, which is neither ld_imm64 nor call"
                 )
 
-    def _ld_imm64(
-        self, func: Function, base: int, i: int, rel: Relocation | None, where: str, queue: list[tuple[Function, int]]
-    ) -> None:
+    def _ld_imm64(self, func: Function, base: int, i: int, rel: Relocation | None, where: str) -> None:
         src = I.src_reg(func.code, i)
         if rel is None:
             if src != 0:
@@ -306,7 +307,7 @@ class _Job:
             # the offset. Both in bytes.
             if sym.value % I.INSN_SIZE or imm % I.INSN_SIZE:
                 raise ObjectError(f"{where}: address of {sym.describe()} + {imm} is not instruction-aligned")
-            dest = self._place((sym.shndx, (sym.value + imm) // I.INSN_SIZE), where, queue)
+            dest = self._place((sym.shndx, (sym.value + imm) // I.INSN_SIZE), where)
             _set_src_reg(self.code, at, PSEUDO_FUNC)
             I.set_imm(self.code, at, dest - at - 1)
             I.set_imm(self.code, at + 1, 0)
@@ -337,9 +338,7 @@ class _Job:
                 "nor __kconfig: link the object with bpftool gen object / the static linker first"
             )
 
-    def _call(
-        self, func: Function, base: int, i: int, rel: Relocation | None, where: str, queue: list[tuple[Function, int]]
-    ) -> None:
+    def _call(self, func: Function, base: int, i: int, rel: Relocation | None, where: str) -> None:
         src, imm = I.src_reg(func.code, i), I.imm(func.code, i)
         if rel is not None:
             sym = rel.symbol
@@ -367,5 +366,5 @@ class _Job:
             raise UnsupportedError(f"unsupported: kfunc call (btf id {imm}) in {where}")
         else:
             return  # a helper call
-        dest = self._place(target, where, queue)
+        dest = self._place(target, where)
         I.set_imm(self.code, base + i, dest - (base + i) - 1)
