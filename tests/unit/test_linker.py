@@ -202,3 +202,21 @@ def test_unrelocated_pseudo_instructions_are_refused(compile_bpf: CompileBpf) ->
     bad_target = bytearray(_patch_insn(path, "tc", index, 1, 0x10))
     with pytest.raises(ObjectError, match=r"is in no function"):
         read_collection(bytes(bad_target))
+
+
+def test_a_long_call_chain_is_linked_without_recursion(compile_bpf: CompileBpf) -> None:
+    """Subprograms are appended depth first (libbpf's order) with an explicit stack: a chain of
+    calls as long as the object's functions does not exhaust Python's stack."""
+    depth = 1500
+    chain = "".join(
+        f"static __attribute__((noinline)) int f{n}(int x) {{ return f{n + 1}(x) + 1; }}\n" for n in range(depth)
+    )
+    src = f"""
+    static __attribute__((noinline)) int f{depth}(int x) {{ return x; }}
+    {chain}
+    SEC("tc") int deep(struct __sk_buff *skb) {{ return f0(skb->len); }}
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    forward = "".join(f"static int f{n}(int x);\n" for n in range(depth + 1))
+    prog = read_collection(compile_bpf(forward + src)).programs["deep"]
+    assert len(prog.instructions) // 8 > depth

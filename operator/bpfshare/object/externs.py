@@ -66,7 +66,7 @@ def type_shape(btf: Btf, type_id: int, depth: int = _SHAPE_DEPTH) -> str:
     return kind.name.lower()
 
 
-def undefined_names(elf: ElfObject) -> bool:
+def has_externs(elf: ElfObject) -> bool:
     """Whether the object has any extern symbol at all (so BTF is read only when needed)."""
     return any(_is_extern(s.shndx, s.bind, s.type, s.name) for s in elf.symbols[1:])
 
@@ -106,8 +106,16 @@ def _kcfg_type(btf: Btf, type_id: int) -> tuple[KconfigType | None, bool]:
             return None, False
         return KconfigType.TRISTATE, False
     if t.kind is Kind.ARRAY:
-        elem, _index, nelems = btf.array(t)
-        if nelems == 0 or _kcfg_type(btf, elem)[0] is not KconfigType.CHAR:
+        # Of chars only (an element that is itself an array is not a char: one level suffices,
+        # and a cyclic array type cannot recurse).
+        elem_id, _index, nelems = btf.array(t)
+        elem = btf.skip_mods(elem_id)
+        if (
+            nelems == 0
+            or elem.kind is not Kind.INT
+            or elem.size_or_type != 1
+            or int_encoding(btf, elem)[0] & BTF_INT_BOOL
+        ):
             return None, False
         return KconfigType.CHAR_ARRAY, False
     return None, False
@@ -116,8 +124,8 @@ def _kcfg_type(btf: Btf, type_id: int) -> tuple[KconfigType | None, bool]:
 def _align(btf: Btf, type_id: int) -> int:
     """libbpf's btf__align_of for the types a Kconfig value may have."""
     t = btf.skip_mods(type_id)
-    if t.kind is Kind.ARRAY:
-        return _align(btf, btf.array(t)[0])
+    if t.kind is Kind.ARRAY:  # of chars (checked by _kcfg_type)
+        t = btf.skip_mods(btf.array(t)[0])
     return min(t.size_or_type, 8)
 
 

@@ -15,7 +15,7 @@ from bpfshare.object.btf import Btf
 from bpfshare.object.btf_ext import func_and_line_info
 from bpfshare.object.btf_sanitize import sanitize_btf
 from bpfshare.object.elf import ElfObject
-from bpfshare.object.externs import Extern, collect_externs, undefined_names
+from bpfshare.object.externs import Extern, collect_externs, has_externs
 from bpfshare.object.guard import guard
 from bpfshare.object.linker import ExtInfo
 from bpfshare.spec import KCONFIG_MAP, DefinitionStyle, KconfigExtern, MapSpec
@@ -29,7 +29,7 @@ class LinkInputs:
 
     @cached_property
     def _externs(self) -> tuple[dict[str, Extern], int]:
-        if not undefined_names(self.elf):
+        if not has_externs(self.elf):
             return {}, 0
         try:
             btf = self._btf()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bpfshare.errors import ObjectError, UnsupportedError
@@ -221,14 +221,18 @@ class _Job:
         self.externs: list[ExternRelocation] = []
         self.callbacks = False
         self.order: list[tuple[Function, int]] = []  # every placed function and its base
-        self._visit(program, 0)
-
-    def _visit(self, func: Function, base: int) -> None:
-        """Relocate a placed function, appending what it calls as it is met, depth first: libbpf's
-        bpf_object__reloc_code recurses into a subprogram when it appends it, and the same order
-        gives the same instructions (and program tag) as libbpf."""
-        self.order.append((func, base))
-        self._relocate(func, base)
+        self._pending: tuple[Function, int] | None = None  # placed by the current instruction
+        # Depth first, as libbpf's bpf_object__reloc_code recurses into a subprogram when it
+        # appends it: the same order gives the same instructions (and program tag) as libbpf. A
+        # stack of the functions being relocated, not recursion: a call chain as long as an
+        # object's function count cannot exhaust Python's stack.
+        stack = [self._relocate(program, 0)]
+        while stack:
+            placed = next(stack[-1], None)
+            if placed is None:
+                stack.pop()
+            else:
+                stack.append(self._relocate(*placed))
 
     def rebase(self, info: ExtInfo) -> bytes:
         """The records of every placed function, their instruction offsets made linked indexes
@@ -249,7 +253,7 @@ class _Job:
         if key not in self.placed:
             self.placed[key] = len(self.code) // I.INSN_SIZE
             self.code += func.code
-            self._visit(func, self.placed[key])
+            self._pending = (func, self.placed[key])
         return self.placed[key] + target[1] - func.start
 
     def _describe(self, func: Function) -> str:
@@ -257,7 +261,10 @@ class _Job:
             return f"program {func.name!r} (section {func.section.name})"
         return f"program {self.program.name!r}: subprogram {func.name!r} (section {func.section.name})"
 
-    def _relocate(self, func: Function, base: int) -> None:
+    def _relocate(self, func: Function, base: int) -> Iterator[tuple[Function, int]]:
+        """Relocate a placed function's instructions, yielding each function it places (to be
+        relocated before its next instruction)."""
+        self.order.append((func, base))
         code = func.code
         count = len(code) // I.INSN_SIZE
         section_relocs = self.linker._section_relocations(func.section)
@@ -284,6 +291,9 @@ class _Job:
                     f"{where}: relocation of type {rel.type} against {rel.symbol.describe()} "
                     f"on opcode {op:#04x}, which is neither ld_imm64 nor call"
                 )
+            if self._pending is not None:
+                placed, self._pending = self._pending, None
+                yield placed
 
     def _ld_imm64(self, func: Function, base: int, i: int, rel: Relocation | None, where: str) -> None:
         src = I.src_reg(func.code, i)
