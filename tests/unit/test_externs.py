@@ -455,3 +455,24 @@ def test_externs_in_subprograms_get_linked_indexes(compile_bpf: CompileBpf) -> N
     assert min(kfunc.insn, ksym.insn, kconfig.insn) >= start
     assert insn(code, kfunc.insn)[:3] == (CALL, 0, 2)
     assert insn(code, ksym.insn)[0] == LD_IMM64 and insn(code, kconfig.insn)[0] == LD_IMM64
+
+
+def test_kallsyms_parsing(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from bpfshare.load import kernel_symbols
+
+    path = tmp_path / "kallsyms"
+    path.write_text(
+        "ffffffff81000000 T _text\n"
+        "ffffffff814e6bb0 T bpf_prog_put\n"
+        "ffffffff814e6bc0 T bpf_prog_put_deferred\n"
+        "ffffffffc0001000 t mod_func\t[some_module]\n"
+        "ffffffffc0002000 t twice\t[a]\n"
+        "ffffffffc0003000 t twice\t[b]\n"
+        "ffffffffc0004000 d same\n"
+        "ffffffffc0004000 d same\t[m]"
+    )
+    monkeypatch.setattr(kernel_symbols, "KALLSYMS", path)
+    found = kernel_symbols.kallsyms({"bpf_prog_put", "mod_func", "same", "bpf_prog", "absent"})
+    assert found == {"bpf_prog_put": 0xFFFFFFFF814E6BB0, "mod_func": 0xFFFFFFFFC0001000, "same": 0xFFFFFFFFC0004000}
+    with pytest.raises(BpfshareError, match=r"^ksym twice: ambiguous"):
+        kernel_symbols.kallsyms({"twice"})

@@ -61,21 +61,28 @@ def kernel_type_shape(found: KernelBtfId) -> str:
 def kallsyms(names: set[str]) -> dict[str, int]:
     """Addresses of ``names`` in /proc/kallsyms (libbpf's bpf_object__read_kallsyms_file).
 
-    A name listed twice at different addresses is ambiguous, and refused, as libbpf does.
+    A name listed twice at different addresses is ambiguous, and refused, as libbpf does. The file
+    (some 5 MiB) is searched for each name rather than split into lines: a few names are wanted.
     """
-    found: dict[str, int] = {}
     try:
-        text = KALLSYMS.read_text()
+        text = KALLSYMS.read_bytes()
     except OSError as exc:
         raise BpfshareError(f"cannot read {KALLSYMS}: {exc.strerror or exc}") from None
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[2] not in names:
-            continue
-        addr = int(parts[0], 16)
-        if found.get(parts[2], addr) != addr:
-            raise BpfshareError(f"ksym {parts[2]}: ambiguous in {KALLSYMS} (two addresses)")
-        found[parts[2]] = addr
+    found: dict[str, int] = {}
+    for name in names:
+        # Lines are "<address> <type> <name>[\t[<module>]]": find " <name>" ending the name.
+        needle = b" " + name.encode()
+        pos = text.find(needle)
+        while pos >= 0:
+            end = pos + len(needle)
+            if end == len(text) or text[end : end + 1] in (b"\t", b"\n", b" "):
+                head = text[text.rfind(b"\n", 0, pos) + 1 : pos].split()
+                if len(head) == 2 and len(head[1]) == 1:
+                    addr = int(head[0], 16)
+                    if found.get(name, addr) != addr:
+                        raise BpfshareError(f"ksym {name}: ambiguous in {KALLSYMS} (two addresses)")
+                    found[name] = addr
+            pos = text.find(needle, pos + 1)
     return found
 
 
