@@ -10,9 +10,9 @@ import pytest
 from bpfshare.errors import BpfshareError, ObjectError, UnsupportedError
 from bpfshare.load import externs as resolver
 from bpfshare.load.kconfig import KconfigError, apply_config, kconfig_contents, kernel_version, parse_u64
-from bpfshare.load.kernel_symbols import KernelBtfId
 from bpfshare.object.btf import Btf, Kind
 from bpfshare.object.externs import BTF_FUNC_EXTERN, BTF_VAR_GLOBAL_EXTERN, var_linkage
+from bpfshare.object.kernel_btf import KernelType
 from bpfshare.object.reader import read_collection
 from bpfshare.spec import KCONFIG_MAP, ExternKind, KconfigExtern, KconfigType, RelocationKind
 from bpfshare.types import MapFlag, MapType
@@ -211,17 +211,22 @@ def test_extern_variable_declared_neither_ksym_nor_kconfig(compile_bpf: CompileB
         read_collection(compile_bpf(src))
 
 
+def kernel_type(type_id: int, module: str = "") -> KernelType:
+    """A kernel type found in no real BTF: the tests replace the prototype check too."""
+    return KernelType(None, type_id, module)  # type: ignore[arg-type]
+
+
 class FakeKernel:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.btf = {
-            ("bpf_rcu_read_lock", Kind.FUNC): KernelBtfId(65401),
-            ("bpf_prog_active", Kind.VAR): KernelBtfId(13793),
+            ("bpf_rcu_read_lock", Kind.FUNC): kernel_type(65401),
+            ("bpf_prog_active", Kind.VAR): kernel_type(13793),
         }
         self.syms = {"bpf_prog_put": 0xFFFFFFFF814E6BB0}
         monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: self.btf.get((name, kind)))
         monkeypatch.setattr(resolver, "kallsyms", lambda names: {n: a for n, a in self.syms.items() if n in names})
         self.protos = {65401: "()void", 13793: "int"}
-        monkeypatch.setattr(resolver, "kernel_type_shape", lambda found: self.protos[found.btf_id])
+        monkeypatch.setattr(resolver, "kernel_type_shape", lambda found: self.protos[found.id])
 
 
 def test_resolution_of_ksyms(bpf_objects: BpfObjects, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -408,13 +413,13 @@ def test_module_kfuncs_go_through_fd_array(bpf_objects: BpfObjects, monkeypatch:
         def close(self) -> None:
             opened.remove(self.fd)
 
-    def fd_by_id(obj_id: int) -> FakeFd:
-        opened.append(100 + obj_id)
-        return FakeFd(100 + obj_id)
+    def module_fd(module: str) -> FakeFd:
+        opened.append(107)
+        return FakeFd(107)
 
-    ids = {"bpf_rcu_read_lock": KernelBtfId(70001, "mod_a", 7), "bpf_rcu_read_unlock": KernelBtfId(70002, "mod_a", 7)}
+    ids = {"bpf_rcu_read_lock": kernel_type(70001, "mod_a"), "bpf_rcu_read_unlock": kernel_type(70002, "mod_a")}
     monkeypatch.setattr(resolver, "find_ksym_btf_id", lambda name, kind: ids.get(name))
-    monkeypatch.setattr(resolver, "btf_fd_by_id", fd_by_id)
+    monkeypatch.setattr(resolver, "module_btf_fd", module_fd)
     monkeypatch.setattr(resolver, "kernel_type_shape", lambda found: "()void")
     prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
     resolved = resolver.resolve_externs(prog, prog.instructions)

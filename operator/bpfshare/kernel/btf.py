@@ -1,4 +1,4 @@
-"""BTF objects in the kernel: loading an object's BTF (BPF_BTF_LOAD), opening one by ID.
+"""Loading an object's BTF into the kernel (BPF_BTF_LOAD).
 
 A program with callbacks needs BTF func_info, which refers to types of a BTF object the kernel
 holds (``prog_btf_fd``). Loading is two-phase like programs: without a log first, then with one
@@ -14,7 +14,6 @@ from bpfshare.errors import KernelError
 from bpfshare.kernel.syscall import FD, bpf
 
 BPF_BTF_LOAD = 18
-BPF_BTF_GET_FD_BY_ID = 19
 LOG_SIZE = 1 << 20
 
 
@@ -31,12 +30,6 @@ class BtfLoadAttr(ctypes.Structure):
         ("btf_flags", c_uint32),
         ("btf_token_fd", c_int32),
     ]
-
-
-class BtfIdAttr(ctypes.Structure):
-    """union bpf_attr, BPF_BTF_GET_FD_BY_ID."""
-
-    _fields_ = [("btf_id", c_uint32), ("next_id", c_uint32), ("open_flags", c_uint32), ("fd_by_id_token_fd", c_int32)]
 
 
 def load_btf(data: bytes, what: str) -> FD:
@@ -64,11 +57,3 @@ def load_btf(data: bytes, what: str) -> FD:
         lines = log.value.decode(errors="replace").strip().splitlines()
         reason = f": {lines[-1]}" if lines else ""
         raise KernelError(f"loading {what}: {exc}{reason}", exc.errno) from None
-
-
-def btf_fd_by_id(btf_id: int) -> FD:
-    attr = BtfIdAttr(btf_id=btf_id)
-    try:
-        return FD(bpf(BPF_BTF_GET_FD_BY_ID, attr))
-    except KernelError as exc:
-        raise KernelError(f"opening BTF id {btf_id}: {exc}", exc.errno) from None

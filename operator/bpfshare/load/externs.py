@@ -20,10 +20,10 @@ import struct
 from dataclasses import dataclass, field
 
 from bpfshare.errors import BpfshareError
-from bpfshare.kernel.btf import btf_fd_by_id
 from bpfshare.kernel.syscall import FD
-from bpfshare.load.kernel_symbols import KernelBtfId, find_ksym_btf_id, kallsyms, kernel_type_shape
+from bpfshare.load.kernel_symbols import find_ksym_btf_id, kallsyms, kernel_type_shape
 from bpfshare.object.btf import Kind
+from bpfshare.object.kernel_btf import KernelType, module_btf_fd
 from bpfshare.spec import INSN_SIZE, ExternKind, ExternRelocation, ProgramSpec
 
 BPF_PSEUDO_BTF_ID = 3
@@ -70,7 +70,7 @@ def resolve_externs(program: ProgramSpec, instructions: bytes) -> Resolved:
     index = {name: n for n, name in enumerate(dict.fromkeys(names))}  # the poison's extern index
     typeless = {e.name for e in program.externs if e.kind is ExternKind.KSYM and not e.typed}
     addresses = kallsyms(typeless) if typeless else {}
-    module_slots: dict[int, int] = {}  # module BTF object id -> index in fd_array
+    module_slots: dict[str, int] = {}  # module name -> index of its BTF fd in fd_array
     try:
         for ext in program.externs:
             if ext.kind is ExternKind.KSYM and not ext.typed:
@@ -103,9 +103,9 @@ def resolve_externs(program: ProgramSpec, instructions: bytes) -> Resolved:
                 continue  # a weak typed ksym: ld_imm64 of 0, as the linker left it
             slot, fd = _module_slot(found, module_slots, out)
             if ext.kind is ExternKind.KFUNC_CALL:
-                _set(buf, ext.insn, src=BPF_PSEUDO_KFUNC_CALL, imm=found.btf_id, off=slot)
+                _set(buf, ext.insn, src=BPF_PSEUDO_KFUNC_CALL, imm=found.id, off=slot)
             else:
-                _set(buf, ext.insn, src=BPF_PSEUDO_BTF_ID, imm=found.btf_id)
+                _set(buf, ext.insn, src=BPF_PSEUDO_BTF_ID, imm=found.id)
                 _set(buf, ext.insn + 1, imm=fd)
     except BaseException:
         out.close()
@@ -114,19 +114,19 @@ def resolve_externs(program: ProgramSpec, instructions: bytes) -> Resolved:
     return out
 
 
-def _module_slot(found: KernelBtfId, slots: dict[int, int], out: Resolved) -> tuple[int, int]:
+def _module_slot(found: KernelType, slots: dict[str, int], out: Resolved) -> tuple[int, int]:
     """(index in fd_array, fd) of the BTF that holds ``found``: (0, 0) for vmlinux. As libbpf,
     index 0 of fd_array stays unused (an off of 0 means vmlinux)."""
-    if not found.module_btf_obj_id:
+    if not found.module:
         return 0, 0
-    if found.module_btf_obj_id not in slots:
-        fd = btf_fd_by_id(found.module_btf_obj_id)
+    if found.module not in slots:
+        fd = module_btf_fd(found.module)
         out.fds.append(fd)
         if not out.fd_array:
             out.fd_array.append(0)
-        slots[found.module_btf_obj_id] = len(out.fd_array)
+        slots[found.module] = len(out.fd_array)
         out.fd_array.append(int(fd))
-    slot = slots[found.module_btf_obj_id]
+    slot = slots[found.module]
     return slot, out.fd_array[slot]
 
 

@@ -1,61 +1,34 @@
 """Where the running kernel's symbols are: BTF ids (vmlinux and module BTF) and kallsyms addresses.
 
-``find_ksym_btf_id`` is the one function the extern resolver asks the kernel's BTF, as libbpf's
-find_ksym_btf_id does (vmlinux first, then the modules' split BTF). It is deliberately small, to
-be swapped for the shared, lazily indexed kernel BTF module (issue 13 item 8): until then it reads
-/sys/kernel/btf/vmlinux with the object BTF reader and indexes the names of its VARs and FUNCs
-once per process.
+``find_ksym_btf_id`` is the one function the extern resolver asks the kernel's BTF (the shared,
+lazily indexed, per-process ``object.kernel_btf``), as libbpf's find_ksym_btf_id does: vmlinux
+first, then the modules' split BTF (read only when vmlinux lacks the name).
 """
 
 from __future__ import annotations
 
 import functools
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 
-from bpfshare.errors import BpfshareError, ObjectError
-from bpfshare.object.btf import Btf, Kind
+from bpfshare.errors import BpfshareError
+from bpfshare.object.btf import Kind
 from bpfshare.object.externs import type_shape
+from bpfshare.object.kernel_btf import KernelType, kernel_btf
 
-VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 KALLSYMS = Path("/proc/kallsyms")
 
 
-@dataclass(frozen=True)
-class KernelBtfId:
-    btf_id: int
-    module: str = ""  # "" for vmlinux
-    module_btf_obj_id: int = 0  # the module's BTF object id (for BPF_BTF_GET_FD_BY_ID)
+def find_ksym_btf_id(name: str, kind: Kind) -> KernelType | None:
+    """The kernel's BTF VAR or FUNC called ``name`` (vmlinux's, else a module's); None if none."""
+    kbtf = kernel_btf()
+    found = kbtf.find(name, kind) or kbtf.find(name, kind, modules=True)
+    return found[0] if found else None
 
 
-@functools.cache
-def _vmlinux() -> tuple[Btf, dict[tuple[Kind, str], int]]:
-    try:
-        data = VMLINUX_BTF.read_bytes()
-    except OSError as exc:
-        raise BpfshareError(f"cannot read the kernel's BTF ({VMLINUX_BTF}): {exc.strerror or exc}") from None
-    try:
-        btf = Btf(data, str(VMLINUX_BTF))
-    except ObjectError as exc:
-        raise BpfshareError(f"cannot read the kernel's BTF: {exc}") from None
-    index: dict[tuple[Kind, str], int] = {}
-    for t in btf.types:
-        if t.kind in (Kind.VAR, Kind.FUNC):
-            index.setdefault((t.kind, btf.name(t)), t.id)
-    return btf, index
-
-
-def find_ksym_btf_id(name: str, kind: Kind) -> KernelBtfId | None:
-    """The kernel's BTF VAR or FUNC called ``name``; None if the kernel has none."""
-    btf_id = _vmlinux()[1].get((kind, name))
-    return KernelBtfId(btf_id) if btf_id is not None else None
-
-
-def kernel_type_shape(found: KernelBtfId) -> str:
+def kernel_type_shape(found: KernelType) -> str:
     """The type of the kernel VAR ``found`` (a FUNC: its prototype), as ``type_shape`` writes it."""
-    btf = _vmlinux()[0]
-    return type_shape(btf, btf.type(found.btf_id).size_or_type)
+    return type_shape(found.btf, found.btf.type(found.id).size_or_type)
 
 
 def kallsyms(names: set[str]) -> dict[str, int]:

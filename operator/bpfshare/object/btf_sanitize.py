@@ -21,7 +21,7 @@ import struct
 from bpfshare.errors import UnsupportedError
 from bpfshare.object.btf import Btf, Kind
 from bpfshare.object.elf import STT_FUNC, STT_SECTION, ElfObject
-from bpfshare.object.externs import BTF_FUNC_EXTERN, BTF_VAR_GLOBAL_EXTERN, KCONFIG_SEC, KSYMS_SEC, int_encoding
+from bpfshare.object.externs import BTF_FUNC_EXTERN, BTF_VAR_GLOBAL_EXTERN, KCONFIG_SEC, KSYMS_SEC
 from bpfshare.spec import KconfigExtern
 
 BTF_VAR_GLOBAL_ALLOCATED = 1
@@ -60,7 +60,7 @@ def sanitize_btf(btf: Btf, elf: ElfObject, kconfig: dict[str, KconfigExtern], kc
 
     # libbpf's find_int_btf_id: the first 32-bit INT, appended if the object has none.
     int_id = next(
-        (t.id for t in btf.types if t.kind is Kind.INT and int_encoding(btf, t)[1] == 32),
+        (t.id for t in btf.types if t.kind is Kind.INT and btf.int_encoding(t).bits == 32),
         0,
     )
     if not int_id:

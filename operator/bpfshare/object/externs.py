@@ -21,9 +21,6 @@ KCONFIG_SEC = ".kconfig"
 KSYMS_SEC = ".ksyms"
 BTF_VAR_GLOBAL_EXTERN = 2
 BTF_FUNC_EXTERN = 2
-BTF_INT_SIGNED = 1
-BTF_INT_CHAR = 2
-BTF_INT_BOOL = 4
 _U32 = struct.Struct("<I")
 
 
@@ -60,8 +57,7 @@ def type_shape(btf: Btf, type_id: int, depth: int = _SHAPE_DEPTH) -> str:
     if kind is Kind.ARRAY:
         return "[]" + type_shape(btf, btf.array(t)[0], depth - 1)
     if kind is Kind.FUNC_PROTO:
-        params = struct.iter_unpack("<II", btf.types_data[t.extra : t.extra + 8 * t.vlen])
-        args = ",".join(type_shape(btf, param_type, depth - 1) for _name, param_type in params)
+        args = ",".join(type_shape(btf, param.type, depth - 1) for param in btf.params(t))
         return f"({args})" + type_shape(btf, t.size_or_type, depth - 1)
     return kind.name.lower()
 
@@ -76,12 +72,6 @@ def _is_extern(shndx: int, bind: int, typ: int, name: str) -> bool:
     return shndx == SHN_UNDEF and bind in (STB_GLOBAL, STB_WEAK) and typ not in (STT_SECTION, STT_FILE) and bool(name)
 
 
-def int_encoding(btf: Btf, t: BtfType) -> tuple[int, int]:
-    """(encoding, bits) of a BTF INT."""
-    (raw,) = _U32.unpack_from(btf.types_data, t.extra)
-    return (raw >> 24) & 0x0F, raw & 0xFF
-
-
 def var_linkage(btf: Btf, t: BtfType) -> int:
     (linkage,) = _U32.unpack_from(btf.types_data, t.extra)
     return int(linkage)
@@ -91,10 +81,10 @@ def _kcfg_type(btf: Btf, type_id: int) -> tuple[KconfigType | None, bool]:
     """libbpf's find_kcfg_type: (type, signed), type None when unsupported."""
     t = btf.skip_mods(type_id)
     if t.kind is Kind.INT:
-        enc, _bits = int_encoding(btf, t)
-        if enc & BTF_INT_BOOL:
+        enc = btf.int_encoding(t)
+        if enc.bool:
             return (KconfigType.BOOL if t.size_or_type == 1 else None), False
-        signed = bool(enc & BTF_INT_SIGNED)
+        signed = enc.signed
         if t.size_or_type == 1:
             return KconfigType.CHAR, signed
         size = t.size_or_type
@@ -110,12 +100,7 @@ def _kcfg_type(btf: Btf, type_id: int) -> tuple[KconfigType | None, bool]:
         # and a cyclic array type cannot recurse).
         elem_id, _index, nelems = btf.array(t)
         elem = btf.skip_mods(elem_id)
-        if (
-            nelems == 0
-            or elem.kind is not Kind.INT
-            or elem.size_or_type != 1
-            or int_encoding(btf, elem)[0] & BTF_INT_BOOL
-        ):
+        if nelems == 0 or elem.kind is not Kind.INT or elem.size_or_type != 1 or btf.int_encoding(elem).bool:
             return None, False
         return KconfigType.CHAR_ARRAY, False
     return None, False
