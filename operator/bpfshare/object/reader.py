@@ -35,7 +35,7 @@ def read_collection(source: Source) -> CollectionSpec:
 
     Raises ``ObjectError`` for anything malformed (naming the section, symbol or offset) and its
     subclass ``UnsupportedError`` for valid objects that use something bpfshare cannot load (CO-RE,
-    kfuncs, externs, ...). No other exception escapes for any input bytes.
+    extern functions left for the static linker, ...). No other exception escapes for any input bytes.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -84,7 +84,7 @@ class _Reader:
 
     # -- object-wide checks ---------------------------------------------------------------------
     def _refuse_unsupported(self) -> None:
-        """Sections bpfshare cannot load. (Externs and kfuncs are refused where a program uses them.)"""
+        """Sections bpfshare cannot load."""
         for name, what in UNSUPPORTED_SECTIONS.items():
             if name in self.elf.by_name:
                 raise UnsupportedError(f"unsupported: {what} (section {name})")
