@@ -405,6 +405,57 @@ class MapRelocation:
     offset: int = 0  # for MAP_VALUE: byte offset into the map value
 
 
+class ExternKind(enum.IntEnum):
+    """What an instruction referring to a ``__ksym`` extern becomes once the kernel resolves it."""
+
+    KSYM = 1  # ld_imm64 of a __ksym: typeless -> its kallsyms address; typed -> BPF_PSEUDO_BTF_ID
+    KFUNC_CALL = 2  # call of a kfunc: src_reg BPF_PSEUDO_KFUNC_CALL, imm = its BTF id
+
+
+@dataclass(frozen=True)
+class ExternRelocation:
+    """An instruction (index in the linked program) referring to a ``__ksym`` extern by name.
+
+    Resolved against the running kernel at load time (``bpfshare.load.externs``), as libbpf's
+    bpf_object__resolve_externs and bpf_object__relocate_data (RELO_EXTERN_LD64/RELO_EXTERN_CALL) do.
+    ``typed``: the object's BTF gives it a type (a VAR of non-void type, or a FUNC), so it is looked
+    up in the kernel's BTF rather than in /proc/kallsyms. ``weak``: resolves to zero when missing.
+    """
+
+    insn: int
+    name: str
+    kind: ExternKind
+    typed: bool = False
+    is_func: bool = False
+    weak: bool = False
+    proto: str = ""  # a typed extern's type, to check against the kernel's (object.externs.type_shape)
+
+
+class KconfigType(enum.IntEnum):
+    """libbpf's enum kcfg_type: how a Kconfig value is stored (find_kcfg_type)."""
+
+    BOOL = 1
+    CHAR = 2
+    TRISTATE = 3  # enum libbpf_tristate: n = 0, y = 1, m = 2
+    INT = 4
+    CHAR_ARRAY = 5
+
+
+@dataclass(frozen=True)
+class KconfigExtern:
+    """A ``__kconfig`` extern: where its value goes in the ``.kconfig`` map and how it is encoded."""
+
+    name: str
+    offset: int
+    size: int
+    type: KconfigType
+    signed: bool = False
+    weak: bool = False
+
+
+KCONFIG_MAP = ".kconfig"
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     name: str  # function symbol
@@ -415,6 +466,14 @@ class ProgramSpec:
     license: str = "GPL"
     kernel_version: int = 0
     relocations: tuple[MapRelocation, ...] = ()
+    externs: tuple[ExternRelocation, ...] = ()
+    # BTF func_info (8-byte records: insn_off, type_id) and line_info (16-byte records: insn_off,
+    # file_name_off, line_off, line_col), rebased to linked instruction indexes, and the object's
+    # BTF sanitized for the kernel. Set only for programs the kernel refuses without them (those
+    # taking a function's address: callbacks); empty otherwise.
+    func_info: bytes = b""
+    line_info: bytes = b""
+    btf: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def map_names(self) -> list[str]:
@@ -510,6 +569,9 @@ class CollectionSpec:
     refused_maps: dict[str, RefusedMap] = field(default_factory=dict)
     # Every program's name, loadable or not, in the object's order (for inspect).
     order: tuple[str, ...] = ()
+    # The ``__kconfig`` externs, laid out in the ``.kconfig`` map (``KCONFIG_MAP``), whose contents
+    # the loader fills in from the running kernel's configuration.
+    kconfig: tuple[KconfigExtern, ...] = ()
 
     def program(self, name: str) -> ProgramSpec:
         """Find a program by function name, or by section name when that is unique.

@@ -164,33 +164,6 @@ def test_core_relocations_are_refused(compile_bpf: CompileBpf) -> None:
         read_collection(compile_bpf(src))
 
 
-def test_kfunc_and_extern_are_refused(compile_bpf: CompileBpf) -> None:
-    kfunc = """
-    extern void bpf_rcu_read_lock(void) __ksym;
-    SEC("tc") int uses_kfunc(struct __sk_buff *skb) { bpf_rcu_read_lock(); return 0; }
-    char LICENSE[] SEC("license") = "GPL";
-    """
-    with pytest.raises(UnsupportedError, match=r"kfunc call to 'bpf_rcu_read_lock' in program 'uses_kfunc'"):
-        read_collection(compile_bpf(kfunc)).program("uses_kfunc")  # refused: that program only
-    kconfig = """
-    extern int LINUX_KERNEL_VERSION __kconfig;
-    SEC("tc") int uses_kconfig(struct __sk_buff *skb) { return LINUX_KERNEL_VERSION; }
-    char LICENSE[] SEC("license") = "GPL";
-    """
-    with pytest.raises(UnsupportedError, match=r"extern 'LINUX_KERNEL_VERSION'.*uses_kconfig"):
-        read_collection(compile_bpf(kconfig)).program("uses_kconfig")
-
-
-def test_callbacks_are_refused(compile_bpf: CompileBpf) -> None:
-    src = """
-    static int step(__u32 index, void *ctx) { return 0; }
-    SEC("tc") int loops(struct __sk_buff *skb) { bpf_loop(4, step, 0, 0); return 0; }
-    char LICENSE[] SEC("license") = "GPL";
-    """
-    with pytest.raises(UnsupportedError, match=r"callback: address of function 'step' taken in program 'loo"):
-        read_collection(compile_bpf(src)).program("loops")
-
-
 def _patch_insn(path, section: str, index: int, byte: int, value: int) -> bytes:  # type: ignore[no-untyped-def]
     data = bytearray(path.read_bytes())
     sec = ElfObject(bytes(data)).by_name[section]
@@ -245,3 +218,21 @@ def test_a_reference_into_an_unsupported_section_refuses_that_program_only(compi
     assert spec.refused_maps["my_ops"].reason == "unsupported: struct_ops maps (section .struct_ops)"
     with pytest.raises(UnsupportedError, match=r"^program 'peeks' cannot be loaded: unsupported: struct_ops maps "):
         spec.program("peeks")
+
+
+def test_a_long_call_chain_is_linked_without_recursion(compile_bpf: CompileBpf) -> None:
+    """Subprograms are appended depth first (libbpf's order) with an explicit stack: a chain of
+    calls as long as the object's functions does not exhaust Python's stack."""
+    depth = 1500
+    chain = "".join(
+        f"static __attribute__((noinline)) int f{n}(int x) {{ return f{n + 1}(x) + 1; }}\n" for n in range(depth)
+    )
+    src = f"""
+    static __attribute__((noinline)) int f{depth}(int x) {{ return x; }}
+    {chain}
+    SEC("tc") int deep(struct __sk_buff *skb) {{ return f0(skb->len); }}
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    forward = "".join(f"static int f{n}(int x);\n" for n in range(depth + 1))
+    prog = read_collection(compile_bpf(forward + src)).programs["deep"]
+    assert len(prog.instructions) // 8 > depth

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -23,6 +24,8 @@ LOG_LEVEL_BRANCHES = 1  # BPF_LOG_LEVEL1: the verifier's reasoning along the fai
 LOG_START = 64 * 1024
 LOG_MAX = 16 * 1024 * 1024  # the kernel refuses log_size above UINT_MAX >> 2; 16 MiB is plenty
 LOG_TAIL_LINES = 20
+FUNC_INFO_SIZE = 8  # struct bpf_func_info
+LINE_INFO_SIZE = 16  # struct bpf_line_info
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,20 @@ class Program(KernelObject[ProgramInfo]):
     kind = ObjectKind.PROG
 
     @classmethod
-    def load(cls, spec: ProgramSpec, instructions: bytes, name: str | None = None) -> Self:
+    def load(
+        cls,
+        spec: ProgramSpec,
+        instructions: bytes,
+        name: str | None = None,
+        *,
+        btf_fd: int | None = None,
+        fd_array: Sequence[int] = (),
+    ) -> Self:
         """Verify and load ``instructions`` (already bound to map fds) as ``spec`` describes.
+
+        ``btf_fd``: the object's BTF in the kernel, which ``spec.func_info``/``spec.line_info``
+        refer to (passed only with it). ``fd_array``: the module BTF fds that kfunc calls name by
+        index (their ``off``); index 0 is unused, as libbpf leaves it.
 
         Raises VerifierError (message: ``loading program X: <errno>: <log tail>``, ``.log``: the full
         log) when the verifier refuses it.
@@ -65,6 +80,9 @@ class Program(KernelObject[ProgramInfo]):
         label = name or spec.name
         insns = ctypes.create_string_buffer(instructions, len(instructions))
         license_buf = ctypes.create_string_buffer((spec.license or "").encode() + b"\0")
+        func_info = ctypes.create_string_buffer(spec.func_info, max(len(spec.func_info), 1))
+        line_info = ctypes.create_string_buffer(spec.line_info, max(len(spec.line_info), 1))
+        fds = (ctypes.c_int32 * max(len(fd_array), 1))(*fd_array)
 
         def attempt(log: ctypes.Array[ctypes.c_char] | None) -> tuple[int, int]:
             attr = new_attr()
@@ -77,6 +95,18 @@ class Program(KernelObject[ProgramInfo]):
             pl.prog_name = kernel_object_name(label).encode()  # ASCII only
             if spec.expected_attach_type is not None:
                 pl.expected_attach_type = int(spec.expected_attach_type)
+            if btf_fd is not None:
+                pl.prog_btf_fd = btf_fd
+                if spec.func_info:
+                    pl.func_info_rec_size = FUNC_INFO_SIZE
+                    pl.func_info = ctypes.addressof(func_info)
+                    pl.func_info_cnt = len(spec.func_info) // FUNC_INFO_SIZE
+                if spec.line_info:
+                    pl.line_info_rec_size = LINE_INFO_SIZE
+                    pl.line_info = ctypes.addressof(line_info)
+                    pl.line_info_cnt = len(spec.line_info) // LINE_INFO_SIZE
+            if fd_array:
+                pl.fd_array = ctypes.addressof(fds)
             if log is not None:
                 pl.log_level = LOG_LEVEL_BRANCHES
                 pl.log_size = len(log)

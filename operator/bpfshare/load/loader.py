@@ -31,6 +31,7 @@ Initial slots (``.values = { [i] = &x }`` in ``.maps``), as libbpf does them:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import re
 import struct
@@ -39,11 +40,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfshare.errors import BpfshareError, KernelError, VerifierError
+from bpfshare.kernel.btf import load_btf
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
 from bpfshare.load.bpf_pinning import custom_pin_subdir
-from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec, kernel_object_name
+from bpfshare.load.externs import resolve_externs
+from bpfshare.load.kconfig import kconfig_contents
+from bpfshare.spec import (
+    KCONFIG_MAP,
+    CollectionSpec,
+    DefinitionStyle,
+    MapSpec,
+    Pinning,
+    ProgramSpec,
+    kernel_object_name,
+)
 from bpfshare.types import MapType
 
 PROGRAM_PIN = "program"
@@ -255,6 +267,43 @@ def private_pin_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name.lstrip(".")) or "map"
 
 
+def with_kconfig_values(collection: CollectionSpec, programs: list[ProgramSpec]) -> CollectionSpec:
+    """The collection with its ``.kconfig`` map's contents filled in for the running kernel, if
+    one of the programs being loaded reads __kconfig values (libbpf's bpf_object__resolve_externs)."""
+    spec = collection.maps.get(KCONFIG_MAP)
+    if spec is None or not any(KCONFIG_MAP in program.map_names for program in programs):
+        return collection
+    contents = kconfig_contents(collection.kconfig, spec.value_size)
+    maps = {**collection.maps, KCONFIG_MAP: dataclasses.replace(spec, contents=contents)}
+    return dataclasses.replace(collection, maps=maps)
+
+
+def _load_one(program: ProgramSpec, fds: dict[str, int]) -> tuple[Program, float]:
+    """One program through the verifier, its map references bound to ``fds`` and its externs and
+    kfuncs resolved against the running kernel; and the seconds spent in BPF_PROG_LOAD."""
+    resolved = resolve_externs(program, program.instructions_with_fds(fds))
+    try:
+        # The object's BTF, for the func_info of programs with callbacks; the kernel keeps its own
+        # reference from the program, so the fd is closed after the load.
+        needs_btf = program.func_info and program.btf is not None
+        btf = load_btf(program.btf or b"", f"the BTF of program {program.name!r}") if needs_btf else None
+        try:
+            started = time.perf_counter()
+            live = Program.load(
+                program,
+                resolved.instructions,
+                name=program.name,
+                btf_fd=int(btf) if btf is not None else None,
+                fd_array=resolved.fd_array,
+            )
+            return live, time.perf_counter() - started
+        finally:
+            if btf is not None:
+                btf.close()
+    finally:
+        resolved.close()
+
+
 def load_program(
     collection: CollectionSpec,
     program_name: str,
@@ -277,6 +326,7 @@ def load_program(
     pin_dir = pin_dir or default_pin_dir(pin_root, program.name)
     bindings = bindings or {}
     names, _ = collection.load_closure(program.name)
+    collection = with_kconfig_values(collection, [collection.programs[name] for name in names])
     maps: dict[str, LoadedMap] = {}
     live: Program | None = None
     slot_programs: dict[str, Program] = {}
@@ -291,13 +341,11 @@ def load_program(
                 resolved=maps,
             )
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        started = time.perf_counter()
-        live = Program.load(program, program.instructions_with_fds(fds), name=program.name)
-        kernel_seconds = time.perf_counter() - started
+        live, kernel_seconds = _load_one(program, fds)
         for name in names[1:]:
             spec = collection.programs[name]
             try:
-                slot_programs[name] = Program.load(spec, spec.instructions_with_fds(fds), name=name)
+                slot_programs[name], _ = _load_one(spec, fds)
             except KernelError as exc:
                 error = VerifierError if isinstance(exc, VerifierError) else KernelError
                 raise error(

@@ -1,14 +1,21 @@
-"""A reader for the ``.BTF`` section: just what map definitions need (types, sizes, names).
+"""A reader for BTF: an object's ``.BTF`` section, and the kernel's (vmlinux and module split BTF).
 
 Format: include/uapi/linux/btf.h. A header, then a type section of variable-length records (type id
 1 is the first record; 0 is void) and a string section. Records are indexed in one pass; the
-kind-specific data (members, array info, datasec entries) is decoded on demand.
+kind-specific data (members, enumerators, parameters, array info, datasec entries) is decoded on
+demand, and the name index is built on the first lookup by name.
+
+Split BTF (a kernel module's, libbpf btf__parse_split): its type IDs continue after the base's
+(the first split type is base.count), and its string offsets continue after the base's string
+section. Lookups below an ID or offset the split BTF does not own go to the base.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from array import array
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from bpfshare.errors import ObjectError
@@ -21,6 +28,9 @@ _U32 = struct.Struct("<I")
 _ARRAY = struct.Struct("<III")
 _MEMBER = struct.Struct("<III")
 _SECINFO = struct.Struct("<III")
+_ENUM = struct.Struct("<Ii")
+_ENUM64 = struct.Struct("<IIi")  # name_off, val_lo32, val_hi32
+_PARAM = struct.Struct("<II")
 MAX_CHAIN = 64  # typedef/qualifier/pointer chains longer than this are cycles
 
 
@@ -80,12 +90,32 @@ class BtfType(NamedTuple):
     vlen: int
     size_or_type: int  # size for sized kinds, referenced type id otherwise
     extra: int  # offset of the kind-specific data in the type section
+    kind_flag: bool = False
 
 
 class Member(NamedTuple):
     name: str
     type: int
-    offset: int
+    offset: int  # in bits
+    bitfield_size: int = 0  # non-zero for a bitfield of a kind_flag struct (btf_member_bitfield_size)
+
+
+class Enumerator(NamedTuple):
+    name: str
+    value: int  # signed or unsigned as the enum's kind_flag says
+
+
+class Param(NamedTuple):
+    name: str
+    type: int
+
+
+class IntEncoding(NamedTuple):
+    signed: bool
+    char: bool
+    bool: bool
+    offset: int  # BTF_INT_OFFSET, in bits
+    bits: int  # BTF_INT_BITS
 
 
 class SecInfo(NamedTuple):
@@ -97,9 +127,37 @@ class SecInfo(NamedTuple):
 VOID = BtfType(0, Kind.UNKN, 0, 0, 0, 0)
 
 
+_KINDS = list(Kind)
+
+
+class _Types:
+    """``btf.types``: the types of a BTF (its own, not its base's) as a sequence, decoded on access;
+    ``types[0]`` is void."""
+
+    def __init__(self, btf: Btf) -> None:
+        self._btf = btf
+
+    def __len__(self) -> int:
+        return len(self._btf._offsets)
+
+    def __getitem__(self, index: int) -> BtfType:
+        if not 0 <= index < len(self._btf._offsets):
+            raise IndexError(index)
+        return self._btf._decode(index)
+
+    def __iter__(self) -> Iterator[BtfType]:
+        decode = self._btf._decode
+        return (decode(i) for i in range(len(self._btf._offsets)))
+
+
 class Btf:
-    def __init__(self, data: bytes, section: str = ".BTF") -> None:
+    def __init__(self, data: bytes, section: str = ".BTF", base: Btf | None = None) -> None:
         self.where = section
+        self.base = base
+        # The first type ID and string offset this BTF owns (non-zero for split BTF).
+        self.start_id = base.count if base is not None else 1
+        self.start_str = base.str_end if base is not None else 0
+        self._names: dict[str, list[int]] | None = None
         if len(data) < _HEADER.size:
             raise ObjectError(f"{section}: shorter than the BTF header ({len(data)} bytes)")
         magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(data)
@@ -117,36 +175,115 @@ class Btf:
                 )
         self.types_data = data[hdr_len + type_off : hdr_len + type_off + type_len]
         self.strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self.types: list[BtfType] = [VOID]
+        # _offsets[i] is where type ID start_id - 1 + i starts in the type section; entry 0 stands for
+        # void (base BTF) or nothing (split). Records are decoded into BtfType when asked for: a
+        # kernel's 100k+ types kept as tuples would cost tens of MiB.
+        self._offsets = array("I", [0])
         self._index()
+        self.types = _Types(self)
+
+    @property
+    def count(self) -> int:
+        """One more than the highest type ID (libbpf btf__type_cnt)."""
+        return self.start_id + len(self._offsets) - 1
+
+    @property
+    def str_end(self) -> int:
+        return self.start_str + len(self.strings)
 
     def _index(self) -> None:
-        data, types, end = self.types_data, self.types, len(self.types_data)
+        data, offsets, end = self.types_data, self._offsets, len(self.types_data)
         pos = 0
-        unpack = _TYPE.unpack_from
+        unpack = _U32.unpack_from
+        next_id = self.start_id
+        append = offsets.append
         while pos < end:
             if pos + _TYPE.size > end:
                 raise ObjectError(f"{self.where}: truncated type record at offset {pos}")
-            name_off, info, size_or_type = unpack(data, pos)
+            (info,) = unpack(data, pos + 4)
             raw_kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
             layout = _EXTRA.get(raw_kind)
             if layout is None:
-                raise ObjectError(f"{self.where}: type #{len(types)} has unknown kind {raw_kind}")
-            extra = pos + _TYPE.size
-            pos = extra + layout[0] + layout[1] * vlen
+                raise ObjectError(f"{self.where}: type #{next_id} has unknown kind {raw_kind}")
+            append(pos)
+            pos = pos + _TYPE.size + layout[0] + layout[1] * vlen
             if pos > end:
-                raise ObjectError(f"{self.where}: type #{len(types)} extends beyond the type section")
-            types.append(BtfType(len(types), Kind(raw_kind), name_off, vlen, size_or_type, extra))
+                raise ObjectError(f"{self.where}: type #{next_id} extends beyond the type section")
+            next_id += 1
+
+    def _decode(self, index: int) -> BtfType:
+        if index == 0:
+            return VOID
+        pos = self._offsets[index]
+        name_off, info, size_or_type = _TYPE.unpack_from(self.types_data, pos)
+        type_id = self.start_id - 1 + index
+        return BtfType(
+            type_id,
+            _KINDS[(info >> 24) & 0x1F],
+            name_off,
+            info & 0xFFFF,
+            size_or_type,
+            pos + _TYPE.size,
+            bool(info >> 31),
+        )
 
     # -- lookups ------------------------------------------------------------------------------------
     def string(self, offset: int) -> str:
-        return cstring(self.strings, offset, f"{self.where} string table")
+        if offset < self.start_str and self.base is not None:
+            return self.base.string(offset)
+        return cstring(self.strings, offset - self.start_str, f"{self.where} string table")
 
     def type(self, type_id: int) -> BtfType:
-        if not 0 <= type_id < len(self.types):
-            raise ObjectError(f"{self.where}: type id {type_id} out of range ({len(self.types) - 1} types)")
-        return self.types[type_id]
+        if type_id < self.start_id and self.base is not None and type_id >= 0:
+            return self.base.type(type_id)
+        index = type_id - self.start_id + 1 if type_id else 0
+        if not 0 <= index < len(self._offsets) or (type_id and index == 0):
+            raise ObjectError(f"{self.where}: type id {type_id} out of range ({self.count - 1} types)")
+        return self._decode(index)
+
+    def owner(self, type_id: int) -> Btf:
+        """The BTF (this one or its base) whose records hold ``type_id``: kind-specific data is read
+        from the owner's type section."""
+        if type_id < self.start_id and self.base is not None:
+            return self.base.owner(type_id)
+        return self
+
+    def by_name(self, name: str) -> list[int]:
+        """Type IDs named ``name`` in this BTF only (not its base), in ID order. The index of names
+        is built on the first call: a kernel's BTF has ~100k types, most never asked for."""
+        if self._names is None:
+            names: dict[str, list[int]] = {}
+            strings, data = self.strings, self.types_data
+            start_str = self.start_str
+            base_strings = self.base.string if self.base is not None else None
+            unpack = _U32.unpack_from
+            first = self.start_id - 1
+            offsets = self._offsets
+            for index in range(1, len(offsets)):
+                (off,) = unpack(data, offsets[index])
+                if not off:
+                    continue
+                if off >= start_str:
+                    local = off - start_str
+                    endpos = strings.find(b"\0", local)
+                    raw = strings[local:endpos] if endpos >= 0 else b""
+                    key = raw.decode("utf-8", "replace")
+                else:
+                    assert base_strings is not None
+                    key = base_strings(off)
+                names.setdefault(key, []).append(first + index)
+            self._names = names
+        return self._names.get(name, [])
+
+    def find(self, name: str, kind: Kind | None = None) -> list[int]:
+        """Type IDs named ``name`` (of ``kind`` if given), base first: libbpf searches vmlinux,
+        then a module's own types."""
+        found = self.base.find(name, kind) if self.base is not None else []
+        own = self.by_name(name)
+        if kind is not None:
+            own = [i for i in own if self.type(i).kind is kind]
+        return found + own
 
     def name(self, t: BtfType) -> str:
         return self.string(t.name_off)
@@ -188,24 +325,61 @@ class Btf:
         """(element type, index type, number of elements) of an ARRAY."""
         if t.kind is not Kind.ARRAY:
             raise ObjectError(f"{self.where}: {self.describe(t)} is not an array")
-        elem, index, nelems = _ARRAY.unpack_from(self.types_data, t.extra)
+        elem, index, nelems = _ARRAY.unpack_from(self._data(t), t.extra)
         return elem, index, nelems
 
+    def _data(self, t: BtfType) -> bytes:
+        return self.owner(t.id).types_data
+
+    def _entries(self, t: BtfType, layout: struct.Struct) -> list[tuple[int, ...]]:
+        return list(layout.iter_unpack(self._data(t)[t.extra : t.extra + t.vlen * layout.size]))
+
     def members(self, t: BtfType) -> list[Member]:
+        """Members with bit offsets; with kind_flag set, the offset word packs the bitfield size
+        in its top 8 bits (btf_member_bit_offset / btf_member_bitfield_size)."""
         if t.kind not in (Kind.STRUCT, Kind.UNION):
             raise ObjectError(f"{self.where}: {self.describe(t)} is not a struct or union")
-        return [
-            Member(self.string(name_off), typ, offset)
-            for name_off, typ, offset in _MEMBER.iter_unpack(self.types_data[t.extra : t.extra + t.vlen * _MEMBER.size])
-        ]
+        if t.kind_flag:
+            return [
+                Member(self.string(name_off), typ, offset & 0xFFFFFF, offset >> 24)
+                for name_off, typ, offset in self._entries(t, _MEMBER)
+            ]
+        return [Member(self.string(name_off), typ, offset) for name_off, typ, offset in self._entries(t, _MEMBER)]
+
+    def enumerators(self, t: BtfType) -> list[Enumerator]:
+        """ENUM and ENUM64 values; kind_flag set means signed (BTF_KIND_ENUM's btf_kflag)."""
+        if t.kind is Kind.ENUM:
+            out = []
+            for name_off, value in self._entries(t, _ENUM):
+                out.append(Enumerator(self.string(name_off), value if t.kind_flag else value & 0xFFFFFFFF))
+            return out
+        if t.kind is Kind.ENUM64:
+            out = []
+            for name_off, lo, hi in self._entries(t, _ENUM64):
+                value = ((hi & 0xFFFFFFFF) << 32) | lo
+                if t.kind_flag and value >= 1 << 63:
+                    value -= 1 << 64
+                out.append(Enumerator(self.string(name_off), value))
+            return out
+        raise ObjectError(f"{self.where}: {self.describe(t)} is not an enum")
+
+    def params(self, t: BtfType) -> list[Param]:
+        """A FUNC_PROTO's parameters (its return type is ``t.size_or_type``)."""
+        if t.kind is not Kind.FUNC_PROTO:
+            raise ObjectError(f"{self.where}: {self.describe(t)} is not a function prototype")
+        return [Param(self.string(name_off), typ) for name_off, typ in self._entries(t, _PARAM)]
+
+    def int_encoding(self, t: BtfType) -> IntEncoding:
+        if t.kind is not Kind.INT:
+            raise ObjectError(f"{self.where}: {self.describe(t)} is not an int")
+        (word,) = _U32.unpack_from(self._data(t), t.extra)
+        enc = (word >> 24) & 0x0F
+        return IntEncoding(bool(enc & 1), bool(enc & 2), bool(enc & 4), (word >> 16) & 0xFF, word & 0xFF)
 
     def secinfo(self, t: BtfType) -> list[SecInfo]:
         if t.kind is not Kind.DATASEC:
             raise ObjectError(f"{self.where}: {self.describe(t)} is not a datasec")
-        return [
-            SecInfo(*entry)
-            for entry in _SECINFO.iter_unpack(self.types_data[t.extra : t.extra + t.vlen * _SECINFO.size])
-        ]
+        return [SecInfo(*entry) for entry in self._entries(t, _SECINFO)]
 
     def datasec(self, name: str) -> BtfType | None:
         """The DATASEC describing the ELF section ``name``, if any."""

@@ -1,4 +1,4 @@
-"""``.BTF.ext``: func_info and line_info are ignored; CO-RE relocation records are found and reported.
+"""``.BTF.ext``: func_info and line_info records (read for programs with callbacks); CO-RE records found and reported.
 
 bpfshare loads programs as compiled: it does not rewrite field offsets for the running kernel, so
 an object that needs CO-RE relocations would load with offsets that may be wrong. The reader
@@ -61,5 +61,58 @@ def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> l
         for i in range(count):
             (insn_off,) = _U32.unpack_from(data, pos + i * record_size)
             out.append(CoreRelocation(section, insn_off))
+        pos += count * record_size
+    return out
+
+
+# -- func_info and line_info ------------------------------------------------------------------------
+FUNC_INFO_SIZE = 8  # struct bpf_func_info: insn_off, type_id
+LINE_INFO_SIZE = 16  # struct bpf_line_info: insn_off, file_name_off, line_off, line_col
+
+# By ELF section: (byte offset of the instruction in the section, the rest of the record).
+InfoRecords = dict[str, list[tuple[int, bytes]]]
+
+
+def func_and_line_info(data: bytes, btf: Btf, where: str = ".BTF.ext") -> tuple[InfoRecords, InfoRecords]:
+    """The func_info and line_info records of a ``.BTF.ext`` section, by ELF section.
+
+    As libbpf's btf_ext_setup_func_info / btf_ext_setup_line_info read them. Records are cut to the
+    size the kernel knows (a newer, larger record keeps its known head: the kernel would want the
+    rest zero anyway), so the loader passes them with the kernel's record sizes.
+    """
+    if len(data) < _HEADER.size:
+        raise ObjectError(f"{where}: shorter than its header ({len(data)} bytes)")
+    magic, _version, _flags, hdr_len, func_off, func_len, line_off, line_len = _HEADER.unpack_from(data)
+    if magic != BTF_MAGIC:
+        raise ObjectError(f"{where}: bad magic {magic:#x}")
+    if hdr_len < _HEADER.size or hdr_len > len(data):
+        raise ObjectError(f"{where}: bad header length {hdr_len}")
+    funcs = _info(data, hdr_len + func_off, func_len, FUNC_INFO_SIZE, btf, f"{where} func_info")
+    lines = _info(data, hdr_len + line_off, line_len, LINE_INFO_SIZE, btf, f"{where} line_info")
+    return funcs, lines
+
+
+def _info(data: bytes, start: int, length: int, min_size: int, btf: Btf, where: str) -> InfoRecords:
+    out: InfoRecords = {}
+    if length == 0:
+        return out
+    end = start + length
+    if end > len(data) or length < _U32.size:
+        raise ObjectError(f"{where}: subsection (offset {start}, {length} bytes) is out of bounds")
+    (record_size,) = _U32.unpack_from(data, start)
+    if record_size < min_size or record_size % 4:
+        raise ObjectError(f"{where}: record size {record_size} is smaller than {min_size} or unaligned")
+    pos = start + _U32.size
+    while pos < end:
+        if pos + _INFO_SEC.size > end:
+            raise ObjectError(f"{where}: truncated section header at offset {pos}")
+        name_off, count = _INFO_SEC.unpack_from(data, pos)
+        pos += _INFO_SEC.size
+        if pos + count * record_size > end:
+            raise ObjectError(f"{where}: records at offset {pos} extend beyond the subsection")
+        records = out.setdefault(btf.string(name_off), [])
+        for i in range(count):
+            rec = data[pos + i * record_size : pos + i * record_size + min_size]
+            records.append((_U32.unpack_from(rec)[0], rec[_U32.size :]))
         pos += count * record_size
     return out

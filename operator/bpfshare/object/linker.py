@@ -1,28 +1,56 @@
 """Programs: the functions of executable sections, linked with the subprograms they call.
 
 libbpf's bpf_object__reloc_code, minus the kernel: a program is copied, then every ``.text``
-function it reaches by a bpf-to-bpf call (``call`` with src_reg BPF_PSEUDO_CALL) is appended once,
-transitively, and each call's imm is rewritten to the relative offset of its target in the linked
-program. Taking a function's address (``ld_imm64`` relocated against code: a callback for bpf_loop and
-friends) is refused: the kernel needs BTF func_info for callbacks, and the loader loads none. Map and
-global data references (``ld_imm64`` relocated against a map or data symbol) of the program and of
-every appended subprogram become ``MapRelocation``s with linked instruction indexes; their
+function it reaches by a bpf-to-bpf call (``call`` with src_reg BPF_PSEUDO_CALL) or whose address it
+takes (``ld_imm64`` relocated against code: a callback for bpf_loop and friends, which becomes
+src_reg BPF_PSEUDO_FUNC, as libbpf's RELO_SUBPROG_ADDR) is appended once, transitively, and each
+call's or address's imm is rewritten to the relative offset of its target in the linked program.
+Map and global data references (``ld_imm64`` relocated against a map or data symbol) of the program
+and of every appended subprogram become ``MapRelocation``s with linked instruction indexes; their
 instructions are left for ``ProgramSpec.instructions_with_fds`` to bind.
+
+Externs (undefined symbols, see ``externs``): a ``__kconfig`` value becomes a MAP_VALUE reference
+into the ``.kconfig`` map; a ``__ksym`` variable or kfunc call becomes an ``ExternRelocation`` that
+the loader resolves against the running kernel. An undefined function declared neither ``__ksym``
+is an extern function only static linking resolves, and is reported as such.
+
+The BTF func_info and line_info records of the program and of every appended subprogram are
+rebased to the linked instruction indexes (libbpf's adjust_prog_btf_ext_info): the kernel needs
+func_info for a program with callbacks.
 """
 
 from __future__ import annotations
 
 import bisect
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object import insn as I
 from bpfshare.object.elf import SHN_UNDEF, STT_FUNC, STT_SECTION, ElfObject, Relocation, Section, Symbol
-from bpfshare.spec import MapRelocation, RelocationKind
+from bpfshare.object.externs import KSYMS_SEC, Extern
+from bpfshare.spec import KCONFIG_MAP, ExternKind, ExternRelocation, MapRelocation, RelocationKind
 
 R_BPF_NONE = 0
 R_BPF_64_64 = 1  # ld_imm64
 R_BPF_64_32 = 10  # call
+PSEUDO_FUNC = 4  # BPF_PSEUDO_FUNC: ld_imm64 of a subprogram's address, imm = relative insn offset
+# func_info / line_info records by ELF section: (byte offset of the instruction, rest of the record)
+ExtInfo = dict[str, list[tuple[int, bytes]]]
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Linked:
+    """A linked program: its instructions and everything recorded on linked instruction indexes."""
+
+    code: bytes
+    relocations: tuple[MapRelocation, ...]
+    externs: tuple[ExternRelocation, ...] = ()
+    callbacks: bool = False  # takes a function's address: the kernel then needs BTF func_info
+    func_info: bytes = b""
+    line_info: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -82,10 +110,31 @@ def _refuse_unnamed(sym: Symbol, where: str) -> None:
         raise ObjectError(f"{where}: relocation against {sym.describe()}, which is undefined and has no name")
 
 
+def _set_src_reg(code: bytearray, index: int, src: int) -> None:
+    off = index * I.INSN_SIZE + 1
+    code[off] = (code[off] & 0x0F) | (src << 4)
+
+
+def extern_function_error(name: str, where: str) -> UnsupportedError:
+    """Item 7 of issue 13: an undefined function with no __ksym declaration is not a kfunc."""
+    return UnsupportedError(
+        f"unsupported: function {name!r} (called in {where}) is extern: link the object with "
+        "bpftool gen object / the static linker first (it is not declared __ksym, so it is no kfunc)"
+    )
+
+
 class Linker:
-    def __init__(self, elf: ElfObject, targets: DataTargets) -> None:
+    def __init__(
+        self,
+        elf: ElfObject,
+        targets: DataTargets,
+        externs: Callable[[], dict[str, Extern]] | None = None,
+        ext_info: Callable[[], tuple[ExtInfo, ExtInfo]] | None = None,
+    ) -> None:
         self.elf = elf
         self.targets = targets
+        self._externs = externs
+        self._ext_info = ext_info
         self._functions: dict[int, list[Function]] = {}
         self._relocations: dict[int, dict[int, Relocation]] = {}
 
@@ -145,11 +194,24 @@ class Linker:
             self._relocations[section.index] = by_insn
         return self._relocations[section.index]
 
+    def extern(self, sym: Symbol, where: str) -> Extern:
+        _refuse_unnamed(sym, where)
+        externs = self._externs() if self._externs is not None else {}
+        ext = externs.get(sym.name)
+        if ext is None:  # not an extern symbol (a local undefined symbol, say)
+            raise ObjectError(f"{where}: relocation against {sym.describe()}, which is undefined and not an extern")
+        return ext
+
     # -- linking --------------------------------------------------------------------------------
-    def link(self, program: Function) -> tuple[bytes, tuple[MapRelocation, ...]]:
-        """The program's linked instructions and its map relocations."""
+    def link(self, program: Function) -> Linked:
+        """The program's linked instructions and what they refer to."""
         job = _Job(self, program)
-        return bytes(job.code), tuple(job.relocations)
+        func_info = line_info = b""
+        if job.callbacks and self._ext_info is not None:
+            funcs, lines = self._ext_info()
+            func_info = job.rebase(funcs)
+            line_info = job.rebase(lines)
+        return Linked(bytes(job.code), tuple(job.relocations), tuple(job.externs), job.callbacks, func_info, line_info)
 
 
 class _Job:
@@ -161,19 +223,42 @@ class _Job:
         self.code = bytearray(program.code)
         self.placed: dict[tuple[int, int], int] = {(program.section.index, program.start): 0}
         self.relocations: list[MapRelocation] = []
-        queue = [(program, 0)]
-        while queue:
-            func, base = queue.pop(0)
-            self._relocate(func, base, queue)
+        self.externs: list[ExternRelocation] = []
+        self.callbacks = False
+        self.order: list[tuple[Function, int]] = []  # every placed function and its base
+        self._pending: tuple[Function, int] | None = None  # placed by the current instruction
+        # Depth first, as libbpf's bpf_object__reloc_code recurses into a subprogram when it
+        # appends it: the same order gives the same instructions (and program tag) as libbpf. A
+        # stack of the functions being relocated, not recursion: a call chain as long as an
+        # object's function count cannot exhaust Python's stack.
+        stack = [self._relocate(program, 0)]
+        while stack:
+            placed = next(stack[-1], None)
+            if placed is None:
+                stack.pop()
+            else:
+                stack.append(self._relocate(*placed))
 
-    def _place(self, target: tuple[int, int], where: str, queue: list[tuple[Function, int]]) -> int:
+    def rebase(self, info: ExtInfo) -> bytes:
+        """The records of every placed function, their instruction offsets made linked indexes
+        (libbpf's adjust_prog_btf_ext_info), in instruction order."""
+        out: list[tuple[int, bytes]] = []
+        for func, base in self.order:
+            for byte_off, rest in info.get(func.section.name, ()):
+                index = byte_off // I.INSN_SIZE
+                if byte_off % I.INSN_SIZE == 0 and func.start <= index < func.end:
+                    out.append((index - func.start + base, rest))
+        out.sort(key=lambda r: r[0])
+        return b"".join(_U32.pack(insn) + rest for insn, rest in out)
+
+    def _place(self, target: tuple[int, int], where: str) -> int:
         """Index in the linked program of section instruction ``target``, appending its function."""
         func = self.linker._function_at(target[0], target[1], where)
         key = (func.section.index, func.start)
         if key not in self.placed:
             self.placed[key] = len(self.code) // I.INSN_SIZE
             self.code += func.code
-            queue.append((func, self.placed[key]))
+            self._pending = (func, self.placed[key])
         return self.placed[key] + target[1] - func.start
 
     def _describe(self, func: Function) -> str:
@@ -181,7 +266,10 @@ class _Job:
             return f"program {func.name!r} (section {func.section.name})"
         return f"program {self.program.name!r}: subprogram {func.name!r} (section {func.section.name})"
 
-    def _relocate(self, func: Function, base: int, queue: list[tuple[Function, int]]) -> None:
+    def _relocate(self, func: Function, base: int) -> Iterator[tuple[Function, int]]:
+        """Relocate a placed function's instructions, yielding each function it places (to be
+        relocated before its next instruction)."""
+        self.order.append((func, base))
         code = func.code
         count = len(code) // I.INSN_SIZE
         section_relocs = self.linker._section_relocations(func.section)
@@ -200,18 +288,19 @@ class _Job:
                 second_half = i + 1
                 if i + 1 >= count:
                     raise ObjectError(f"{where}: ld_imm64 truncated by the end of the function")
-                self._ld_imm64(func, base, i, rel, where, queue)
+                self._ld_imm64(func, base, i, rel, where)
             elif op == I.CALL:
-                self._call(func, base, i, rel, where, queue)
+                self._call(func, base, i, rel, where)
             elif rel is not None:
                 raise ObjectError(
                     f"{where}: relocation of type {rel.type} against {rel.symbol.describe()} "
                     f"on opcode {op:#04x}, which is neither ld_imm64 nor call"
                 )
+            if self._pending is not None:
+                placed, self._pending = self._pending, None
+                yield placed
 
-    def _ld_imm64(
-        self, func: Function, base: int, i: int, rel: Relocation | None, where: str, queue: list[tuple[Function, int]]
-    ) -> None:
+    def _ld_imm64(self, func: Function, base: int, i: int, rel: Relocation | None, where: str) -> None:
         src = I.src_reg(func.code, i)
         if rel is None:
             if src != 0:
@@ -222,36 +311,63 @@ class _Job:
         if rel.type != R_BPF_64_64:
             raise UnsupportedError(f"unsupported: {where}: relocation type {rel.type} on an ld_imm64")
         sym, imm = rel.symbol, I.imm(func.code, i)
-        if sym.shndx == SHN_UNDEF:
-            _refuse_unnamed(sym, where)
-            raise UnsupportedError(f"unsupported: extern {sym.name!r} (__ksym/__kconfig) used by {where}")
         at = base + i
+        if sym.shndx == SHN_UNDEF:
+            self._extern_ld_imm64(self.linker.extern(sym, where), at, where)
+            return
         sections = self.linker.elf.sections
         if sym.shndx < len(sections) and sections[sym.shndx].executable:
-            # A callback (bpf_loop, bpf_for_each_map_elem, timers): the kernel insists on BTF
-            # func_info for it ("missing btf func_info"), which bpfshare does not load.
-            target = sym.describe()
-            if (sym.value + imm) % I.INSN_SIZE == 0:
-                func_at = self.linker._function_at(sym.shndx, (sym.value + imm) // I.INSN_SIZE, where)
-                target = f"function {func_at.name!r}"
-            raise UnsupportedError(
-                f"unsupported: callback: address of {target} taken in {where} "
-                "(callbacks need BTF func_info, which bpfshare does not load)"
-            )
+            # A callback (bpf_loop, bpf_for_each_map_elem, timers): libbpf's RELO_SUBPROG_ADDR.
+            # Global function: st_value is its offset, imm 0; static: the section symbol, imm is
+            # the offset. Both in bytes.
+            if sym.value % I.INSN_SIZE or imm % I.INSN_SIZE:
+                raise ObjectError(f"{where}: address of {sym.describe()} + {imm} is not instruction-aligned")
+            dest = self._place((sym.shndx, (sym.value + imm) // I.INSN_SIZE), where)
+            _set_src_reg(self.code, at, PSEUDO_FUNC)
+            I.set_imm(self.code, at, dest - at - 1)
+            I.set_imm(self.code, at + 1, 0)
+            self.callbacks = True
+            return
         name, kind, offset = self.linker.targets.resolve(sym, imm, where)
         I.set_imm(self.code, at, 0)
         I.set_imm(self.code, at + 1, 0)
         self.relocations.append(MapRelocation(insn=at, map_name=name, kind=kind, offset=offset))
 
-    def _call(
-        self, func: Function, base: int, i: int, rel: Relocation | None, where: str, queue: list[tuple[Function, int]]
-    ) -> None:
+    def _extern_ld_imm64(self, ext: Extern, at: int, where: str) -> None:
+        """libbpf's RELO_EXTERN_LD64, minus the kernel: the immediates are left zero (a weak
+        extern that does not resolve stays so) for the loader to fill."""
+        I.set_imm(self.code, at, 0)
+        I.set_imm(self.code, at + 1, 0)
+        if ext.kconfig is not None:
+            # The .kconfig map's value at the extern's offset (BPF_PSEUDO_MAP_VALUE).
+            self.relocations.append(MapRelocation(at, KCONFIG_MAP, RelocationKind.MAP_VALUE, ext.kconfig.offset))
+        elif ext.section == KSYMS_SEC:
+            self.externs.append(
+                ExternRelocation(at, ext.name, ExternKind.KSYM, ext.typed, ext.is_func, ext.weak, ext.proto)
+            )
+        elif ext.is_func:
+            raise extern_function_error(ext.name, where)
+        else:
+            raise UnsupportedError(
+                f"unsupported: extern variable {ext.name!r} used by {where} is declared neither __ksym "
+                "nor __kconfig: link the object with bpftool gen object / the static linker first"
+            )
+
+    def _call(self, func: Function, base: int, i: int, rel: Relocation | None, where: str) -> None:
         src, imm = I.src_reg(func.code, i), I.imm(func.code, i)
         if rel is not None:
             sym = rel.symbol
             if sym.shndx == SHN_UNDEF:
-                _refuse_unnamed(sym, where)
-                raise UnsupportedError(f"unsupported: kfunc call to {sym.name!r} in {where}")
+                ext = self.linker.extern(sym, where)
+                if ext.section != KSYMS_SEC or not ext.is_func:
+                    raise extern_function_error(ext.name, where)
+                # A kfunc (libbpf's RELO_EXTERN_CALL): imm and off are the loader's to fill.
+                _set_src_reg(self.code, base + i, I.PSEUDO_KFUNC_CALL)
+                I.set_imm(self.code, base + i, 0)
+                self.externs.append(
+                    ExternRelocation(base + i, ext.name, ExternKind.KFUNC_CALL, True, True, ext.weak, ext.proto)
+                )
+                return
             if rel.type != R_BPF_64_32 or src != I.PSEUDO_CALL:
                 raise ObjectError(
                     f"{where}: relocation type {rel.type} against {sym.describe()} on a call with source register {src}"
@@ -265,5 +381,5 @@ class _Job:
             raise UnsupportedError(f"unsupported: kfunc call (btf id {imm}) in {where}")
         else:
             return  # a helper call
-        dest = self._place(target, where, queue)
+        dest = self._place(target, where)
         I.set_imm(self.code, base + i, dest - (base + i) - 1)

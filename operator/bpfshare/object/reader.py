@@ -15,6 +15,7 @@ from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
 from bpfshare.object.global_data import global_data_map, is_global_data
 from bpfshare.object.guard import guard
 from bpfshare.object.legacy import LegacyMap, legacy_maps
+from bpfshare.object.link_inputs import LinkInputs
 from bpfshare.object.linker import DataTargets, Function, Linker
 from bpfshare.object.sections import program_type
 from bpfshare.object.slots import check_slots, collect_slots
@@ -26,8 +27,6 @@ LEGACY_MAPS_SECTION = "maps"
 UNSUPPORTED_SECTIONS = {
     ".struct_ops": "struct_ops maps",
     ".struct_ops.link": "struct_ops maps",
-    ".ksyms": "extern kernel symbols (__ksym)",
-    ".kconfig": "extern Kconfig values (__kconfig)",
     ".addr_space.1": "BPF arena variables",
 }
 
@@ -78,8 +77,14 @@ class _Reader:
         version = self._version()
         targets = DataTargets(refused=self._unsupported_sections())
         maps = self._maps(targets)
-        linker = Linker(self.elf, targets)
-        programs, order = self._programs(linker, license, version)
+        inputs = LinkInputs(self.elf, lambda: self.btf)
+        kconfig_map = inputs.kconfig_map()
+        if kconfig_map is not None:
+            if kconfig_map.name in maps:
+                raise ObjectError(f"map {kconfig_map.name!r} is defined twice (a section and the __kconfig externs)")
+            maps[kconfig_map.name] = kconfig_map
+        linker = Linker(self.elf, targets, inputs.externs, inputs.ext_info)
+        programs, order = self._programs(linker, license, version, inputs)
         self._refuse_core(linker)
         maps = self._initial_slots(maps, programs)
         programs = self._refuse_dependents(programs, maps)
@@ -91,13 +96,14 @@ class _Reader:
             refused_programs=self.refused_programs,
             refused_maps=self.refused_maps,
             order=order,
+            kconfig=inputs.kconfig(),
         )
 
     # -- what cannot be loaded ------------------------------------------------------------------
     def _unsupported_sections(self) -> dict[int, str]:
         """Sections bpfshare cannot load -> why. Each refuses the programs that refer to it (and
         a struct_ops section's variables, which are maps, are refused by name), not the object.
-        (Externs and kfuncs are refused where a program uses them.)"""
+        (Externs and kfuncs are resolved where a program uses them.)"""
         refused: dict[int, str] = {}
         for name, what in UNSUPPORTED_SECTIONS.items():
             sec = self.elf.by_name.get(name)
@@ -291,7 +297,9 @@ class _Reader:
         return maps
 
     # -- programs -------------------------------------------------------------------------------
-    def _programs(self, linker: Linker, license: str, version: int) -> tuple[dict[str, ProgramSpec], tuple[str, ...]]:
+    def _programs(
+        self, linker: Linker, license: str, version: int, inputs: LinkInputs
+    ) -> tuple[dict[str, ProgramSpec], tuple[str, ...]]:
         """Every program, linked; one that cannot be (an unsupported feature, a corrupt instruction
         or relocation of its own) is refused with the error's message, the others are kept."""
         programs: dict[str, ProgramSpec] = {}
@@ -321,7 +329,8 @@ class _Reader:
                 try:
                     _refuse_program_type(func, prog_type)
                     with guard(f"program {func.name!r} (section {sec.name})"):
-                        code, relocations = linker.link(func)
+                        linked = linker.link(func)
+                        btf = inputs.program_btf if linked.callbacks else None
                 except ObjectError as exc:
                     self.refused_programs[func.name] = RefusedProgram(
                         func.name,
@@ -337,10 +346,14 @@ class _Reader:
                     section=sec.name,
                     type=prog_type,
                     expected_attach_type=attach_type,
-                    instructions=code,
+                    instructions=linked.code,
                     license=license,
                     kernel_version=version,
-                    relocations=relocations,
+                    relocations=linked.relocations,
+                    externs=linked.externs,
+                    func_info=linked.func_info,
+                    line_info=linked.line_info,
+                    btf=btf,
                 )
         return programs, tuple(sections)
 
