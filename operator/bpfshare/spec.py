@@ -13,8 +13,12 @@ import mmap
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bpfshare.types import MAP_IN_MAP_TYPES, AttachType, MapFlag, MapType, ProgType
+
+if TYPE_CHECKING:
+    from bpfshare.object.btf import Btf
 
 INSN_SIZE = 8
 
@@ -379,6 +383,36 @@ class MapRelocation:
     offset: int = 0  # for MAP_VALUE: byte offset into the map value
 
 
+class CoreKind(enum.IntEnum):
+    """enum bpf_core_relo_kind (include/uapi/linux/bpf.h)."""
+
+    FIELD_BYTE_OFFSET = 0
+    FIELD_BYTE_SIZE = 1
+    FIELD_EXISTS = 2
+    FIELD_SIGNED = 3
+    FIELD_LSHIFT_U64 = 4
+    FIELD_RSHIFT_U64 = 5
+    TYPE_ID_LOCAL = 6
+    TYPE_ID_TARGET = 7
+    TYPE_EXISTS = 8
+    TYPE_SIZE = 9
+    ENUMVAL_EXISTS = 10
+    ENUMVAL_VALUE = 11
+    TYPE_MATCHES = 12
+
+
+@dataclass(frozen=True)
+class CoreRelocation:
+    """A CO-RE relocation (``.BTF.ext`` core_relo) of instruction ``insn`` (index in the linked
+    program): ``type_id`` (in the object's BTF) and ``access`` ("0:1:2") name what the instruction
+    reads; the loader resolves it against the kernel's BTF (libbpf bpf_core_calc_relo_insn)."""
+
+    insn: int
+    kind: CoreKind
+    type_id: int
+    access: str
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     name: str  # function symbol
@@ -389,6 +423,9 @@ class ProgramSpec:
     license: str = "GPL"
     kernel_version: int = 0
     relocations: tuple[MapRelocation, ...] = ()
+    core_relocations: tuple[CoreRelocation, ...] = ()
+    # The object's BTF, which core_relocations' type IDs refer to (None without CO-RE relocations).
+    local_btf: Btf | None = field(default=None, compare=False, repr=False)
 
     @property
     def map_names(self) -> list[str]:

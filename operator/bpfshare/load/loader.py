@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.errors import BpfshareError, KernelError, VerifierError
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
+from bpfshare.load.core import POISON_IMM, Poisoned
+from bpfshare.load.core import apply as apply_core
+from bpfshare.object.kernel_btf import kernel_btf
 from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, Pinning, ProgramSpec, kernel_object_name
 
 PROGRAM_PIN = "program"
@@ -191,8 +194,11 @@ def load_program(
     pin_root: Path,
     pin_dir: Path | None = None,
     pin_program: bool = True,
+    btf: Path | None = None,
 ) -> LoadedProgram:
-    """Resolve the program's maps, load it through the verifier, and pin it as ``<pin_dir>/program``."""
+    """Resolve the program's maps, load it through the verifier, and pin it as ``<pin_dir>/program``.
+
+    ``btf``: the kernel's BTF for CO-RE relocations when /sys/kernel/btf/vmlinux is missing (--btf)."""
     try:
         program = collection.program(program_name)
     except KeyError as exc:
@@ -202,8 +208,16 @@ def load_program(
     try:
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
         instructions = program.instructions_with_fds(fds)
+        poisoned: list[Poisoned] = []
+        if program.core_relocations:
+            instructions, poisoned = relocate_core(program, instructions, btf)
         started = time.perf_counter()
-        live = Program.load(program, instructions, name=program.name)
+        try:
+            live = Program.load(program, instructions, name=program.name)
+        except VerifierError as exc:
+            if poisoned:
+                raise VerifierError(_poisoned_message(program, poisoned, exc), exc.errno, exc.log) from None
+            raise
         kernel_seconds = time.perf_counter() - started
         prog_pin = pin_dir / PROGRAM_PIN
         if pin_program:
@@ -213,3 +227,21 @@ def load_program(
             loaded.map.close()
         raise
     return LoadedProgram(program, live, prog_pin, maps, kernel_seconds)
+
+
+def relocate_core(program: ProgramSpec, instructions: bytes, btf: Path | None) -> tuple[bytes, list[Poisoned]]:
+    """Apply the program's CO-RE relocations against the kernel's BTF (or ``btf``), at load time:
+    the spec stays pure, and the kernel's types are indexed once per process (kernel_btf)."""
+    if program.local_btf is None:
+        raise BpfshareError(f"program {program.name!r}: CO-RE relocations without the object's BTF")
+    target = kernel_btf(btf)
+    return apply_core(program.name, instructions, program.core_relocations, program.local_btf, target)
+
+
+def _poisoned_message(program: ProgramSpec, poisoned: list[Poisoned], exc: VerifierError) -> str:
+    """Name what the kernel lacks when the verifier reached a poisoned instruction (libbpf prints
+    the relocation in its log; the verifier says only "invalid func unknown#195896080")."""
+    reached = [p for p in poisoned if f"{p.insn}: (85) call unknown#{POISON_IMM}" in (exc.log or "")]
+    shown = reached or poisoned
+    reasons = "; ".join(dict.fromkeys(p.reason for p in shown))
+    return f"loading program {program.name!r}: {reasons} (CO-RE relocation unresolved; instruction {shown[0].insn})"

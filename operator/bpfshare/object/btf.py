@@ -130,6 +130,15 @@ VOID = BtfType(0, Kind.UNKN, 0, 0, 0, 0)
 _KINDS = list(Kind)
 
 
+def essential_name(name: str) -> str:
+    """``name`` without its ``___flavour`` suffix: the last ``X___Y`` separator whose X and Y are
+    not underscores (libbpf bpf_core_essential_name_len / bpf_core_is_flavor_sep)."""
+    for i in range(len(name) - 5, -1, -1):
+        if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
+            return name[: i + 1]
+    return name
+
+
 class _Types:
     """``btf.types``: the types of a BTF (its own, not its base's) as a sequence, decoded on access;
     ``types[0]`` is void."""
@@ -158,6 +167,7 @@ class Btf:
         self.start_id = base.count if base is not None else 1
         self.start_str = base.str_end if base is not None else 0
         self._names: dict[str, list[int]] | None = None
+        self._flavours: dict[str, list[str]] | None = None
         if len(data) < _HEADER.size:
             raise ObjectError(f"{section}: shorter than the BTF header ({len(data)} bytes)")
         magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(data)
@@ -275,6 +285,22 @@ class Btf:
                 names.setdefault(key, []).append(first + index)
             self._names = names
         return self._names.get(name, [])
+
+    def flavours(self, essential: str, *, own_only: bool = False) -> list[list[int]]:
+        """Type IDs of each ``essential___<flavour>`` name (CO-RE candidates): base's first. The
+        index of flavoured names is built on the first call, from the name index."""
+        found = self.base.flavours(essential) if self.base is not None and not own_only else []
+        if self._flavours is None:
+            self.by_name("")
+            assert self._names is not None
+            flavours: dict[str, list[str]] = {}
+            for name in self._names:
+                if "___" in name:
+                    base_name = essential_name(name)
+                    if base_name != name:
+                        flavours.setdefault(base_name, []).append(name)
+            self._flavours = flavours
+        return found + [self._names[n] for n in self._flavours.get(essential, ()) if self._names is not None]
 
     def find(self, name: str, kind: Kind | None = None) -> list[int]:
         """Type IDs named ``name`` (of ``kind`` if given), base first: libbpf searches vmlinux,

@@ -101,6 +101,7 @@ def module_btf_fd(module: str) -> FD:
 
 _cache: KernelBtf | None = None
 _override: Path | None = None
+_files: dict[Path, KernelBtf] = {}  # --btf files, by path
 _cache_lock = threading.Lock()
 
 
@@ -113,10 +114,14 @@ def use_file(path: Path | None) -> None:
             _cache = None
 
 
-def kernel_btf() -> KernelBtf:
-    """The process's kernel BTF, read on the first call."""
+def kernel_btf(path: Path | None = None) -> KernelBtf:
+    """The process's kernel BTF, read on the first call; ``path``: a --btf file instead (cached too)."""
     global _cache
     with _cache_lock:
+        if path is not None:
+            if path not in _files:
+                _files[path] = KernelBtf.from_file(path)
+            return _files[path]
         if _cache is None:
             if _override is not None:
                 _cache = KernelBtf.from_file(_override)
@@ -136,3 +141,4 @@ def clear_cache() -> None:
     global _cache
     with _cache_lock:
         _cache = None
+        _files.clear()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object.btf import Btf
-from bpfshare.object.btf_ext import core_relocations
+from bpfshare.object.btf_ext import CoreRelocation, core_relocations
 from bpfshare.object.btf_maps import btf_maps
 from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
 from bpfshare.object.global_data import global_data_map, is_global_data
@@ -71,8 +71,8 @@ class _Reader:
         targets = DataTargets()
         maps = self._maps(targets)
         linker = Linker(self.elf, targets)
+        linker.core_records = self._core_records()
         programs = self._programs(linker, license, version)
-        self._refuse_core(linker)
         return CollectionSpec(maps=maps, programs=programs, license=license, kernel_version=version)
 
     # -- object-wide checks ---------------------------------------------------------------------
@@ -82,33 +82,18 @@ class _Reader:
             if name in self.elf.by_name:
                 raise UnsupportedError(f"unsupported: {what} (section {name})")
 
-    def _refuse_core(self, linker: Linker) -> None:
+    def _core_records(self) -> dict[str, list[CoreRelocation]]:
+        """The .BTF.ext core_relo records by ELF section (resolved at load time, load.core)."""
         sec = self.elf.by_name.get(".BTF.ext")
         if sec is None:
-            return
+            return {}
+        out: dict[str, list[CoreRelocation]] = {}
         with guard("section .BTF.ext"):
             data = self.elf.data(sec)
-            btf: Btf | None
-            try:
-                btf = self.btf
-            except ObjectError:
-                btf = None
-            relos = core_relocations(data, btf)
-        if not relos:
-            return
-        relo = relos[0]
-        what = f"section {relo.section or '?'}"
-        code_sec = self.elf.by_name.get(relo.section)
-        if code_sec is not None and code_sec.executable:
-            for func in linker.functions(code_sec):
-                if func.start <= relo.insn_off // 8 < func.end:
-                    kind = "subprogram" if code_sec.name == ".text" else "program"
-                    what = f"{kind} {func.name}"
-        records = f"{len(relos)} record{'s' if len(relos) != 1 else ''}"
-        raise UnsupportedError(
-            f"unsupported: CO-RE relocations (.BTF.ext core_relo) in {what} "
-            f"({records}; bpfshare does not rewrite field offsets)"
-        )
+            relos = core_relocations(data, self.btf if ".BTF" in self.elf.by_name else None)
+        for relo in relos:
+            out.setdefault(relo.section, []).append(relo)
+        return out
 
     def _license(self) -> str:
         sec = self.elf.by_name.get("license")
@@ -198,6 +183,7 @@ class _Reader:
                     )
                 with guard(f"program {func.name!r} (section {sec.name})"):
                     code, relocations = linker.link(func)
+                    core = linker.core_relocations(func)
                 programs[func.name] = ProgramSpec(
                     name=func.name,
                     section=sec.name,
@@ -207,6 +193,8 @@ class _Reader:
                     license=license,
                     kernel_version=version,
                     relocations=relocations,
+                    core_relocations=core,
+                    local_btf=self.btf if core else None,
                 )
         return programs
 
