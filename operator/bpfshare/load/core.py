@@ -443,7 +443,7 @@ class Resolver:
                     parent = self.local.type(acc.type_id)
                     owner = f"{parent.kind.name.lower()} {self.local.name(parent) or '(anonymous)'}"
                     if acc.name:
-                        return f"{owner}: no field {acc.name} in the kernel's BTF (or of another type)"
+                        return f"{owner}: no field {acc.name} in the kernel's BTF"
                     return f"{owner}: index {acc.idx} out of range in the kernel's BTF"
         return f"{what}: does not match the kernel's BTF ({describe(local)})"
 
