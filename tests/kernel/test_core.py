@@ -99,3 +99,19 @@ def test_same_xlated_as_bpftool(bpf_objects: BpfObjects, bpffs: Path) -> None:
                 loaded.close()
     finally:
         shutil.rmtree(pins, ignore_errors=True)
+
+
+def test_btf_file_instead_of_sys_kernel_btf(bpf_objects: BpfObjects, bpffs: Path, tmp_path: Path) -> None:
+    """``--btf FILE`` (load_program's btf=): the kernel's types read from a file."""
+    from bpfshare.object import kernel_btf
+
+    copy = tmp_path / "vmlinux.btf"
+    copy.write_bytes(Path("/sys/kernel/btf/vmlinux").read_bytes())
+    collection = read_collection(bpf_objects["core_skb"])
+    loaded = load_program(collection, "core_checks", pin_root=bpffs, pin_program=False, btf=copy)
+    try:
+        assert loaded.program.test_run(_packet(0)) == 0x1FF
+        assert kernel_btf.kernel_btf(copy) is not kernel_btf.kernel_btf()
+    finally:
+        loaded.close()
+        kernel_btf.clear_cache()
