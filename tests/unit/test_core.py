@@ -255,3 +255,55 @@ def test_malformed_access_strings() -> None:
         kind = K.TYPE_EXISTS if access == "1" else K.FIELD_BYTE_OFFSET
         with pytest.raises(ObjectError, match=words):
             resolve(local, BtfBuilder(), [CoreRelocation(0, kind, skb, access)], insn(LDX_W))
+
+
+def test_modules_are_searched_only_without_a_vmlinux_candidate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """libbpf bpf_core_find_cands: vmlinux first; a module's types only if vmlinux has none."""
+    vmlinux = BtfBuilder()
+    vmlinux.int_("unsigned int", 4)
+    module = BtfBuilder(base=vmlinux)
+    mod_id = module.struct("mod_state", 8, [("pad", 1, 0), ("len", 1, 32)])
+    (tmp_path / "vmlinux").write_bytes(bytes(vmlinux))
+    (tmp_path / "mymod").write_bytes(bytes(module))
+    target = KernelBtf(Btf(bytes(vmlinux)), tmp_path)
+    local = BtfBuilder()
+    u32 = local.int_("unsigned int", 4)
+    state = local.struct("mod_state", 8, [("x", u32, 0), ("len", u32, 32)])
+    resolver = core.Resolver(Btf(bytes(local)), target)
+    assert [(btf.where.endswith("mymod"), i) for btf, i in resolver.candidates(state)] == [(True, mod_id)]
+    out, poisoned = core.apply(
+        "p", insn(LDX_W, 0, 1, 4), [CoreRelocation(0, K.FIELD_BYTE_OFFSET, state, "0:1")], Btf(bytes(local)), target
+    )
+    assert not poisoned and out == insn(LDX_W, 0, 1, 4)
+
+
+def test_malformed_core_relo_records(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """A core_relo record with an unknown kind or a type ID beyond .BTF: one line naming it."""
+    from bpfshare.object import read_collection
+    from bpfshare.object.btf_ext import core_relocations
+    from bpfshare.object.elf import ElfObject
+
+    src = """
+    struct task_struct { int pid; } __attribute__((preserve_access_index));
+    SEC("kprobe/do_exit") int core_prog(struct task_struct *t) { return t->pid; }
+    char LICENSE[] SEC("license") = "GPL";
+    """
+    path = compile_bpf(src)
+    data = bytearray(path.read_bytes())
+    elf = ElfObject(bytes(data))
+    ext = elf.by_name[".BTF.ext"]
+    btf = Btf(elf.data(elf.by_name[".BTF"]))
+    (relo,) = core_relocations(elf.data(ext), btf)
+    assert (relo.section, relo.kind, relo.access) == ("kprobe/do_exit", 0, "0:0")
+    raw = bytes(elf.data(ext))
+    hdr_len = struct.unpack_from("<I", raw, 4)[0]
+    core_off = struct.unpack_from("<I", raw, 24)[0]
+    record = ext.offset + hdr_len + core_off + 4 + 8  # record size, then section name and count
+    for field_at, value, words in (
+        (12, 99, "unknown relocation kind 99"),
+        (4, 99999, r"core_relo record 0 of section kprobe/do_exit: \.BTF: type id 99999 out of range"),
+    ):
+        bad = bytearray(data)
+        struct.pack_into("<I", bad, record + field_at, value)
+        with pytest.raises(ObjectError, match=words):
+            read_collection(bytes(bad))

@@ -72,7 +72,11 @@ def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> l
                 raise ObjectError(f"{record}: instruction offset {insn_off} is not instruction-aligned")
             if kind > CORE_KIND_MAX:
                 raise ObjectError(f"{record}: unknown relocation kind {kind}")
-            btf.type(type_id)  # in range, or ObjectError naming it
-            out.append(CoreRelocation(section, insn_off, type_id, btf.string(access_off), kind))
+            try:
+                btf.type(type_id)
+                access = btf.string(access_off)
+            except ObjectError as exc:
+                raise ObjectError(f"{record}: {exc}") from None
+            out.append(CoreRelocation(section, insn_off, type_id, access, kind))
         pos += count * record_size
     return out
