@@ -180,6 +180,13 @@ def test_ambiguity() -> None:
     fields(disagree, name="sk_buff___other", extra=True)
     with pytest.raises(ObjectError, match=r"field offset ambiguity between kernel types"):
         resolve(local, disagree, [CoreRelocation(0, K.FIELD_BYTE_OFFSET, skb, "0:2")], insn(MOV64_K, imm=8))
+    sizes = BtfBuilder()
+    fields(sizes)
+    fields(sizes, name="sk_buff___other", extra=True)  # compatible types of different sizes
+    with pytest.raises(
+        ObjectError, match=r"relocation decision ambiguity between kernel types #\d+ and #\d+ \(16 != 20\)"
+    ):
+        resolve(local, sizes, [CoreRelocation(0, K.TYPE_SIZE, skb, "0")], insn(MOV64_K, imm=16))
 
 
 def test_type_kinds() -> None:
