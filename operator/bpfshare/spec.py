@@ -456,6 +456,36 @@ class KconfigExtern:
 KCONFIG_MAP = ".kconfig"
 
 
+class CoreKind(enum.IntEnum):
+    """enum bpf_core_relo_kind (include/uapi/linux/bpf.h)."""
+
+    FIELD_BYTE_OFFSET = 0
+    FIELD_BYTE_SIZE = 1
+    FIELD_EXISTS = 2
+    FIELD_SIGNED = 3
+    FIELD_LSHIFT_U64 = 4
+    FIELD_RSHIFT_U64 = 5
+    TYPE_ID_LOCAL = 6
+    TYPE_ID_TARGET = 7
+    TYPE_EXISTS = 8
+    TYPE_SIZE = 9
+    ENUMVAL_EXISTS = 10
+    ENUMVAL_VALUE = 11
+    TYPE_MATCHES = 12
+
+
+@dataclass(frozen=True)
+class CoreRelocation:
+    """A CO-RE relocation (``.BTF.ext`` core_relo) of instruction ``insn`` (index in the linked
+    program): ``type_id`` (in the object's BTF) and ``access`` ("0:1:2") name what the instruction
+    reads; the loader resolves it against the kernel's BTF (libbpf bpf_core_calc_relo_insn)."""
+
+    insn: int
+    kind: CoreKind
+    type_id: int
+    access: str
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     name: str  # function symbol
@@ -474,6 +504,9 @@ class ProgramSpec:
     func_info: bytes = b""
     line_info: bytes = b""
     btf: bytes | None = field(default=None, compare=False, repr=False)
+    core_relocations: tuple[CoreRelocation, ...] = ()
+    # The object's BTF, which core_relocations' type IDs refer to (None without CO-RE relocations).
+    local_btf: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def map_names(self) -> list[str]:

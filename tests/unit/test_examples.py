@@ -164,5 +164,6 @@ def test_parse_time_under_2ms(bpf_objects: BpfObjects, name: str) -> None:
 def test_every_example_is_read(bpf_objects: BpfObjects) -> None:
     for path in bpf_objects.paths():
         spec = read_collection(path)
-        assert spec.programs and spec.maps, path.name
+        assert spec.programs, path.name
+        assert spec.maps or path.name.startswith("core_"), path.name  # the CO-RE examples use no map
         assert read_collection(path.read_bytes()) == spec

@@ -8,8 +8,9 @@ import pytest
 
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object import read_collection
+from bpfshare.object.btf import Btf
 from bpfshare.object.elf import ElfObject
-from bpfshare.spec import RelocationKind
+from bpfshare.spec import CoreKind, RelocationKind
 from bpfshare.types import MapFlag
 from tests.fixtures.objects import CompileBpf
 from tests.unit.bpfasm import LD_IMM64, calls, function_code, normalized
@@ -152,16 +153,28 @@ def test_custom_data_sections_and_strings(compile_bpf: CompileBpf) -> None:
     }
 
 
-def test_core_relocations_are_refused(compile_bpf: CompileBpf) -> None:
+def test_core_relocations_follow_linked_subprograms(compile_bpf: CompileBpf) -> None:
+    """CO-RE records become relocations on linked instruction indexes, in the program and in the
+    .text subprogram appended to it, with the object's BTF kept for the loader."""
     src = """
-    struct task_struct { int pid; } __attribute__((preserve_access_index));
-    SEC("kprobe/do_exit") int core_prog(struct task_struct *t) {
-        return __builtin_preserve_access_index(t->pid);
-    }
+    struct task_struct { int pid; int tgid; } __attribute__((preserve_access_index));
+    static __attribute__((noinline)) int sub(struct task_struct *t) { return t->tgid; }
+    SEC("kprobe/do_exit") int core_prog(struct task_struct *t) { return t->pid + sub(t); }
     char LICENSE[] SEC("license") = "GPL";
     """
-    with pytest.raises(UnsupportedError, match=r"unsupported: CO-RE relocations .*program core_prog"):
-        read_collection(compile_bpf(src))
+    prog = read_collection(compile_bpf(src)).programs["core_prog"]
+    assert prog.local_btf is not None
+    relos = prog.core_relocations
+    assert [(r.kind, r.access) for r in relos] == [
+        (CoreKind.FIELD_BYTE_OFFSET, "0:0"),
+        (CoreKind.FIELD_BYTE_OFFSET, "0:1"),
+    ]
+    code = prog.instructions
+    for r in relos:
+        assert code[r.insn * 8] & 0x07 == 0x01  # an LDX, in the linked program
+    assert relos[1].insn > relos[0].insn  # the subprogram's, after the program's own code
+    local = Btf(prog.local_btf)
+    assert local.name(local.type(relos[0].type_id)) == "task_struct"
 
 
 def _patch_insn(path, section: str, index: int, byte: int, value: int) -> bytes:  # type: ignore[no-untyped-def]

@@ -128,10 +128,15 @@ def run_agent(
     liveness: str | None = None,
     metrics: str | None = None,
     limits: Limits | None = None,
+    btf: Path | None = None,
 ) -> None:
+    from bpfshare.engine.host_kernel import HostKernel
+
     credentials = ApiCredentials.load()
     warm()
-    agent = Agent(node, pin_root, credentials.api_client(), resync_seconds=resync_seconds, limits=limits)
+    agent = Agent(
+        node, pin_root, credentials.api_client(), resync_seconds=resync_seconds, limits=limits, kernel=HostKernel(btf)
+    )
     registry = build_registry(agent, credentials)
     if metrics:
         from bpfshare.agent.metrics import AgentMetrics, serve

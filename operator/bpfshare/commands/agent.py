@@ -33,6 +33,13 @@ from bpfshare.commands.limits import limits_from, limits_options
     help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9090 (default: off)",
 )
 @click.option("-v", "--verbose", is_flag=True)
+@click.option(
+    "--btf",
+    "btf",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="the kernel's BTF for CO-RE relocations, for kernels without /sys/kernel/btf/vmlinux",
+)
 @limits_options
 @pin_root_option
 def agent(
@@ -44,6 +51,7 @@ def agent(
     max_bytecode_bytes: int,
     map_memory_budget: int,
     pin_root: str,
+    btf: str | None,
 ) -> None:
     """Run the agent for this node: reconcile BpfMaps and BpfPrograms that select it."""
     from bpfshare.agent.operator import run_agent
@@ -62,4 +70,5 @@ def agent(
         liveness=liveness,
         metrics=metrics,
         limits=limits_from(max_bytecode_bytes, map_memory_budget),
+        btf=Path(btf) if btf else None,
     )

@@ -66,6 +66,12 @@ def _cli_target(target: AttachTarget) -> AttachTarget:
     ),
 )
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option(
+    "--btf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the kernel's BTF for CO-RE relocations, for kernels without /sys/kernel/btf/vmlinux",
+)
 @pin_root_option
 def load(
     obj: Path,
@@ -74,6 +80,7 @@ def load(
     pin_dir: Path | None,
     attach_specs: tuple[str, ...],
     as_json: bool,
+    btf: Path | None,
     pin_root: str,
 ) -> None:
     """Load PROGRAM from OBJ, reusing pinned maps, and attach it."""
@@ -91,7 +98,9 @@ def load(
     targets = [_cli_target(parse_attach(spec)) for spec in attach_specs]  # all parsed before anything is loaded
 
     collection = read_collection(obj)
-    loaded = load_program(collection, program_name, bindings=bindings, pin_root=Path(pin_root), pin_dir=pin_dir)
+    loaded = load_program(
+        collection, program_name, bindings=bindings, pin_root=Path(pin_root), pin_dir=pin_dir, btf=btf
+    )
     try:
         attachments = [attach_program(loaded.program, loaded.spec, t, loaded.pin_path.parent) for t in targets]
         info = loaded.program.info()

@@ -39,7 +39,12 @@ def _program_view(info: ProgramInfo) -> ProgramView:
 
 
 class HostKernel:
-    """This machine's kernel. Stateless: every answer is read from bpffs and the kernel."""
+    """This machine's kernel. Stateless: every answer is read from bpffs and the kernel.
+
+    ``btf``: the kernel's BTF file for CO-RE (``agent --btf``) when /sys/kernel/btf/vmlinux is missing."""
+
+    def __init__(self, btf: Path | None = None) -> None:
+        self.btf = btf
 
     def possible_cpus(self) -> int:
         from bpfshare.kernel.cpus import possible_cpus
@@ -130,7 +135,7 @@ class HostKernel:
         pin_dir: Path,
     ) -> Loaded:
         loaded = load_program(
-            collection, program, bindings=bindings, pin_root=pin_root, pin_dir=pin_dir, pin_program=False
+            collection, program, bindings=bindings, pin_root=pin_root, pin_dir=pin_dir, pin_program=False, btf=self.btf
         )
         pinned: dict[Path, bool] = {}
         for prog in loaded.slot_programs.values():

@@ -20,10 +20,11 @@ import struct
 from dataclasses import dataclass, field
 
 from bpfshare.errors import BpfshareError
+from bpfshare.kernel.btf_objects import open_btf_by_name as module_btf_fd
 from bpfshare.kernel.syscall import FD
 from bpfshare.load.kernel_symbols import find_ksym_btf_id, kallsyms, kernel_type_shape
 from bpfshare.object.btf import Kind
-from bpfshare.object.kernel_btf import KernelType, module_btf_fd
+from bpfshare.object.kernel_btf import KernelType
 from bpfshare.spec import INSN_SIZE, ExternKind, ExternRelocation, ProgramSpec
 
 BPF_PSEUDO_BTF_ID = 3

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import re
 import struct
 import time
@@ -45,8 +46,12 @@ from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
 from bpfshare.load.bpf_pinning import custom_pin_subdir
+from bpfshare.load.core import POISON_IMM, Poisoned
+from bpfshare.load.core import apply as apply_core
 from bpfshare.load.externs import resolve_externs
 from bpfshare.load.kconfig import kconfig_contents
+from bpfshare.object.btf import Btf
+from bpfshare.object.kernel_btf import kernel_btf
 from bpfshare.spec import (
     KCONFIG_MAP,
     CollectionSpec,
@@ -278,10 +283,16 @@ def with_kconfig_values(collection: CollectionSpec, programs: list[ProgramSpec])
     return dataclasses.replace(collection, maps=maps)
 
 
-def _load_one(program: ProgramSpec, fds: dict[str, int]) -> tuple[Program, float]:
-    """One program through the verifier, its map references bound to ``fds`` and its externs and
-    kfuncs resolved against the running kernel; and the seconds spent in BPF_PROG_LOAD."""
-    resolved = resolve_externs(program, program.instructions_with_fds(fds))
+def _load_one(program: ProgramSpec, fds: dict[str, int], btf_path: Path | None) -> tuple[Program, float]:
+    """One program through the verifier, its map references bound to ``fds``, its CO-RE relocations
+    applied and its externs and kfuncs resolved against the running kernel (libbpf's order:
+    bpf_object__relocate_core, then the data and call relocations); and the seconds spent in
+    BPF_PROG_LOAD."""
+    instructions = program.instructions_with_fds(fds)
+    poisoned: list[Poisoned] = []
+    if program.core_relocations:
+        instructions, poisoned = relocate_core(program, instructions, btf_path)
+    resolved = resolve_externs(program, instructions)
     try:
         # The object's BTF, for the func_info of programs with callbacks; the kernel keeps its own
         # reference from the program, so the fd is closed after the load.
@@ -289,13 +300,18 @@ def _load_one(program: ProgramSpec, fds: dict[str, int]) -> tuple[Program, float
         btf = load_btf(program.btf or b"", f"the BTF of program {program.name!r}") if needs_btf else None
         try:
             started = time.perf_counter()
-            live = Program.load(
-                program,
-                resolved.instructions,
-                name=program.name,
-                btf_fd=int(btf) if btf is not None else None,
-                fd_array=resolved.fd_array,
-            )
+            try:
+                live = Program.load(
+                    program,
+                    resolved.instructions,
+                    name=program.name,
+                    btf_fd=int(btf) if btf is not None else None,
+                    fd_array=resolved.fd_array,
+                )
+            except VerifierError as exc:
+                if poisoned:
+                    raise VerifierError(_poisoned_message(program, poisoned, exc), exc.errno, exc.log) from None
+                raise
             return live, time.perf_counter() - started
         finally:
             if btf is not None:
@@ -312,12 +328,14 @@ def load_program(
     pin_root: Path,
     pin_dir: Path | None = None,
     pin_program: bool = True,
+    btf: Path | None = None,
 ) -> LoadedProgram:
     """Resolve the program's maps, load it through the verifier, and pin it as ``<pin_dir>/program``.
 
     A program the object has but that cannot be loaded fails with the reason (``UnsupportedError``
     naming it), whatever the object's other programs use. The programs that the initial slots of
     its prog arrays name are loaded too and put in the slots (see the module's docstring).
+    ``btf``: the kernel's BTF for CO-RE relocations when /sys/kernel/btf/vmlinux is missing (--btf).
     """
     try:
         program = collection.program(program_name)
@@ -341,11 +359,11 @@ def load_program(
                 resolved=maps,
             )
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        live, kernel_seconds = _load_one(program, fds)
+        live, kernel_seconds = _load_one(program, fds, btf)
         for name in names[1:]:
             spec = collection.programs[name]
             try:
-                slot_programs[name], _ = _load_one(spec, fds)
+                slot_programs[name], _ = _load_one(spec, fds, btf)
             except KernelError as exc:
                 error = VerifierError if isinstance(exc, VerifierError) else KernelError
                 raise error(
@@ -378,3 +396,28 @@ def _fill_prog_array_slots(maps: dict[str, LoadedMap], fds: dict[str, int]) -> N
                 raise KernelError(
                     f"map {name!r}: putting program {target!r} in slot {index}: {exc}", exc.errno
                 ) from None
+
+
+def relocate_core(program: ProgramSpec, instructions: bytes, btf: Path | None) -> tuple[bytes, list[Poisoned]]:
+    """Apply the program's CO-RE relocations against the kernel's BTF (or ``btf``), at load time:
+    the spec stays pure, and the kernel's types are indexed once per process (kernel_btf)."""
+    if program.local_btf is None:
+        raise BpfshareError(f"program {program.name!r}: CO-RE relocations without the object's BTF")
+    target = kernel_btf(btf)
+    return apply_core(program.name, instructions, program.core_relocations, _parsed_btf(program.local_btf), target)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_btf(data: bytes) -> Btf:
+    """An object's BTF, parsed once per process for every load of its programs (the spec keeps the
+    section's bytes: specs are plain data)."""
+    return Btf(data)
+
+
+def _poisoned_message(program: ProgramSpec, poisoned: list[Poisoned], exc: VerifierError) -> str:
+    """Name what the kernel lacks when the verifier reached a poisoned instruction (libbpf prints
+    the relocation in its log; the verifier says only "invalid func unknown#195896080")."""
+    reached = [p for p in poisoned if f"{p.insn}: (85) call unknown#{POISON_IMM}" in (exc.log or "")]
+    shown = reached or poisoned
+    reasons = "; ".join(dict.fromkeys(p.reason for p in shown))
+    return f"loading program {program.name!r}: {reasons} (CO-RE relocation unresolved; instruction {shown[0].insn})"

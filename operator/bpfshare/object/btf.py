@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from array import array
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -79,6 +80,14 @@ _EXTRA: dict[int, tuple[int, int]] = {
     Kind.TYPE_TAG: (0, 0),
     Kind.ENUM64: (0, 12),
 }
+# _EXTRA in 32-bit words, indexed by kind: the whole fixed part (0: no such kind), per vlen entry.
+_FIXED_WORDS = [0] * 32
+_VLEN_WORDS = [0] * 32
+for _kind, (_fixed, _each) in _EXTRA.items():
+    _FIXED_WORDS[_kind] = 3 + _fixed // 4
+    _VLEN_WORDS[_kind] = _each // 4
+_UNKNOWN_STEP = 1 << 40  # steps past any type section: ends the walk, then reported
+_FIXED_WORDS = [w or _UNKNOWN_STEP for w in _FIXED_WORDS]
 _MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 _SIZED = frozenset({Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FLOAT, Kind.DATASEC})
 
@@ -130,6 +139,15 @@ VOID = BtfType(0, Kind.UNKN, 0, 0, 0, 0)
 _KINDS = list(Kind)
 
 
+def essential_name(name: str) -> str:
+    """``name`` without its ``___flavour`` suffix: the last ``X___Y`` separator whose X and Y are
+    not underscores (libbpf bpf_core_essential_name_len / bpf_core_is_flavor_sep)."""
+    for i in range(len(name) - 5, -1, -1):
+        if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
+            return name[: i + 1]
+    return name
+
+
 class _Types:
     """``btf.types``: the types of a BTF (its own, not its base's) as a sequence, decoded on access;
     ``types[0]`` is void."""
@@ -157,7 +175,6 @@ class Btf:
         # The first type ID and string offset this BTF owns (non-zero for split BTF).
         self.start_id = base.count if base is not None else 1
         self.start_str = base.str_end if base is not None else 0
-        self._names: dict[str, list[int]] | None = None
         if len(data) < _HEADER.size:
             raise ObjectError(f"{section}: shorter than the BTF header ({len(data)} bytes)")
         magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(data)
@@ -175,10 +192,14 @@ class Btf:
                 )
         self.types_data = data[hdr_len + type_off : hdr_len + type_off + type_len]
         self.strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        # _offsets[i] is where type ID start_id - 1 + i starts in the type section; entry 0 stands for
+        # _offsets[i] is where (in 32-bit words) type ID start_id - 1 + i starts in the type section; entry 0 stands for
         # void (base BTF) or nothing (split). Records are decoded into BtfType when asked for: a
         # kernel's 100k+ types kept as tuples would cost tens of MiB.
         self._offsets = array("I", [0])
+        self._name_bytes = b""
+        # Answers of by_name and flavours: a process asks for the same few names again and again.
+        self._lookups: dict[str, list[int]] = {}
+        self._flavour_names: dict[str, list[str]] = {}
         self._index()
         self.types = _Types(self)
 
@@ -192,30 +213,45 @@ class Btf:
         return self.start_str + len(self.strings)
 
     def _index(self) -> None:
-        data, offsets, end = self.types_data, self._offsets, len(self.types_data)
-        pos = 0
-        unpack = _U32.unpack_from
-        next_id = self.start_id
-        append = offsets.append
-        while pos < end:
-            if pos + _TYPE.size > end:
-                raise ObjectError(f"{self.where}: truncated type record at offset {pos}")
-            (info,) = unpack(data, pos + 4)
-            raw_kind = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
-            layout = _EXTRA.get(raw_kind)
-            if layout is None:
-                raise ObjectError(f"{self.where}: type #{next_id} has unknown kind {raw_kind}")
-            append(pos)
-            pos = pos + _TYPE.size + layout[0] + layout[1] * vlen
-            if pos > end:
-                raise ObjectError(f"{self.where}: type #{next_id} extends beyond the type section")
-            next_id += 1
+        """One pass over the records, as 32-bit words (every BTF record is 4-byte aligned): where each
+        starts and its name offset. A kernel's ~130k records take tens of milliseconds this way;
+        nothing else is decoded until asked for."""
+        data, end = self.types_data, len(self.types_data)
+        words = array("I")
+        words.frombytes(data[: end - end % 4])
+        if sys.byteorder != "little":
+            words.byteswap()
+        n = len(words)
+        offsets, names = self._offsets, array("I", [0])
+        add_offset, add_name = offsets.append, names.append
+        fixed, per = _FIXED_WORDS, _VLEN_WORDS
+        i = 0
+        while i < n:  # the hot loop: an unknown kind steps past the end and is told apart below
+            add_offset(i)
+            add_name(words[i])
+            info = words[i + 1] if i + 1 < n else 0
+            kind = (info >> 24) & 0x1F
+            i += fixed[kind] + per[kind] * (info & 0xFFFF)
+        if i > n:
+            last = offsets[-1]
+            type_id = self.start_id + len(offsets) - 2
+            if last + 3 > n:
+                raise ObjectError(f"{self.where}: truncated type record at offset {last * 4}")
+            kind = (words[last + 1] >> 24) & 0x1F
+            if kind not in _EXTRA:
+                raise ObjectError(f"{self.where}: type #{type_id} has unknown kind {kind}")
+            raise ObjectError(f"{self.where}: type #{type_id} extends beyond the type section")
+        if end % 4:
+            raise ObjectError(f"{self.where}: truncated type record at offset {n * 4}")
+        # Every record's name offset, packed: by_name searches it at C speed.
+        if sys.byteorder != "little":
+            names.byteswap()  # searched with little-endian needles
+        self._name_bytes = names.tobytes()
 
     def _decode(self, index: int) -> BtfType:
         if index == 0:
             return VOID
-        pos = self._offsets[index]
+        pos = self._offsets[index] * 4
         name_off, info, size_or_type = _TYPE.unpack_from(self.types_data, pos)
         type_id = self.start_id - 1 + index
         return BtfType(
@@ -249,32 +285,64 @@ class Btf:
             return self.base.owner(type_id)
         return self
 
+    def string_offsets(self, text: str) -> list[int]:
+        """Every string-table offset (this BTF's and its base's) at which ``text`` is a whole
+        string, a tail-merged one included."""
+        found = self.base.string_offsets(text) if self.base is not None else []
+        needle = text.encode() + b"\0"
+        strings, start = self.strings, self.start_str
+        pos = strings.find(needle)
+        while pos >= 0:
+            found.append(start + pos)
+            pos = strings.find(needle, pos + 1)
+        return found
+
+    def _ids_named_at(self, name_off: int) -> list[int]:
+        """Type IDs (of this BTF, not its base) whose name is at ``name_off``: a search of the
+        records' packed name offsets at C speed, instead of a dictionary of 100k names built up front."""
+        out = []
+        needle = _U32.pack(name_off)
+        hay = self._name_bytes
+        first = self.start_id - 1
+        pos = hay.find(needle, 4)
+        while pos >= 0:
+            if pos % 4 == 0:
+                out.append(first + pos // 4)
+            pos = hay.find(needle, pos + 1)
+        return out
+
     def by_name(self, name: str) -> list[int]:
-        """Type IDs named ``name`` in this BTF only (not its base), in ID order. The index of names
-        is built on the first call: a kernel's BTF has ~100k types, most never asked for."""
-        if self._names is None:
-            names: dict[str, list[int]] = {}
-            strings, data = self.strings, self.types_data
-            start_str = self.start_str
-            base_strings = self.base.string if self.base is not None else None
-            unpack = _U32.unpack_from
-            first = self.start_id - 1
-            offsets = self._offsets
-            for index in range(1, len(offsets)):
-                (off,) = unpack(data, offsets[index])
-                if not off:
-                    continue
-                if off >= start_str:
-                    local = off - start_str
-                    endpos = strings.find(b"\0", local)
-                    raw = strings[local:endpos] if endpos >= 0 else b""
-                    key = raw.decode("utf-8", "replace")
-                else:
-                    assert base_strings is not None
-                    key = base_strings(off)
-                names.setdefault(key, []).append(first + index)
-            self._names = names
-        return self._names.get(name, [])
+        """Type IDs named ``name`` in this BTF only (not its base's types), in ID order."""
+        if not name:
+            return []
+        cached = self._lookups.get(name)
+        if cached is None:
+            ids: set[int] = set()
+            for off in self.string_offsets(name):
+                ids.update(self._ids_named_at(off))
+            cached = self._lookups[name] = sorted(ids)
+        return cached
+
+    def flavours(self, essential: str, *, own_only: bool = False) -> list[list[int]]:
+        """Type IDs of each ``essential___<flavour>`` name (CO-RE candidates), base's first."""
+        found = self.base.flavours(essential) if self.base is not None and not own_only else []
+        if essential in self._flavour_names:
+            return found + [self.by_name(full) for full in self._flavour_names[essential]]
+        names: set[str] = set()
+        btf: Btf | None = self
+        needle = (essential + "___").encode()
+        while btf is not None:  # the names may be in this BTF's strings or its base's
+            strings = btf.strings
+            pos = strings.find(needle)
+            while pos >= 0:
+                endpos = strings.find(b"\0", pos)
+                full = strings[pos:endpos].decode("utf-8", "replace")
+                if essential_name(full) == essential:
+                    names.add(full)
+                pos = strings.find(needle, pos + 1)
+            btf = btf.base
+        self._flavour_names[essential] = [full for full in sorted(names) if self.by_name(full)]
+        return found + [self.by_name(full) for full in self._flavour_names[essential]]
 
     def find(self, name: str, kind: Kind | None = None) -> list[int]:
         """Type IDs named ``name`` (of ``kind`` if given), base first: libbpf searches vmlinux,

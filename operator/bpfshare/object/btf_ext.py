@@ -1,8 +1,8 @@
-"""``.BTF.ext``: func_info and line_info records (read for programs with callbacks); CO-RE records found and reported.
+"""``.BTF.ext``: func_info and line_info records (passed for programs with callbacks); CO-RE relocation records.
 
-bpfshare loads programs as compiled: it does not rewrite field offsets for the running kernel, so
-an object that needs CO-RE relocations would load with offsets that may be wrong. The reader
-refuses such objects instead (see ``reader``).
+Each core_relo record is struct bpf_core_relo (include/uapi/linux/bpf.h): insn_off (bytes, in the
+record's ELF section), type_id (in .BTF), access_str_off (a .BTF string such as "0:1:2") and kind.
+The linker maps them to linked instruction indexes; the loader resolves them (``load.core``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,16 @@ _HEADER = struct.Struct("<HBBIIIII")  # magic .. hdr_len, func_info off/len, lin
 _CORE = struct.Struct("<II")  # core_relo_off, core_relo_len (header length >= 32)
 _U32 = struct.Struct("<I")
 _INFO_SEC = struct.Struct("<II")  # sec_name_off, num_info
+_RELO = struct.Struct("<IIII")  # insn_off, type_id, access_str_off, kind
+CORE_KIND_MAX = 12  # BPF_CORE_TYPE_MATCHES
 
 
 class CoreRelocation(NamedTuple):
     section: str  # ELF section of the instruction ("" if the name cannot be read)
     insn_off: int  # byte offset of the instruction in that section
+    type_id: int = 0
+    access: str = ""
+    kind: int = 0
 
 
 def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> list[CoreRelocation]:
@@ -43,8 +48,8 @@ def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> l
     if end > len(data) or core_len < _U32.size:
         raise ObjectError(f"{where}: core_relo subsection (offset {core_off}, {core_len} bytes) is out of bounds")
     (record_size,) = _U32.unpack_from(data, start)
-    if record_size < 4:
-        raise ObjectError(f"{where}: core_relo record size {record_size} is too small")
+    if record_size < _RELO.size:
+        raise ObjectError(f"{where}: core_relo record size {record_size} is too small (at least {_RELO.size})")
     out = []
     pos = start + _U32.size
     while pos < end:
@@ -59,8 +64,20 @@ def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> l
         except ObjectError:
             section = ""
         for i in range(count):
-            (insn_off,) = _U32.unpack_from(data, pos + i * record_size)
-            out.append(CoreRelocation(section, insn_off))
+            insn_off, type_id, access_off, kind = _RELO.unpack_from(data, pos + i * record_size)
+            record = f"{where}: core_relo record {i} of section {section or '?'}"
+            if btf is None:
+                raise ObjectError(f"{record}: the object has no .BTF for its type and access string")
+            if insn_off % 8:
+                raise ObjectError(f"{record}: instruction offset {insn_off} is not instruction-aligned")
+            if kind > CORE_KIND_MAX:
+                raise ObjectError(f"{record}: unknown relocation kind {kind}")
+            try:
+                btf.type(type_id)
+                access = btf.string(access_off)
+            except ObjectError as exc:
+                raise ObjectError(f"{record}: {exc}") from None
+            out.append(CoreRelocation(section, insn_off, type_id, access, kind))
         pos += count * record_size
     return out
 

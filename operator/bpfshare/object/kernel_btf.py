@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfshare.errors import BpfshareError, ObjectError
-from bpfshare.kernel.btf_objects import open_btf_by_name
-from bpfshare.kernel.syscall import FD
 from bpfshare.object.btf import Btf, Kind
 
 SYS_BTF = Path("/sys/kernel/btf")
@@ -93,14 +91,9 @@ class KernelBtf:
         return found
 
 
-def module_btf_fd(module: str) -> FD:
-    """An fd (owned by the caller) of a module's kernel BTF object, for a kfunc's fd_array slot: the
-    BTF object whose name is ``module``, found by walking BTF object IDs (libbpf load_module_btfs)."""
-    return open_btf_by_name(module)
-
-
 _cache: KernelBtf | None = None
 _override: Path | None = None
+_files: dict[Path, KernelBtf] = {}  # --btf files, by path
 _cache_lock = threading.Lock()
 
 
@@ -113,10 +106,14 @@ def use_file(path: Path | None) -> None:
             _cache = None
 
 
-def kernel_btf() -> KernelBtf:
-    """The process's kernel BTF, read on the first call."""
+def kernel_btf(path: Path | None = None) -> KernelBtf:
+    """The process's kernel BTF, read on the first call; ``path``: a --btf file instead (cached too)."""
     global _cache
     with _cache_lock:
+        if path is not None:
+            if path not in _files:
+                _files[path] = KernelBtf.from_file(path)
+            return _files[path]
         if _cache is None:
             if _override is not None:
                 _cache = KernelBtf.from_file(_override)
@@ -136,3 +133,4 @@ def clear_cache() -> None:
     global _cache
     with _cache_lock:
         _cache = None
+        _files.clear()

@@ -28,9 +28,18 @@ from dataclasses import dataclass, field
 
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object import insn as I
+from bpfshare.object.btf_ext import CoreRelocation as CoreRecord
 from bpfshare.object.elf import SHN_UNDEF, STT_FUNC, STT_SECTION, ElfObject, Relocation, Section, Symbol
 from bpfshare.object.externs import KSYMS_SEC, Extern
-from bpfshare.spec import KCONFIG_MAP, ExternKind, ExternRelocation, MapRelocation, RelocationKind
+from bpfshare.spec import (
+    KCONFIG_MAP,
+    CoreKind,
+    CoreRelocation,
+    ExternKind,
+    ExternRelocation,
+    MapRelocation,
+    RelocationKind,
+)
 
 R_BPF_NONE = 0
 R_BPF_64_64 = 1  # ld_imm64
@@ -131,6 +140,9 @@ class Linker:
         externs: Callable[[], dict[str, Extern]] | None = None,
         ext_info: Callable[[], tuple[ExtInfo, ExtInfo]] | None = None,
     ) -> None:
+        # .BTF.ext core_relo records by ELF section name (set by the reader).
+        self.core_records: dict[str, list[CoreRecord]] = {}
+        self._placements: dict[tuple[int, int], dict[tuple[int, int], int]] = {}
         self.elf = elf
         self.targets = targets
         self._externs = externs
@@ -206,12 +218,30 @@ class Linker:
     def link(self, program: Function) -> Linked:
         """The program's linked instructions and what they refer to."""
         job = _Job(self, program)
+        self._placements[(program.section.index, program.start)] = job.placed
         func_info = line_info = b""
         if job.callbacks and self._ext_info is not None:
             funcs, lines = self._ext_info()
             func_info = job.rebase(funcs)
             line_info = job.rebase(lines)
         return Linked(bytes(job.code), tuple(job.relocations), tuple(job.externs), job.callbacks, func_info, line_info)
+
+    def core_relocations(self, program: Function) -> tuple[CoreRelocation, ...]:
+        """The CO-RE relocations of a linked program (after ``link``), on linked instruction
+        indexes: its own, then those of every subprogram appended to it, which follow it (libbpf
+        bpf_object__relocate_core works on the linked program the same way)."""
+        placed = self._placements.get((program.section.index, program.start))
+        if placed is None:
+            placed = _Job(self, program).placed
+        out: list[CoreRelocation] = []
+        for (shndx, start), base in sorted(placed.items(), key=lambda item: item[1]):
+            section = self.elf.sections[shndx]
+            func = self._function_at(shndx, start, f"section {section.name}")
+            for rec in self.core_records.get(section.name, ()):
+                index = rec.insn_off // I.INSN_SIZE
+                if func.start <= index < func.end:
+                    out.append(CoreRelocation(base + index - func.start, CoreKind(rec.kind), rec.type_id, rec.access))
+        return tuple(out)
 
 
 class _Job:

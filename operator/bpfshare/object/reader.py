@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object.btf import Btf
-from bpfshare.object.btf_ext import core_relocations
+from bpfshare.object.btf_ext import CoreRelocation, core_relocations
 from bpfshare.object.btf_maps import btf_maps
 from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
 from bpfshare.object.global_data import global_data_map, is_global_data
@@ -84,8 +84,8 @@ class _Reader:
                 raise ObjectError(f"map {kconfig_map.name!r} is defined twice (a section and the __kconfig externs)")
             maps[kconfig_map.name] = kconfig_map
         linker = Linker(self.elf, targets, inputs.externs, inputs.ext_info)
+        linker.core_records = self._core_records()
         programs, order = self._programs(linker, license, version, inputs)
-        self._refuse_core(linker)
         maps = self._initial_slots(maps, programs)
         programs = self._refuse_dependents(programs, maps)
         return CollectionSpec(
@@ -153,33 +153,18 @@ class _Reader:
                     ), refused_target.malformed
         return None
 
-    def _refuse_core(self, linker: Linker) -> None:
+    def _core_records(self) -> dict[str, list[CoreRelocation]]:
+        """The .BTF.ext core_relo records by ELF section (resolved at load time, load.core)."""
         sec = self.elf.by_name.get(".BTF.ext")
         if sec is None:
-            return
+            return {}
+        out: dict[str, list[CoreRelocation]] = {}
         with guard("section .BTF.ext"):
             data = self.elf.data(sec)
-            btf: Btf | None
-            try:
-                btf = self.btf
-            except ObjectError:
-                btf = None
-            relos = core_relocations(data, btf)
-        if not relos:
-            return
-        relo = relos[0]
-        what = f"section {relo.section or '?'}"
-        code_sec = self.elf.by_name.get(relo.section)
-        if code_sec is not None and code_sec.executable:
-            for func in linker.functions(code_sec):
-                if func.start <= relo.insn_off // 8 < func.end:
-                    kind = "subprogram" if code_sec.name == ".text" else "program"
-                    what = f"{kind} {func.name}"
-        records = f"{len(relos)} record{'s' if len(relos) != 1 else ''}"
-        raise UnsupportedError(
-            f"unsupported: CO-RE relocations (.BTF.ext core_relo) in {what} "
-            f"({records}; bpfshare does not rewrite field offsets)"
-        )
+            relos = core_relocations(data, self.btf if ".BTF" in self.elf.by_name else None)
+        for relo in relos:
+            out.setdefault(relo.section, []).append(relo)
+        return out
 
     def _license(self) -> str:
         sec = self.elf.by_name.get("license")
@@ -331,6 +316,7 @@ class _Reader:
                     with guard(f"program {func.name!r} (section {sec.name})"):
                         linked = linker.link(func)
                         btf = inputs.program_btf if linked.callbacks else None
+                        core = linker.core_relocations(func)
                 except ObjectError as exc:
                     self.refused_programs[func.name] = RefusedProgram(
                         func.name,
@@ -354,6 +340,8 @@ class _Reader:
                     func_info=linked.func_info,
                     line_info=linked.line_info,
                     btf=btf,
+                    core_relocations=core,
+                    local_btf=self.elf.data(self.elf.by_name[".BTF"]) if core else None,
                 )
         return programs, tuple(sections)
 
