@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 from bpfshare.errors import ObjectError, UnsupportedError
-from bpfshare.object.btf import Btf
+from bpfshare.object.btf import Btf, Kind
 from bpfshare.object.btf_ext import CoreRelocation, core_relocations
 from bpfshare.object.btf_maps import btf_maps
 from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
@@ -252,10 +252,11 @@ class _Reader:
         if spec.style is not DefinitionStyle.GLOBAL_DATA or spec.btf_value_type_id:
             return spec
         try:
-            datasec = self.btf.datasec(spec.section)
+            # libbpf's btf__find_by_name(obj->btf, map->real_name), through the name index
+            found = self.btf.find(spec.section, Kind.DATASEC)
         except ObjectError:
             return spec  # a .BTF the maps cannot use: they are created without it
-        return dataclasses.replace(spec, btf_value_type_id=datasec.id) if datasec is not None else spec
+        return dataclasses.replace(spec, btf_value_type_id=found[0]) if found else spec
 
     def _legacy_relocated(self, sec: Section, found: list[LegacyMap]) -> list[LegacyMap]:
         """A relocation in a legacy ``maps`` section: neither struct bpf_map_def nor bpf_elf_map has
