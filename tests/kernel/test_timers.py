@@ -173,3 +173,27 @@ def test_same_xlated_and_map_btf_as_bpftool(  # type: ignore[no-untyped-def]
     assert isinstance(dumped, dict)
     names = {t.get("name") for t in dumped["types"] if t.get("kind") == "STRUCT"}
     assert Btf(lp.maps[maps[0]].spec.btf or b"").name(ours_value) in names
+
+
+def with_map_btf(spec: CollectionSpec, data: bytes) -> CollectionSpec:
+    maps = {name: dataclasses.replace(m, btf=data) if m.btf is not None else m for name, m in spec.maps.items()}
+    return dataclasses.replace(spec, maps=maps)
+
+
+def test_object_btf_the_kernel_refuses(  # type: ignore[no-untyped-def]
+    bpf_objects: BpfObjects, load, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libbpf: "Error loading .BTF into kernel ... BTF is optional, ignoring": the maps are created
+    without it, with one warning; a map whose value needs it fails, naming the field."""
+    garbage = b"\x9f\xeb\x01\x00not BTF"
+    with caplog.at_level(logging.WARNING):
+        lp = load(with_map_btf(read_collection(bpf_objects["flow_counter"]), garbage), "count_ingress")
+    assert lp.maps["shared_counts"].map.info().btf_id == 0
+    assert caplog.text.count("creating the maps without BTF") == 1
+    timer = with_map_btf(read_collection(bpf_objects["callback_timer"]), garbage)
+    with pytest.raises(
+        KernelError,
+        match=r"^creating map 'timers': its value holds struct bpf_timer at offset 8, which needs BTF: loading the "
+        r"object's BTF: ",
+    ):
+        load(timer, "arm_timer")

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
+from bpfshare.errors import UnsupportedError
 from bpfshare.kernel.compat import map_differences
 from bpfshare.kernel.maps import MapInfo, takes_btf
 from bpfshare.object import read_collection
 from bpfshare.object.btf import Btf, Kind
+from bpfshare.object.link_inputs import LinkInputs
 from bpfshare.spec import DefinitionStyle, MapSpec, map_rule_violations
 from bpfshare.types import MapFlag, MapType
 from tests.fixtures.objects import BpfObjects, CompileBpf
@@ -160,3 +164,23 @@ def test_local_storage_rule_needs_btf_only_without_it() -> None:
     assert any("BTF" in v for v in map_rule_violations(spec))
     with_btf = dataclasses.replace(spec, btf=b"btf", btf_key_type_id=1, btf_value_type_id=2)
     assert map_rule_violations(with_btf) == []
+
+
+def test_unusable_btf_refuses_only_the_maps_that_need_it(
+    bpf_objects: BpfObjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BTF the reader cannot make loadable: maps are created without it (libbpf goes on without
+    the object's BTF), but a timer's map and the program using it are refused, saying why."""
+
+    def unusable(self: LinkInputs) -> bytes:
+        raise UnsupportedError("unsupported: BTF DATASEC '.x': no ELF section gives its size")
+
+    monkeypatch.setattr(LinkInputs, "program_btf", property(unusable))
+    spec = read_collection(bpf_objects["callback_timer"])
+    assert spec.maps["fired"].btf is None and spec.maps["fired"].btf_value_type_id != 0
+    assert spec.refused_maps["timers"].reason == (
+        "map 'timers': its value holds struct bpf_timer at offset 8, which needs the object's BTF: "
+        "unsupported: BTF DATASEC '.x': no ELF section gives its size"
+    )
+    # (the program is refused as well: its callback's func_info needs the same BTF)
+    assert "no ELF section gives its size" in spec.refused_programs["arm_timer"].reason
