@@ -19,7 +19,7 @@ import pytest
 from bpfshare.errors import KernelError, VerifierError
 from bpfshare.kernel.btf import load_btf
 from bpfshare.kernel.maps import Map
-from bpfshare.load.loader import LoadedProgram, load_program
+from bpfshare.load.loader import PRIVATE_MAPS_DIR, LoadedProgram, default_pin_dir, load_program
 from bpfshare.object.btf import Btf
 from bpfshare.object.reader import read_collection
 from bpfshare.spec import CollectionSpec
@@ -197,3 +197,23 @@ def test_object_btf_the_kernel_refuses(  # type: ignore[no-untyped-def]
         r"object's BTF: ",
     ):
         load(timer, "arm_timer")
+
+
+def test_reused_map_without_btf_is_explained(bpf_objects: BpfObjects, bpffs: Path, load) -> None:  # type: ignore[no-untyped-def]
+    """A spin lock's map pinned without BTF passes the compatibility check (BTF is not compared),
+    but the verifier refuses the lock: the error says the map was reused and why it cannot work."""
+    spec = read_collection(bpf_objects["map_spin_lock"])
+    pin = default_pin_dir(bpffs, "count_locked") / PRIVATE_MAPS_DIR / "locked"
+    pin.parent.mkdir(parents=True)
+    with Map.create(spec.maps["locked"]) as old:  # no btf_fd
+        old.pin(pin)
+    with pytest.raises(VerifierError) as caught:
+        load(spec, "count_locked")
+    message = str(caught.value)
+    assert "map 'locked' has to have BTF in order to use bpf_spin_lock" in message
+    assert message.endswith(
+        f"map 'locked' was reused from {pin}, which was created without BTF: its value's struct bpf_spin_lock "
+        "at offset 8 needs it (remove the pin so that the load creates the map with BTF)"
+    )
+    pin.unlink()
+    assert load(spec, "count_locked").program.test_run(PACKET) == 1

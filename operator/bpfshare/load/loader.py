@@ -373,11 +373,17 @@ def load_program(
                 btfs=btfs,
             )
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        live, kernel_seconds = _load_one(program, fds, btf, btfs)
+        try:
+            live, kernel_seconds = _load_one(program, fds, btf, btfs)
+        except VerifierError as exc:
+            raise _reused_without_btf(exc, maps) from None
         for name in names[1:]:
             spec = collection.programs[name]
             try:
-                slot_programs[name], _ = _load_one(spec, fds, btf, btfs)
+                try:
+                    slot_programs[name], _ = _load_one(spec, fds, btf, btfs)
+                except VerifierError as exc:
+                    raise _reused_without_btf(exc, maps) from None
             except KernelError as exc:
                 error = VerifierError if isinstance(exc, VerifierError) else KernelError
                 raise error(
@@ -399,6 +405,25 @@ def load_program(
     finally:
         btfs.close()
     return LoadedProgram(program, live, prog_pin, maps, kernel_seconds, slot_programs)
+
+
+def _reused_without_btf(exc: VerifierError, maps: dict[str, LoadedMap]) -> VerifierError:
+    """``exc``, saying why when the verifier refused a timer or spin lock of a map without BTF
+    ("map 'x' has to have BTF in order to use bpf_timer") that the load reused: a map pinned by a
+    loader that passed no BTF (bpfshare before it did, a tool of the user's), which the
+    compatibility check accepts (BTF is not compared) but the kernel cannot give the field."""
+    text = exc.log or str(exc)
+    for name, loaded in maps.items():
+        if not (loaded.reused and loaded.spec.btf_fields):
+            continue
+        if f"map '{kernel_object_name(name)}' has to have BTF" in text and loaded.map.info().btf_id == 0:
+            where = str(loaded.pin_path) if loaded.pin_path is not None else f"map id {loaded.map.info().id}"
+            hint = (
+                f"map {name!r} was reused from {where}, which was created without BTF: its value's "
+                f"{loaded.spec.btf_fields[0]} needs it (remove the pin so that the load creates the map with BTF)"
+            )
+            return VerifierError(f"{exc}\n{hint}", exc.errno, exc.log)
+    return exc
 
 
 def _fill_prog_array_slots(maps: dict[str, LoadedMap], fds: dict[str, int]) -> None:
