@@ -78,6 +78,19 @@ class MapSpec:
     # iproute2's pinning value when it is neither 0, 1 nor 2 (``pinning`` is then Pinning.Custom):
     # a subdirectory that the node's bpf_pinning file names, looked up at load time.
     custom_pinning: int = 0
+    # BTF (libbpf's btf_key_type_id / btf_value_type_id): the key's and value's types in the
+    # object's BTF (a BTF map's ``__type(key/value, T)``, a global data map's DATASEC as value), and
+    # that BTF as BPF_BTF_LOAD takes it (sanitized, the bytes ProgramSpec.btf holds), which the
+    # loader passes at creation (BPF_MAP_CREATE btf_fd). 0 / None without: legacy maps, resources.
+    # Not compared: a map created without BTF (an older bpfshare, a resource) stands in for the
+    # same definition with it, as the kernel's info and cilium/ebpf's MapSpec.Compatible ignore it.
+    btf_key_type_id: int = field(default=0, compare=False)
+    btf_value_type_id: int = field(default=0, compare=False)
+    btf: bytes | None = field(default=None, compare=False, repr=False)
+    # What the value holds that the kernel knows only from BTF (``struct bpf_timer at offset 0``,
+    # a spin lock, a kptr: object.btf_fields): such a map must be created with its BTF, where libbpf
+    # would retry without it and leave the verifier to refuse the program.
+    btf_fields: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def slot_programs(self) -> list[str]:
@@ -377,7 +390,10 @@ def map_rule_violations(
         c.sizes("maxEntries", entries, (0,), " (one value per owner)")
         c.require(MapFlag.NoPrealloc)
         c.flags(MapFlag.NoPrealloc | MapFlag.Clone)
-        c.refuse("needs BTF type information for its key and value, which bpfshare does not pass")
+        # bpf_local_storage_map_check_btf: an int key type and a value type, from BTF, which only
+        # an object's BTF map carries (the loader passes it); a resource has none.
+        if not (spec.btf_key_type_id and spec.btf_value_type_id and spec.btf is not None):
+            c.refuse("needs BTF type information for its key and value (a BTF map of an object)")
     elif t is MapType.StructOps:
         # kernel/bpf/bpf_struct_ops.c bpf_struct_ops_map_alloc_check: a kernel struct's BTF type.
         c.refuse("needs the BTF type of a kernel struct, which bpfshare does not pass")

@@ -1,7 +1,8 @@
 """Loading an object's BTF into the kernel (BPF_BTF_LOAD).
 
 A program with callbacks needs BTF func_info, which refers to types of a BTF object the kernel
-holds (``prog_btf_fd``). Loading is two-phase like programs: without a log first, then with one
+holds (``prog_btf_fd``); a map is created with the key and value types of one (``btf_fd``), which
+a value holding a timer or a spin lock needs. Loading is two-phase like programs: without a log first, then with one
 so that a refusal says why.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,36 @@ from bpfshare.spec import (
     map_rule_violations,
 )
 from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType, ProgType, member_or_number
+
+_log = logging.getLogger(__name__)
+
+# libbpf's bpf_object__create_map creates these types without BTF (the kernel's map_check_no_btf,
+# or values that are fds/ids rather than the declared type).
+_NO_BTF_TYPES = frozenset(
+    {
+        MapType.PerfEventArray,
+        MapType.CgroupArray,
+        MapType.StackTrace,
+        MapType.ArrayOfMaps,
+        MapType.HashOfMaps,
+        MapType.DevMap,
+        MapType.DevMapHash,
+        MapType.CpuMap,
+        MapType.XskMap,
+        MapType.SockMap,
+        MapType.SockHash,
+        MapType.Queue,
+        MapType.Stack,
+        MapType.Arena,
+    }
+)
+
+
+def takes_btf(spec: MapSpec) -> bool:
+    """Whether ``spec``'s map is created with BTF when its object's BTF is at hand: it has type
+    IDs, and its type is not one libbpf creates without (bpf_object__create_map)."""
+    return bool(spec.btf_key_type_id or spec.btf_value_type_id) and spec.type not in _NO_BTF_TYPES
+
 
 PERCPU_TYPES = frozenset({MapType.PercpuHash, MapType.PercpuArray, MapType.LruPercpuHash, MapType.PercpuCgroupStorage})
 
@@ -78,13 +109,19 @@ class Map(KernelObject[MapInfo]):
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: MapSpec, name: str | None = None) -> Self:
+    def create(cls, spec: MapSpec, name: str | None = None, *, btf_fd: int | None = None) -> Self:
         """Create a map from ``spec``; global data maps get their initial contents (and .rodata
         is frozen, so neither user space nor a program can change it afterwards).
 
         The kernel's rules for the map's type are checked first (``map_rule_violations``, on the
         spec with its magic fields filled in, as it is sent): MapRuleError names every broken one,
-        where the kernel would answer a bare EINVAL."""
+        where the kernel would answer a bare EINVAL.
+
+        ``btf_fd``: the object's BTF (``spec.btf`` loaded), passed with the spec's key and value
+        type IDs as libbpf's bpf_object__create_map does, for the types that take BTF. If the
+        kernel refuses the map with its BTF, it is created without, with a warning (libbpf:
+        "Retrying without BTF"), unless its value holds fields only BTF describes (``btf_fields``:
+        a timer, a spin lock), which would not work without it: that is an error naming them."""
         spec = effective_spec(spec, possible_cpus())
         violations = map_rule_violations(spec, perf_max_stack=_perf_max_stack(spec))
         if violations:
@@ -94,7 +131,8 @@ class Map(KernelObject[MapInfo]):
             if spec.inner is None:
                 raise KernelError(f"creating map {spec.name!r}: a {spec.type.name} needs an inner map spec")
             # The kernel only reads the template's shape; it can go right after creation.
-            inner = cls.create(spec.inner, name=f"{spec.name}_inner")
+            inner = cls.create(spec.inner, name=f"{spec.name}_inner", btf_fd=btf_fd)
+        with_btf = btf_fd is not None and takes_btf(spec)
         attr = new_attr()
         mc = attr.map_create
         mc.map_type = int(spec.type)
@@ -105,8 +143,28 @@ class Map(KernelObject[MapInfo]):
         mc.map_name = kernel_object_name(name if name is not None else spec.name).encode()  # ASCII only
         if inner is not None:
             mc.inner_map_fd = inner.fd
+        if with_btf:
+            assert btf_fd is not None
+            mc.btf_fd = btf_fd
+            mc.btf_key_type_id = spec.btf_key_type_id
+            mc.btf_value_type_id = spec.btf_value_type_id
         try:
-            fd = FD(bpf(Cmd.MAP_CREATE, attr))
+            try:
+                fd = FD(bpf(Cmd.MAP_CREATE, attr))
+            except KernelError as exc:
+                if not with_btf:
+                    raise
+                if spec.btf_fields:
+                    fields = ", ".join(spec.btf_fields)
+                    raise KernelError(
+                        f"the kernel refused its BTF (key type #{spec.btf_key_type_id}, value type "
+                        f"#{spec.btf_value_type_id}), which its value needs ({fields}): {exc}",
+                        exc.errno,
+                    ) from None
+                # libbpf's bpf_object__create_map: "Retrying without BTF".
+                _log.warning("map %r: the kernel refused its BTF (%s); creating it without", spec.name, exc)
+                mc.btf_fd = mc.btf_key_type_id = mc.btf_value_type_id = 0
+                fd = FD(bpf(Cmd.MAP_CREATE, attr))
         except KernelError as exc:
             raise KernelError(
                 f"creating map {spec.name!r} ({_shape(spec)}): {exc}{_create_hint(spec, exc)}", exc.errno

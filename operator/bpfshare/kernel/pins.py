@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -66,11 +67,15 @@ def ensure_pin_dir(path: Path | str) -> Path:
     return path
 
 
-def get_or_create_pinned(spec: MapSpec, path: Path | str, subject: str) -> tuple[Map, bool]:
+def get_or_create_pinned(
+    spec: MapSpec, path: Path | str, subject: str, *, btf: Callable[[], int | None] | None = None
+) -> tuple[Map, bool]:
     """The map pinned at ``path`` if compatible with ``spec``, else a new one pinned there.
 
     Returns ``(map, reused)``. An existing but incompatible map raises IncompatibleMapError naming
-    every difference, and is left exactly as it was (pin, contents, ID).
+    every difference, and is left exactly as it was (pin, contents, ID). ``btf``: called only when
+    the map is to be created, for the fd of its object's BTF (``Map.create``'s ``btf_fd``); the BTF
+    is not compared, so a map pinned without BTF is reused when the definitions agree.
     """
     path = Path(path)
     ensure_pin_dir(path.parent)
@@ -78,7 +83,7 @@ def get_or_create_pinned(spec: MapSpec, path: Path | str, subject: str) -> tuple
         existing = _open_existing(path, subject)
         if existing is not None:
             return checked(existing, spec, subject), True
-        created = Map.create(spec)
+        created = Map.create(spec, btf_fd=btf() if btf is not None else None)
         try:
             created.pin(path)
         except KernelError as exc:

@@ -15,6 +15,12 @@ Map resolution, for every map the program refers to:
 - global data (.data/.rodata/.bss): created fresh on every load (its initial contents belong to this
   version of the object) and pinned under the pin directory, replacing the previous version's pin.
 
+Maps are created with the object's BTF (their key and value types) when the spec has them, as
+libbpf does: BTF maps and global data maps. The BTF is loaded once per load, on first need
+(load/object_btf.py), shared with the programs' func_info, and closed after the load. A map the
+kernel refuses with its BTF is created without it (a warning), unless its value needs BTF (a
+timer, a spin lock: an error). A reused map is taken with or without BTF: it is not compared.
+
 Initial slots (``.values = { [i] = &x }`` in ``.maps``), as libbpf does them:
 - a prog array's slots name programs of the same object: loading a program loads the programs that
   the slots of the prog arrays it uses name (transitively: ``CollectionSpec.load_closure``), with
@@ -41,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfshare.errors import BpfshareError, KernelError, VerifierError
-from bpfshare.kernel.btf import load_btf
 from bpfshare.kernel.maps import Map
 from bpfshare.kernel.pins import checked, ensure_pin_dir, get_or_create_pinned, replace_pin
 from bpfshare.kernel.programs import Program
@@ -50,6 +55,7 @@ from bpfshare.load.core import POISON_IMM, Poisoned
 from bpfshare.load.core import apply as apply_core
 from bpfshare.load.externs import resolve_externs
 from bpfshare.load.kconfig import kconfig_contents
+from bpfshare.load.object_btf import ObjectBtf
 from bpfshare.object.btf import Btf
 from bpfshare.object.kernel_btf import kernel_btf
 from bpfshare.spec import (
@@ -176,14 +182,18 @@ def resolve_maps(
     pin_dir: Path,
     pin_root: Path,
     resolved: dict[str, LoadedMap] | None = None,
+    btfs: ObjectBtf | None = None,
 ) -> dict[str, LoadedMap]:
     """The live maps ``program`` refers to, added to ``resolved`` (the maps already resolved by
-    this load, shared so that every program of one load gets the same map)."""
+    this load, shared so that every program of one load gets the same map). ``btfs``: the load's
+    object BTF, which the maps it creates get (their own, closed on return, when not given)."""
     unknown = sorted(set(bindings) - set(collection.maps))
     if unknown:
         known = ", ".join(sorted(collection.maps)) or "none"
         raise BpfshareError(f"no map named {', '.join(unknown)} in the object (maps: {known})")
     resolved = resolved if resolved is not None else {}
+    own_btfs = btfs is None
+    btfs = btfs if btfs is not None else ObjectBtf()
     new: list[str] = []
     try:
         for name in program.map_names:
@@ -192,16 +202,19 @@ def resolve_maps(
             spec = collection.maps.get(name)
             if spec is None:
                 raise BpfshareError(f"program {program.name!r} refers to map {name!r}, which the object lacks")
-            resolved[name] = _resolve_one(spec, bindings.get(name), pin_dir, pin_root)
+            resolved[name] = _resolve_one(spec, bindings.get(name), pin_dir, pin_root, btfs)
             new.append(name)
             # libbpf fills a map-in-map's slots only when it creates it; iproute2 every time.
             iproute2 = spec.style is DefinitionStyle.IPROUTE2_LEGACY
             if spec.slot_maps and (iproute2 or not resolved[name].reused):
-                new.extend(_fill_map_slots(collection, spec, resolved, bindings, pin_dir, pin_root))
+                new.extend(_fill_map_slots(collection, spec, resolved, bindings, pin_dir, pin_root, btfs))
     except BaseException:
         for name in new:
             resolved.pop(name).map.close()
         raise
+    finally:
+        if own_btfs:
+            btfs.close()
     return resolved
 
 
@@ -212,6 +225,7 @@ def _fill_map_slots(
     bindings: dict[str, MapBinding],
     pin_dir: Path,
     pin_root: Path,
+    btfs: ObjectBtf,
 ) -> list[str]:
     """Resolve the inner maps a new map-in-map's slots name and put them in (libbpf's
     init_map_in_map_slots). Returns the maps it resolved, for the caller to close on failure."""
@@ -223,7 +237,7 @@ def _fill_map_slots(
             if inner_spec is None:
                 # (the reader refuses the programs using a map whose slots name a refused map)
                 raise BpfshareError(f"map {spec.name!r}: slot {index} names map {inner_name!r}, which the object lacks")
-            resolved[inner_name] = _resolve_one(inner_spec, bindings.get(inner_name), pin_dir, pin_root)
+            resolved[inner_name] = _resolve_one(inner_spec, bindings.get(inner_name), pin_dir, pin_root, btfs)
             new.append(inner_name)
         try:
             outer.update(struct.pack("<I", index), struct.pack("<I", resolved[inner_name].map.fd))
@@ -234,18 +248,23 @@ def _fill_map_slots(
     return new
 
 
-def _resolve_one(spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_root: Path) -> LoadedMap:
+def _resolve_one(
+    spec: MapSpec, binding: MapBinding | None, pin_dir: Path, pin_root: Path, btfs: ObjectBtf
+) -> LoadedMap:
     if binding is not None:
         return LoadedMap(spec, open_binding(spec, binding), binding.pin_path, reused=True)
     if spec.style is DefinitionStyle.GLOBAL_DATA:
-        live = Map.create(spec)
+        live = Map.create(spec, btf_fd=btfs.for_map(spec))
         path = pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
         replace_pin(live, path)
         return LoadedMap(spec, live, path, reused=False)
     path = convention_pin_path(spec, pin_root) or pin_dir / PRIVATE_MAPS_DIR / private_pin_name(spec.name)
     ensure_pin_dir(path.parent)
     _move_legacy_private_pin(spec, path, pin_dir)
-    live, reused = get_or_create_pinned(spec, path, f"map {spec.name!r} pinned at {path}")
+    # The BTF is loaded only if the map is created (a reused map has its own, or none).
+    live, reused = get_or_create_pinned(
+        spec, path, f"map {spec.name!r} pinned at {path}", btf=functools.partial(btfs.for_map, spec)
+    )
     return LoadedMap(spec, live, path, reused=reused)
 
 
@@ -283,7 +302,9 @@ def with_kconfig_values(collection: CollectionSpec, programs: list[ProgramSpec])
     return dataclasses.replace(collection, maps=maps)
 
 
-def _load_one(program: ProgramSpec, fds: dict[str, int], btf_path: Path | None) -> tuple[Program, float]:
+def _load_one(
+    program: ProgramSpec, fds: dict[str, int], btf_path: Path | None, btfs: ObjectBtf
+) -> tuple[Program, float]:
     """One program through the verifier, its map references bound to ``fds``, its CO-RE relocations
     applied and its externs and kfuncs resolved against the running kernel (libbpf's order:
     bpf_object__relocate_core, then the data and call relocations); and the seconds spent in
@@ -294,28 +315,19 @@ def _load_one(program: ProgramSpec, fds: dict[str, int], btf_path: Path | None) 
         instructions, poisoned = relocate_core(program, instructions, btf_path)
     resolved = resolve_externs(program, instructions)
     try:
-        # The object's BTF, for the func_info of programs with callbacks; the kernel keeps its own
-        # reference from the program, so the fd is closed after the load.
-        needs_btf = program.func_info and program.btf is not None
-        btf = load_btf(program.btf or b"", f"the BTF of program {program.name!r}") if needs_btf else None
+        # The object's BTF, for the func_info of programs with callbacks (the same BTF object as
+        # the maps', as libbpf's prog_btf_fd); the load closes it, the kernel holds its own reference.
+        btf_fd = btfs.for_program(program)
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            try:
-                live = Program.load(
-                    program,
-                    resolved.instructions,
-                    name=program.name,
-                    btf_fd=int(btf) if btf is not None else None,
-                    fd_array=resolved.fd_array,
-                )
-            except VerifierError as exc:
-                if poisoned:
-                    raise VerifierError(_poisoned_message(program, poisoned, exc), exc.errno, exc.log) from None
-                raise
-            return live, time.perf_counter() - started
-        finally:
-            if btf is not None:
-                btf.close()
+            live = Program.load(
+                program, resolved.instructions, name=program.name, btf_fd=btf_fd, fd_array=resolved.fd_array
+            )
+        except VerifierError as exc:
+            if poisoned:
+                raise VerifierError(_poisoned_message(program, poisoned, exc), exc.errno, exc.log) from None
+            raise
+        return live, time.perf_counter() - started
     finally:
         resolved.close()
 
@@ -348,6 +360,7 @@ def load_program(
     maps: dict[str, LoadedMap] = {}
     live: Program | None = None
     slot_programs: dict[str, Program] = {}
+    btfs = ObjectBtf()
     try:
         for name in names:
             resolve_maps(
@@ -357,13 +370,20 @@ def load_program(
                 pin_dir=pin_dir,
                 pin_root=pin_root,
                 resolved=maps,
+                btfs=btfs,
             )
         fds = {name: loaded.map.fd for name, loaded in maps.items()}
-        live, kernel_seconds = _load_one(program, fds, btf)
+        try:
+            live, kernel_seconds = _load_one(program, fds, btf, btfs)
+        except VerifierError as exc:
+            raise _reused_without_btf(exc, maps) from None
         for name in names[1:]:
             spec = collection.programs[name]
             try:
-                slot_programs[name], _ = _load_one(spec, fds, btf)
+                try:
+                    slot_programs[name], _ = _load_one(spec, fds, btf, btfs)
+                except VerifierError as exc:
+                    raise _reused_without_btf(exc, maps) from None
             except KernelError as exc:
                 error = VerifierError if isinstance(exc, VerifierError) else KernelError
                 raise error(
@@ -382,7 +402,28 @@ def load_program(
         if live is not None:
             live.close()
         raise
+    finally:
+        btfs.close()
     return LoadedProgram(program, live, prog_pin, maps, kernel_seconds, slot_programs)
+
+
+def _reused_without_btf(exc: VerifierError, maps: dict[str, LoadedMap]) -> VerifierError:
+    """``exc``, saying why when the verifier refused a timer or spin lock of a map without BTF
+    ("map 'x' has to have BTF in order to use bpf_timer") that the load reused: a map pinned by a
+    loader that passed no BTF (bpfshare before it did, a tool of the user's), which the
+    compatibility check accepts (BTF is not compared) but the kernel cannot give the field."""
+    text = exc.log or str(exc)
+    for name, loaded in maps.items():
+        if not (loaded.reused and loaded.spec.btf_fields):
+            continue
+        if f"map '{kernel_object_name(name)}' has to have BTF" in text and loaded.map.info().btf_id == 0:
+            where = str(loaded.pin_path) if loaded.pin_path is not None else f"map id {loaded.map.info().id}"
+            hint = (
+                f"map {name!r} was reused from {where}, which was created without BTF: its value's "
+                f"{loaded.spec.btf_fields[0]} needs it (remove the pin so that the load creates the map with BTF)"
+            )
+            return VerifierError(f"{exc}\n{hint}", exc.errno, exc.log)
+    return exc
 
 
 def _fill_prog_array_slots(maps: dict[str, LoadedMap], fds: dict[str, int]) -> None:

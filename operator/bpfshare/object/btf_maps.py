@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.object.btf import Btf, BtfType, Kind
+from bpfshare.object.btf_fields import btf_fields
 from bpfshare.object.mapdef import map_type
 from bpfshare.spec import DefinitionStyle, MapSpec, Pinning
 from bpfshare.types import MAP_IN_MAP_TYPES, MapFlag, MapType
@@ -105,6 +106,8 @@ def _parse(btf: Btf, name: str, type_id: int, section: str, inner_of: str | None
     ints: dict[str, int] = {}
     key_type_size: int | None = None
     value_type_size: int | None = None
+    # libbpf's parse_btf_map_def keeps the pointer's target as the type id (map->btf_key_type_id).
+    key_type_id = value_type_id = 0
     values: BtfType | None = None
     for member in btf.members(definition):
         field = f"{where} field {member.name!r}"
@@ -116,9 +119,9 @@ def _parse(btf: Btf, name: str, type_id: int, section: str, inner_of: str | None
                 raise ObjectError(f"{field}: expected a pointer (__type), got {btf.describe(ptr)}")
             size = btf.size(ptr.size_or_type)
             if member.name == "key":
-                key_type_size = size
+                key_type_size, key_type_id = size, ptr.size_or_type
             else:
-                value_type_size = size
+                value_type_size, value_type_id = size, ptr.size_or_type
         elif member.name == "values":
             values = btf.skip_mods(member.type)
         else:
@@ -131,6 +134,7 @@ def _parse(btf: Btf, name: str, type_id: int, section: str, inner_of: str | None
         # array's 4 in, and refuses anything but 0 for a ring buffer), so only explicit
         # key_size/value_size count here, and effective_spec fills in the rest.
         key_type_size = value_type_size = None
+        key_type_id = value_type_id = 0  # nor BTF for the map (its sizes are not the types')
     key_size = _size(ints.get("key_size"), key_type_size, f"{where} key")
     value_size = _size(ints.get("value_size"), value_type_size, f"{where} value")
     inner: MapSpec | None = None
@@ -153,6 +157,9 @@ def _parse(btf: Btf, name: str, type_id: int, section: str, inner_of: str | None
         section=section,
         inner=inner,
         extra=extra,
+        btf_key_type_id=key_type_id,
+        btf_value_type_id=value_type_id,
+        btf_fields=btf_fields(btf, value_type_id) if value_type_id else (),
     )
 
 

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 from bpfshare.errors import ObjectError, UnsupportedError
-from bpfshare.object.btf import Btf
+from bpfshare.object.btf import Btf, Kind
 from bpfshare.object.btf_ext import CoreRelocation, core_relocations
 from bpfshare.object.btf_maps import btf_maps
 from bpfshare.object.elf import STT_FILE, STT_SECTION, ElfObject, Section
@@ -19,7 +19,7 @@ from bpfshare.object.link_inputs import LinkInputs
 from bpfshare.object.linker import DataTargets, Function, Linker
 from bpfshare.object.sections import program_type
 from bpfshare.object.slots import check_slots, collect_slots
-from bpfshare.spec import CollectionSpec, MapSpec, ProgramSpec, RefusedMap, RefusedProgram
+from bpfshare.spec import CollectionSpec, DefinitionStyle, MapSpec, ProgramSpec, RefusedMap, RefusedProgram
 from bpfshare.types import MapType, ProgType
 
 BTF_MAPS_SECTION = ".maps"
@@ -83,6 +83,7 @@ class _Reader:
             if kconfig_map.name in maps:
                 raise ObjectError(f"map {kconfig_map.name!r} is defined twice (a section and the __kconfig externs)")
             maps[kconfig_map.name] = kconfig_map
+        maps = self._with_btf(maps, inputs)
         linker = Linker(self.elf, targets, inputs.externs, inputs.ext_info)
         linker.core_records = self._core_records()
         programs, order = self._programs(linker, license, version, inputs)
@@ -219,6 +220,44 @@ class _Reader:
                     targets.data[sec.index] = (data_spec.name, data_spec.value_size)
         return maps
 
+    def _with_btf(self, maps: dict[str, MapSpec], inputs: LinkInputs) -> dict[str, MapSpec]:
+        """Every map with BTF type ids gets the object's BTF as the kernel takes it, which the loader
+        creates it with (libbpf's bpf_object__create_map passes the object's btf_fd to each). Global
+        data maps take their DATASEC as value type, with no key type (libbpf's
+        map_fill_btf_type_info). A BTF that cannot be sanitized leaves the maps without it, as libbpf
+        goes on when the kernel refuses the object's BTF ("BTF is optional, ignoring"), except the
+        maps whose values need it (a timer, a spin lock...): those are refused, naming why."""
+        if ".BTF" not in self.elf.by_name:
+            return maps
+        maps = {name: self._datasec_type(spec) for name, spec in maps.items()}
+        if not any(_btf_ids(spec) for spec in maps.values()):
+            return maps
+        try:
+            data = inputs.program_btf
+        except ObjectError as exc:
+            for name, spec in list(maps.items()):
+                needs = spec.btf_fields or (spec.inner.btf_fields if spec.inner is not None else ())
+                if needs:
+                    del maps[name]
+                    self.refused_maps[name] = RefusedMap(
+                        name,
+                        spec.section,
+                        f"map {name!r}: its value holds {needs[0]}, which needs the object's BTF: {exc}",
+                        malformed=not isinstance(exc, UnsupportedError),
+                    )
+            return maps
+        return {name: _attach_btf(spec, data) for name, spec in maps.items()}
+
+    def _datasec_type(self, spec: MapSpec) -> MapSpec:
+        if spec.style is not DefinitionStyle.GLOBAL_DATA or spec.btf_value_type_id:
+            return spec
+        try:
+            # libbpf's btf__find_by_name(obj->btf, map->real_name), through the name index
+            found = self.btf.find(spec.section, Kind.DATASEC)
+        except ObjectError:
+            return spec  # a .BTF the maps cannot use: they are created without it
+        return dataclasses.replace(spec, btf_value_type_id=found[0]) if found else spec
+
     def _legacy_relocated(self, sec: Section, found: list[LegacyMap]) -> list[LegacyMap]:
         """A relocation in a legacy ``maps`` section: neither struct bpf_map_def nor bpf_elf_map has
         a pointer field (libbpf skips such relocations), so the definitions it lands in are refused."""
@@ -344,6 +383,17 @@ class _Reader:
                     local_btf=self.elf.data(self.elf.by_name[".BTF"]) if core else None,
                 )
         return programs, tuple(sections)
+
+
+def _btf_ids(spec: MapSpec) -> bool:
+    return bool(spec.btf_key_type_id or spec.btf_value_type_id) or (spec.inner is not None and _btf_ids(spec.inner))
+
+
+def _attach_btf(spec: MapSpec, data: bytes) -> MapSpec:
+    if not _btf_ids(spec):
+        return spec
+    inner = _attach_btf(spec.inner, data) if spec.inner is not None else None
+    return dataclasses.replace(spec, btf=data, inner=inner)
 
 
 def _refuse_program_type(func: Function, prog_type: ProgType) -> None:
