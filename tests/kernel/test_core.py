@@ -4,10 +4,8 @@ against bpftool (libbpf): the same translated instructions."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from bpfshare.errors import VerifierError
 from bpfshare.load.loader import load_program
 from bpfshare.object import read_collection
+from tests.fixtures.bpftool import libbpf_loadall, xlated
 from tests.fixtures.objects import BpfObjects
 
 pytestmark = pytest.mark.kernel
@@ -64,37 +63,18 @@ def test_an_unguarded_missing_field_is_named(bpf_objects: BpfObjects, bpffs: Pat
     assert "call unknown#195896080" in err.value.log  # poisoned as libbpf poisons
 
 
-def _xlated(prog_id: int) -> str:
-    out = subprocess.run(
-        ["bpftool", "prog", "dump", "xlated", "id", str(prog_id)], capture_output=True, text=True, check=True
-    ).stdout
-    # instructions only (libbpf also loads func/line info, shown as source lines); map IDs and
-    # kernel addresses differ between two loads of the same program
-    out = "\n".join(line for line in out.splitlines() if re.match(r"\s*\d+: ", line))
-    out = re.sub(r"map\[id:\d+\]", "map[id]", out)
-    return re.sub(r"0x[0-9a-f]{8,}", "ADDR", out)
-
-
 def test_same_xlated_as_bpftool(bpf_objects: BpfObjects, bpffs: Path) -> None:
     """libbpf (bpftool prog loadall) and bpfshare relocate every program of the object the same way."""
-    if shutil.which("bpftool") is None:
-        pytest.skip("needs bpftool")
     obj = bpf_objects["core_skb"]
     pins = bpffs / "bpftool"
-    subprocess.run(["bpftool", "prog", "loadall", str(obj), str(pins), "type", "classifier"], check=True)
+    libbpf_loadall(obj, pins)
     try:
         collection = read_collection(obj)
         for name in collection.programs:
-            theirs = subprocess.run(
-                ["bpftool", "prog", "show", "pinned", str(pins / name), "--json"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            their_id = int(re.search(r'"id":(\d+)', theirs).group(1))  # type: ignore[union-attr]
             loaded = load_program(collection, name, pin_root=bpffs, pin_program=False)
             try:
-                assert _xlated(loaded.program.info().id) == _xlated(their_id), name
+                ours = xlated("id", str(loaded.program.info().id))
+                assert ours and ours == xlated("pinned", str(pins / name)), name
             finally:
                 loaded.close()
     finally:

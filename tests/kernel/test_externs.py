@@ -6,9 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from bpfshare.errors import BpfshareError, VerifierError
 from bpfshare.load.loader import LoadedProgram, load_program
 from bpfshare.object.reader import read_collection
+from tests.fixtures.bpftool import libbpf_load, xlated
 from tests.fixtures.objects import BpfObjects, CompileBpf
 
 pytestmark = pytest.mark.kernel
@@ -157,22 +156,6 @@ def test_program_without_callbacks_loads_as_before(bpf_objects: BpfObjects, load
 
 
 # -- the same instructions as libbpf -------------------------------------------------------------
-ADDRESS = re.compile(r"0x[0-9a-f]{8,}")
-MAP_ID = re.compile(r"map\[id:\d+\]")
-
-
-def xlated(pin: Path, with_btf: bool) -> str:
-    """The dump, map IDs and kernel addresses masked. Without BTF (bpfshare passes the object's
-    BTF only to programs that need it, libbpf to all) the source lines and function headers that
-    line_info/func_info add are dropped, leaving the instructions."""
-    out = subprocess.run(["bpftool", "prog", "dump", "xlated", "pinned", str(pin)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    if not with_btf:
-        lines = [line for line in lines if line.startswith(" ")]
-    return MAP_ID.sub("map[id:N]", ADDRESS.sub("ADDR", "\n".join(lines)))
-
-
 @pytest.mark.parametrize(
     ("example", "program"),
     [
@@ -185,18 +168,12 @@ def xlated(pin: Path, with_btf: bool) -> str:
     ],
 )
 def test_same_xlated_as_bpftool(bpf_objects: BpfObjects, bpffs: Path, load, example: str, program: str) -> None:  # type: ignore[no-untyped-def]
-    if shutil.which("bpftool") is None:
-        pytest.skip("needs bpftool")
     pin = bpffs / f"bpftool_{example}"
-    proc = subprocess.run(
-        ["bpftool", "prog", "load", str(bpf_objects[example]), str(pin), "type", "classifier"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    libbpf_load(bpf_objects[example], pin)
     lp = load(bpf_objects[example], program)
     with_btf = bool(lp.spec.func_info)
-    theirs, ours = xlated(pin, with_btf), xlated(lp.pin_path, with_btf)
+    theirs = xlated("pinned", str(pin), with_btf=with_btf)
+    ours = xlated("pinned", str(lp.pin_path), with_btf=with_btf)
     assert ours == theirs
     assert len(ours.splitlines()) > 10
     if example == "callback_loop":  # func_info and line_info as libbpf passes them: names, source lines

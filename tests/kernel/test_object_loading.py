@@ -5,8 +5,6 @@ slots, iproute2 custom pinning through a private bpf_pinning file."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from bpfshare.kernel.programs import Program
 from bpfshare.load.bpf_pinning import ENV_VAR
 from bpfshare.load.loader import load_program
 from bpfshare.object import read_collection
+from tests.fixtures.bpftool import libbpf_loadall, xlated
 from tests.fixtures.objects import BpfObjects, CompileBpf
 
 pytestmark = pytest.mark.kernel
@@ -142,22 +141,6 @@ def test_custom_pinning_from_a_bpf_pinning_file(
         again.close()
 
 
-def _xlated(*selector: str) -> list[str]:
-    """``bpftool prog dump xlated``'s instructions, map IDs masked (source and BTF lines dropped:
-    bpfshare loads no line info)."""
-    out = subprocess.run(["bpftool", "prog", "dump", "xlated", *selector], capture_output=True, text=True, check=True)
-    lines = [line for line in out.stdout.splitlines() if re.match(r"^\s*\d+: ", line)]
-    return [re.sub(r"map\[id:\d+\]", "map[id:N]", line) for line in lines]
-
-
-def _libbpf_loadall(obj: Path, bpffs: Path) -> None:
-    """The whole object through libbpf: programs pinned under ``libbpf/``, maps under ``libbpf_maps/``."""
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is not installed")
-    args = ["loadall", str(obj), str(bpffs / "libbpf"), "type", "classifier", "pinmaps", str(bpffs / "libbpf_maps")]
-    subprocess.run(["bpftool", "prog", *args], check=True, capture_output=True)
-
-
 def _slot_names(pin: Path) -> dict[int, str]:
     with Map.from_pin(pin) as jumps:
         ids = {i: jumps.lookup(u32(i)) for i in range(4)}
@@ -173,14 +156,14 @@ def test_tail_calls_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
     """The same object through ``bpftool prog loadall`` (libbpf): the same instructions for each
     program and the same programs in the prog array's slots."""
     obj = bpf_objects["tail_calls"]
-    _libbpf_loadall(obj, bpffs)
+    libbpf_loadall(obj, bpffs / "libbpf", bpffs / "libbpf_maps")
     loaded = load_program(read_collection(obj), "entry", pin_root=bpffs)
     try:
         ours = {"entry": loaded.program, **loaded.slot_programs}
         for name, prog in ours.items():
-            mine = _xlated("id", str(prog.info().id))
-            assert len(mine) > 10
-            assert mine == _xlated("pinned", str(bpffs / "libbpf" / name)), name
+            mine = xlated("id", str(prog.info().id))
+            assert len(mine.splitlines()) > 10
+            assert mine == xlated("pinned", str(bpffs / "libbpf" / name)), name
         jumps_pin = loaded.maps["jumps"].pin_path
         assert jumps_pin is not None
         assert (
@@ -208,11 +191,11 @@ def _inner_names(pin: Path) -> dict[int, str]:
 
 def test_inner_maps_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
     obj = bpf_objects["map_in_map"]
-    _libbpf_loadall(obj, bpffs)
+    libbpf_loadall(obj, bpffs / "libbpf", bpffs / "libbpf_maps")
     loaded = load_program(read_collection(obj), "read_inner", pin_root=bpffs)
     try:
-        mine = _xlated("id", str(loaded.program.info().id))
-        assert len(mine) > 10 and mine == _xlated("pinned", str(bpffs / "libbpf" / "read_inner"))
+        mine = xlated("id", str(loaded.program.info().id))
+        assert len(mine.splitlines()) > 10 and mine == xlated("pinned", str(bpffs / "libbpf" / "read_inner"))
         outer_pin = loaded.maps["outer"].pin_path
         assert outer_pin is not None
         expected = {0: "inner_a", 2: "inner_b"}

@@ -6,11 +6,8 @@ instructions with BTF maps too."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +20,9 @@ from bpfshare.load.loader import PRIVATE_MAPS_DIR, LoadedProgram, default_pin_di
 from bpfshare.object.btf import Btf
 from bpfshare.object.reader import read_collection
 from bpfshare.spec import CollectionSpec
+from tests.fixtures.bpftool import bpftool_json, libbpf_load, xlated
 from tests.fixtures.netenv import wait_for
 from tests.fixtures.objects import BpfObjects, CompileBpf
-from tests.kernel.test_externs import xlated
 
 pytestmark = pytest.mark.kernel
 
@@ -130,12 +127,6 @@ def test_local_storage_map_from_an_object(compile_bpf: CompileBpf) -> None:
 
 
 # -- the same as libbpf ----------------------------------------------------------------------------
-def bpftool_json(*args: str) -> object:
-    out = subprocess.run(["bpftool", "--json", *args], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
 @pytest.mark.parametrize(
     ("example", "program", "maps"),
     [("callback_timer", "arm_timer", ("timers", "fired")), ("map_spin_lock", "count_locked", ("locked",))],
@@ -143,18 +134,12 @@ def bpftool_json(*args: str) -> object:
 def test_same_xlated_and_map_btf_as_bpftool(  # type: ignore[no-untyped-def]
     bpf_objects: BpfObjects, bpffs: Path, load, example: str, program: str, maps: tuple[str, ...]
 ) -> None:
-    if shutil.which("bpftool") is None:
-        pytest.skip("needs bpftool")
     pin = bpffs / f"bpftool_{example}"
-    proc = subprocess.run(
-        ["bpftool", "prog", "load", str(bpf_objects[example]), str(pin), "type", "classifier"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    libbpf_load(bpf_objects[example], pin)
     lp = load(bpf_objects[example], program)
     with_btf = bool(lp.spec.func_info)
-    theirs, ours = xlated(pin, with_btf), xlated(lp.pin_path, with_btf)
+    theirs = xlated("pinned", str(pin), with_btf=with_btf)
+    ours = xlated("pinned", str(lp.pin_path), with_btf=with_btf)
     assert ours == theirs
     assert len(ours.splitlines()) > 10
     # libbpf's maps have BTF, with the same value type as ours.
