@@ -15,21 +15,7 @@ extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __ksym;
 extern int *bpf_iter_num_next(struct bpf_iter_num *it) __ksym;
 extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __ksym;
 
-/* The program's result, kept for user space too. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, 1);
-} result SEC(".maps");
-
-static __always_inline int keep(__u64 value)
-{
-	__u32 key = 0;
-
-	bpf_map_update_elem(&result, &key, &value, BPF_ANY);
-	return value;
-}
+#include "result.h"
 
 SEC("tc")
 int call_kfuncs(struct __sk_buff *skb)
