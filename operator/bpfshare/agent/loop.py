@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,19 +98,14 @@ def merge_normal_events(events: list[Event]) -> list[Event]:
     program 42; attached to tc eth0 ingress"). Every node posts on the shared object, so a rollout
     to N nodes is N Events per resource, not 2N (describe stays readable, and the API server and
     etcd store half as many). Warnings stay one per cause. The metrics count every engine event."""
-    merged: dict[Key, Event] = {}
-    out: list[Event | Key] = []
-    for event in events:
-        key = (event.kind, event.name)
-        if event.type != "Normal":
-            out.append(event)
-        elif key not in merged:
-            merged[key] = event
-            out.append(key)
-        else:
-            first = merged[key]
-            merged[key] = Event(first.kind, first.name, first.type, first.reason, f"{first.message}; {event.message}")
-    return [merged[item] if isinstance(item, tuple) else item for item in out]
+    merged: dict[Key | int, Event] = {}  # insertion order is the order of first appearance
+    for index, event in enumerate(events):
+        key: Key | int = (event.kind, event.name) if event.type == "Normal" else index
+        first = merged.get(key)
+        merged[key] = (
+            event if first is None else dataclasses.replace(first, message=f"{first.message}; {event.message}")
+        )
+    return list(merged.values())
 
 
 @dataclass
