@@ -107,7 +107,7 @@ def build_registry(agent: Agent, credentials: ApiCredentials) -> kopf.OperatorRe
 
 
 def warm() -> None:
-    """Pay at start what the first rollout would otherwise pay on its critical path (about 0.45 CPU s
+    """Pay at start what the first rollout would otherwise pay on its critical path (about 0.6 CPU s
     in all, more than the rollout's own work): the CRDs read and the CEL rules compiled, the object
     reader, and pyroute2 for tc changes. The agent needs all of them, so importing them lazily only
     moved their cost into the first apply."""
