@@ -8,6 +8,7 @@ The linker maps them to linked instruction indexes; the loader resolves them (``
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from bpfshare.errors import ObjectError
@@ -29,36 +30,54 @@ class CoreRelocation(NamedTuple):
     kind: int = 0
 
 
-def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> list[CoreRelocation]:
-    """Every CO-RE relocation record in a ``.BTF.ext`` section."""
+def _header(data: bytes, where: str) -> tuple[int, ...]:
+    """The header's hdr_len, func_info off/len, line_info off/len and, if the header has them,
+    core_relo off/len (0, 0 for a header written before CO-RE existed)."""
     if len(data) < _HEADER.size:
         raise ObjectError(f"{where}: shorter than its header ({len(data)} bytes)")
-    magic, _version, _flags, hdr_len, *_ = _HEADER.unpack_from(data)
+    magic, _version, _flags, hdr_len, *info = _HEADER.unpack_from(data)
     if magic != BTF_MAGIC:
         raise ObjectError(f"{where}: bad magic {magic:#x}")
     if hdr_len < _HEADER.size or hdr_len > len(data):
         raise ObjectError(f"{where}: bad header length {hdr_len}")
-    if hdr_len < _HEADER.size + _CORE.size:
-        return []  # written before CO-RE existed
-    core_off, core_len = _CORE.unpack_from(data, _HEADER.size)
-    if core_len == 0:
-        return []
-    start = hdr_len + core_off
-    end = start + core_len
-    if end > len(data) or core_len < _U32.size:
-        raise ObjectError(f"{where}: core_relo subsection (offset {core_off}, {core_len} bytes) is out of bounds")
+    core = _CORE.unpack_from(data, _HEADER.size) if hdr_len >= _HEADER.size + _CORE.size else (0, 0)
+    return (hdr_len, *info, *core)
+
+
+def _subsection(
+    data: bytes, hdr_len: int, offset: int, length: int, min_size: int, where: str
+) -> Iterator[tuple[int, int, int, int]]:
+    """Walk one subsection (libbpf btf_ext_parse_info): a record size, then per ELF section its
+    name offset and record count, then the records. Yields (name offset, first record's offset,
+    count, record size) for each section."""
+    if length == 0:
+        return
+    start = hdr_len + offset
+    end = start + length
+    if end > len(data) or length < _U32.size:
+        raise ObjectError(f"{where}: subsection (offset {offset}, {length} bytes) is out of bounds")
     (record_size,) = _U32.unpack_from(data, start)
-    if record_size < _RELO.size:
-        raise ObjectError(f"{where}: core_relo record size {record_size} is too small (at least {_RELO.size})")
-    out = []
+    if record_size < min_size or record_size % 4:
+        raise ObjectError(f"{where}: record size {record_size} is smaller than {min_size} or unaligned")
     pos = start + _U32.size
     while pos < end:
         if pos + _INFO_SEC.size > end:
-            raise ObjectError(f"{where}: truncated core_relo section header at offset {pos}")
+            raise ObjectError(f"{where}: truncated section header at offset {pos}")
         name_off, count = _INFO_SEC.unpack_from(data, pos)
         pos += _INFO_SEC.size
         if pos + count * record_size > end:
-            raise ObjectError(f"{where}: core_relo records at offset {pos} extend beyond the subsection")
+            raise ObjectError(f"{where}: records at offset {pos} extend beyond the subsection")
+        yield name_off, pos, count, record_size
+        pos += count * record_size
+
+
+def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> list[CoreRelocation]:
+    """Every CO-RE relocation record in a ``.BTF.ext`` section."""
+    hdr_len, *_info, core_off, core_len = _header(data, where)
+    out = []
+    for name_off, pos, count, record_size in _subsection(
+        data, hdr_len, core_off, core_len, _RELO.size, f"{where} core_relo"
+    ):
         try:
             section = btf.string(name_off) if btf is not None else ""
         except ObjectError:
@@ -78,7 +97,6 @@ def core_relocations(data: bytes, btf: Btf | None, where: str = ".BTF.ext") -> l
             except ObjectError as exc:
                 raise ObjectError(f"{record}: {exc}") from None
             out.append(CoreRelocation(section, insn_off, type_id, access, kind))
-        pos += count * record_size
     return out
 
 
@@ -97,39 +115,17 @@ def func_and_line_info(data: bytes, btf: Btf, where: str = ".BTF.ext") -> tuple[
     size the kernel knows (a newer, larger record keeps its known head: the kernel would want the
     rest zero anyway), so the loader passes them with the kernel's record sizes.
     """
-    if len(data) < _HEADER.size:
-        raise ObjectError(f"{where}: shorter than its header ({len(data)} bytes)")
-    magic, _version, _flags, hdr_len, func_off, func_len, line_off, line_len = _HEADER.unpack_from(data)
-    if magic != BTF_MAGIC:
-        raise ObjectError(f"{where}: bad magic {magic:#x}")
-    if hdr_len < _HEADER.size or hdr_len > len(data):
-        raise ObjectError(f"{where}: bad header length {hdr_len}")
-    funcs = _info(data, hdr_len + func_off, func_len, FUNC_INFO_SIZE, btf, f"{where} func_info")
-    lines = _info(data, hdr_len + line_off, line_len, LINE_INFO_SIZE, btf, f"{where} line_info")
+    hdr_len, func_off, func_len, line_off, line_len, *_core = _header(data, where)
+    funcs = _info(data, hdr_len, func_off, func_len, FUNC_INFO_SIZE, btf, f"{where} func_info")
+    lines = _info(data, hdr_len, line_off, line_len, LINE_INFO_SIZE, btf, f"{where} line_info")
     return funcs, lines
 
 
-def _info(data: bytes, start: int, length: int, min_size: int, btf: Btf, where: str) -> InfoRecords:
+def _info(data: bytes, hdr_len: int, offset: int, length: int, min_size: int, btf: Btf, where: str) -> InfoRecords:
     out: InfoRecords = {}
-    if length == 0:
-        return out
-    end = start + length
-    if end > len(data) or length < _U32.size:
-        raise ObjectError(f"{where}: subsection (offset {start}, {length} bytes) is out of bounds")
-    (record_size,) = _U32.unpack_from(data, start)
-    if record_size < min_size or record_size % 4:
-        raise ObjectError(f"{where}: record size {record_size} is smaller than {min_size} or unaligned")
-    pos = start + _U32.size
-    while pos < end:
-        if pos + _INFO_SEC.size > end:
-            raise ObjectError(f"{where}: truncated section header at offset {pos}")
-        name_off, count = _INFO_SEC.unpack_from(data, pos)
-        pos += _INFO_SEC.size
-        if pos + count * record_size > end:
-            raise ObjectError(f"{where}: records at offset {pos} extend beyond the subsection")
+    for name_off, pos, count, record_size in _subsection(data, hdr_len, offset, length, min_size, where):
         records = out.setdefault(btf.string(name_off), [])
         for i in range(count):
             rec = data[pos + i * record_size : pos + i * record_size + min_size]
             records.append((_U32.unpack_from(rec)[0], rec[_U32.size :]))
-        pos += count * record_size
     return out

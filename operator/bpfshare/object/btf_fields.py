@@ -56,8 +56,8 @@ def _walk(btf: Btf, type_id: int, offset: int, out: list[str], depth: int) -> No
         target = btf.skip_mods(member.type)
         if target.kind is Kind.STRUCT and btf.name(target) in SPECIAL_STRUCTS:
             out.append(f"struct {btf.name(target)} at offset {where}")
-        elif target.kind is Kind.PTR and _kptr_tag(btf, member.type):
-            out.append(f"a {_kptr_tag(btf, member.type)} pointer at offset {where}")
+        elif target.kind is Kind.PTR and (tag := _kptr_tag(btf, member.type)):
+            out.append(f"a {tag} pointer at offset {where}")
         else:
             _walk(btf, member.type, where, out, depth + 1)
 

@@ -84,7 +84,7 @@ def _values_offset(btf: Btf, type_id: int) -> int | None:
     members = btf.members(btf.skip_mods(type_id))
     if not members or members[-1].name != "values":
         return None
-    return (members[-1].offset & 0xFFFFFF) // 8  # a bit offset (a kind_flag struct keeps it in 24 bits)
+    return members[-1].offset // 8  # a bit offset (Btf.members unpacks a kind_flag struct's)
 
 
 def _int_field(btf: Btf, member_type: int, where: str) -> int:

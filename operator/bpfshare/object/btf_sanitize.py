@@ -16,10 +16,8 @@ clang emits, so libbpf's bpf_object__sanitize_btf (for older kernels) has nothin
 
 from __future__ import annotations
 
-import struct
-
 from bpfshare.errors import UnsupportedError
-from bpfshare.object.btf import Btf, Kind
+from bpfshare.object.btf import _HEADER, _PARAM, _SECINFO, _TYPE, _U32, BTF_MAGIC, Btf, BtfType, Kind
 from bpfshare.object.elf import STT_FUNC, STT_SECTION, ElfObject
 from bpfshare.object.externs import BTF_FUNC_EXTERN, BTF_VAR_GLOBAL_EXTERN, KCONFIG_SEC, KSYMS_SEC
 from bpfshare.spec import KconfigExtern
@@ -27,11 +25,6 @@ from bpfshare.spec import KconfigExtern
 BTF_VAR_GLOBAL_ALLOCATED = 1
 BTF_FUNC_STATIC = 0
 BTF_FUNC_GLOBAL = 1
-_HEADER = struct.Struct("<HBBIIIII")
-_TYPE = struct.Struct("<III")
-_U32 = struct.Struct("<I")
-_SECINFO = struct.Struct("<III")
-_PARAM = struct.Struct("<II")
 DUMMY_KSYM = "dummy_ksym"
 
 
@@ -47,34 +40,38 @@ def sanitize_btf(btf: Btf, elf: ElfObject, kconfig: dict[str, KconfigExtern], kc
         strings.extend(text.encode() + b"\0")
         return off
 
-    def set_info(type_id: int, kind: Kind, vlen: int) -> None:
-        t = btf.types[type_id]
+    def set_info(t: BtfType, kind: Kind, vlen: int) -> None:
         pos = t.extra - _TYPE.size
         name_off, info, size_or_type = _TYPE.unpack_from(types, pos)
         info = (info & ~0x1F00FFFF) | (int(kind) << 24) | vlen
         _TYPE.pack_into(types, pos, name_off, info, size_or_type)
 
-    def set_type(type_id: int, value: int) -> None:
-        t = btf.types[type_id]
-        _U32.pack_into(types, t.extra - 4, value)  # the size_or_type word of the common record
-
-    # libbpf's find_int_btf_id: the first 32-bit INT, appended if the object has none.
-    int_id = next(
-        (t.id for t in btf.types if t.kind is Kind.INT and btf.int_encoding(t).bits == 32),
-        0,
-    )
-    if not int_id:
+    # One pass over the types: externs made allocated (a .ksyms function becomes global below),
+    # the DATASECs kept for after it, and libbpf's find_int_btf_id (the first 32-bit INT).
+    int_id = 0
+    extern_funcs: list[BtfType] = []
+    datasecs: list[BtfType] = []
+    for t in btf.types:
+        if t.kind is Kind.FUNC and t.vlen == BTF_FUNC_EXTERN:
+            set_info(t, Kind.FUNC, BTF_FUNC_STATIC)
+            extern_funcs.append(t)
+        elif t.kind is Kind.VAR and _U32.unpack_from(types, t.extra)[0] == BTF_VAR_GLOBAL_EXTERN:
+            _U32.pack_into(types, t.extra, BTF_VAR_GLOBAL_ALLOCATED)
+        elif t.kind is Kind.DATASEC:
+            datasecs.append(t)
+        elif not int_id and t.kind is Kind.INT and btf.int_encoding(t).bits == 32:
+            int_id = t.id
+    if not int_id:  # appended if the object has none
         int_id = next_id
         next_id += 1
         appended += _TYPE.pack(add_string("int"), int(Kind.INT) << 24, 4) + _U32.pack((1 << 24) | 32)
     dummy_id = 0
     dummy_name = 0
 
-    def fill_param_names(func_id: int) -> None:
-        """The kernel refuses a FUNC whose prototype has an unnamed parameter ("Invalid arg#1"),
-        which a declaration may have: named after the dummy variable, as libbpf does."""
-        nonlocal dummy_name
-        proto = btf.type(btf.types[func_id].size_or_type)
+    # The kernel refuses a FUNC whose prototype has an unnamed parameter ("Invalid arg#1"), which a
+    # declaration may have: named after the dummy variable, as libbpf does.
+    for func in extern_funcs:
+        proto = btf.type(func.size_or_type)
         for i in range(proto.vlen if proto.kind is Kind.FUNC_PROTO else 0):
             pos = proto.extra + i * _PARAM.size
             param_name, param_type = _PARAM.unpack_from(types, pos)
@@ -87,15 +84,7 @@ def sanitize_btf(btf: Btf, elf: ElfObject, kconfig: dict[str, KconfigExtern], kc
         if sym.type not in (STT_SECTION, STT_FUNC) and sym.name:
             sym_offsets.setdefault((sym.shndx, sym.name), sym.value)
 
-    for t in btf.types:
-        if t.kind is Kind.FUNC and t.vlen == BTF_FUNC_EXTERN:
-            set_info(t.id, Kind.FUNC, BTF_FUNC_STATIC)  # a .ksyms one becomes global below
-            fill_param_names(t.id)
-        elif t.kind is Kind.VAR and _U32.unpack_from(types, t.extra)[0] == BTF_VAR_GLOBAL_EXTERN:
-            _U32.pack_into(types, t.extra, BTF_VAR_GLOBAL_ALLOCATED)
-    for t in btf.types:
-        if t.kind is not Kind.DATASEC:
-            continue
+    for t in datasecs:
         name = btf.name(t)
         entries = [list(e) for e in _SECINFO.iter_unpack(types[t.extra : t.extra + t.vlen * _SECINFO.size])]
         size = t.size_or_type
@@ -109,10 +98,10 @@ def sanitize_btf(btf: Btf, elf: ElfObject, kconfig: dict[str, KconfigExtern], kc
                         dummy_name = dummy_name or add_string(DUMMY_KSYM)
                         appended += _TYPE.pack(dummy_name, int(Kind.VAR) << 24, int_id)
                         appended += _U32.pack(BTF_VAR_GLOBAL_ALLOCATED)
-                    set_info(vt.id, Kind.FUNC, BTF_FUNC_GLOBAL)
+                    set_info(vt, Kind.FUNC, BTF_FUNC_GLOBAL)
                     entry[0] = dummy_id
                 else:
-                    set_type(vt.id, int_id)
+                    _U32.pack_into(types, vt.extra - 4, int_id)  # its size_or_type: an int
                 entry[1], entry[2] = 4 * n, 4
             size = 4 * len(entries)
         elif name == KCONFIG_SEC:
@@ -132,7 +121,7 @@ def sanitize_btf(btf: Btf, elf: ElfObject, kconfig: dict[str, KconfigExtern], kc
                 size = sec.size
                 for entry in entries:
                     var = btf.type(entry[0])
-                    if var.kind is Kind.VAR and sec is not None:
+                    if var.kind is Kind.VAR:
                         entry[1] = sym_offsets.get((sec.index, btf.name(var)), entry[1])
         entries.sort(key=lambda e: e[1])
         for n, entry in enumerate(entries):
@@ -140,5 +129,5 @@ def sanitize_btf(btf: Btf, elf: ElfObject, kconfig: dict[str, KconfigExtern], kc
         _U32.pack_into(types, t.extra - 4, size)
 
     types += appended
-    header = _HEADER.pack(0xEB9F, 1, 0, _HEADER.size, 0, len(types), len(types), len(strings))
+    header = _HEADER.pack(BTF_MAGIC, 1, 0, _HEADER.size, 0, len(types), len(types), len(strings))
     return header + bytes(types) + bytes(strings)

@@ -119,15 +119,14 @@ def collect_externs(elf: ElfObject, btf: Btf) -> tuple[dict[str, Extern], int]:
     # The BTF VAR/FUNC with extern linkage of each name (libbpf's find_extern_btf_id), and the
     # DATASEC holding each type id (find_extern_sec_btf_id).
     declared: dict[str, BtfType] = {}
+    datasec_of: dict[int, str] = {}
     for t in btf.types:
         extern_var = t.kind is Kind.VAR and var_linkage(btf, t) == BTF_VAR_GLOBAL_EXTERN
         if extern_var or (t.kind is Kind.FUNC and t.vlen == BTF_FUNC_EXTERN):
             declared.setdefault(btf.name(t), t)
-    datasec_of: dict[int, str] = {}
-    for t in btf.types:
-        if t.kind is Kind.DATASEC and btf.name(t) in (KCONFIG_SEC, KSYMS_SEC):
+        elif t.kind is Kind.DATASEC and (name := btf.name(t)) in (KCONFIG_SEC, KSYMS_SEC):
             for info in btf.secinfo(t):
-                datasec_of[info.type] = btf.name(t)
+                datasec_of[info.type] = name
     out: dict[str, Extern] = {}
     kcfg: list[tuple[int, int, str, KconfigType, bool, bool]] = []  # align, size, name, type, signed, weak
     for sym in elf.symbols[1:]:

@@ -60,6 +60,7 @@ class Linked:
     callbacks: bool = False  # takes a function's address: the kernel then needs BTF func_info
     func_info: bytes = b""
     line_info: bytes = b""
+    core_relocations: tuple[CoreRelocation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,6 @@ class Linker:
     ) -> None:
         # .BTF.ext core_relo records by ELF section name (set by the reader).
         self.core_records: dict[str, list[CoreRecord]] = {}
-        self._placements: dict[tuple[int, int], dict[tuple[int, int], int]] = {}
         self.elf = elf
         self.targets = targets
         self._externs = externs
@@ -218,30 +218,20 @@ class Linker:
     def link(self, program: Function) -> Linked:
         """The program's linked instructions and what they refer to."""
         job = _Job(self, program)
-        self._placements[(program.section.index, program.start)] = job.placed
         func_info = line_info = b""
         if job.callbacks and self._ext_info is not None:
             funcs, lines = self._ext_info()
             func_info = job.rebase(funcs)
             line_info = job.rebase(lines)
-        return Linked(bytes(job.code), tuple(job.relocations), tuple(job.externs), job.callbacks, func_info, line_info)
-
-    def core_relocations(self, program: Function) -> tuple[CoreRelocation, ...]:
-        """The CO-RE relocations of a linked program (after ``link``), on linked instruction
-        indexes: its own, then those of every subprogram appended to it, which follow it (libbpf
-        bpf_object__relocate_core works on the linked program the same way)."""
-        placed = self._placements.get((program.section.index, program.start))
-        if placed is None:
-            placed = _Job(self, program).placed
-        out: list[CoreRelocation] = []
-        for (shndx, start), base in sorted(placed.items(), key=lambda item: item[1]):
-            section = self.elf.sections[shndx]
-            func = self._function_at(shndx, start, f"section {section.name}")
-            for rec in self.core_records.get(section.name, ()):
-                index = rec.insn_off // I.INSN_SIZE
-                if func.start <= index < func.end:
-                    out.append(CoreRelocation(base + index - func.start, CoreKind(rec.kind), rec.type_id, rec.access))
-        return tuple(out)
+        return Linked(
+            bytes(job.code),
+            tuple(job.relocations),
+            tuple(job.externs),
+            job.callbacks,
+            func_info,
+            line_info,
+            job.core_relocations(),
+        )
 
 
 class _Job:
@@ -268,6 +258,18 @@ class _Job:
                 stack.pop()
             else:
                 stack.append(self._relocate(*placed))
+
+    def core_relocations(self) -> tuple[CoreRelocation, ...]:
+        """The CO-RE relocations of the linked program, on linked instruction indexes: its own, then
+        those of every subprogram appended to it, which follow it (libbpf bpf_object__relocate_core
+        works on the linked program the same way)."""
+        out: list[CoreRelocation] = []
+        for func, base in sorted(self.order, key=lambda item: item[1]):
+            for rec in self.linker.core_records.get(func.section.name, ()):
+                index = rec.insn_off // I.INSN_SIZE
+                if func.start <= index < func.end:
+                    out.append(CoreRelocation(base + index - func.start, CoreKind(rec.kind), rec.type_id, rec.access))
+        return tuple(out)
 
     def rebase(self, info: ExtInfo) -> bytes:
         """The records of every placed function, their instruction offsets made linked indexes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+from functools import cached_property
 from pathlib import Path
 
 from bpfshare.errors import ObjectError, UnsupportedError
@@ -67,8 +68,13 @@ class _Reader:
             if sec is None:
                 raise ObjectError("the object has no .BTF section (compile with -g)")
             with guard("section .BTF"):
-                self._btf = Btf(self.elf.data(sec))
+                self._btf = Btf(self._btf_section)
         return self._btf
+
+    @cached_property
+    def _btf_section(self) -> bytes:
+        """The .BTF section's bytes, sliced once: parsed, and kept by every program with CO-RE relocations."""
+        return self.elf.data(self.elf.by_name[".BTF"])
 
     def collection(self) -> CollectionSpec:
         self.refused_maps: dict[str, RefusedMap] = {}
@@ -302,7 +308,7 @@ class _Reader:
         if sec is None or not self.elf.has_relocations(sec):
             return maps
         with guard(f"section {sec.name} relocations"):
-            found = collect_slots(self.elf, sec, self._btf_map_defs, self._entry_points)
+            found = collect_slots(self.elf, sec, self._btf_map_defs)
         maps = dict(maps)
         for name, slots in found.items():
             spec = maps.get(name)
@@ -355,7 +361,6 @@ class _Reader:
                     with guard(f"program {func.name!r} (section {sec.name})"):
                         linked = linker.link(func)
                         btf = inputs.program_btf if linked.callbacks else None
-                        core = linker.core_relocations(func)
                 except ObjectError as exc:
                     self.refused_programs[func.name] = RefusedProgram(
                         func.name,
@@ -379,8 +384,8 @@ class _Reader:
                     func_info=linked.func_info,
                     line_info=linked.line_info,
                     btf=btf,
-                    core_relocations=core,
-                    local_btf=self.elf.data(self.elf.by_name[".BTF"]) if core else None,
+                    core_relocations=linked.core_relocations,
+                    local_btf=self._btf_section if linked.core_relocations else None,
                 )
         return programs, tuple(sections)
 

@@ -26,9 +26,7 @@ SlotRelocation = tuple[int, Symbol, int]
 MapDefs = dict[str, tuple[int, int, int | None]]  # name -> (offset in .maps, size, values member offset)
 
 
-def collect_slots(
-    elf: ElfObject, sec: Section, defs: MapDefs, entry_points: dict[tuple[int, int], str]
-) -> dict[str, list[SlotRelocation]]:
+def collect_slots(elf: ElfObject, sec: Section, defs: MapDefs) -> dict[str, list[SlotRelocation]]:
     """The relocations of ``sec`` grouped by the map definition each lands in.
 
     A relocation in no definition is corruption of the section as a whole (libbpf: "cannot find
