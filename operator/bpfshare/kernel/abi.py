@@ -42,7 +42,10 @@ class Cmd(enum.IntEnum):
     MAP_GET_FD_BY_ID = 14
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
+    BTF_LOAD = 18
+    BTF_GET_FD_BY_ID = 19
     MAP_FREEZE = 22
+    BTF_GET_NEXT_ID = 23
     LINK_CREATE = 28
     LINK_UPDATE = 29
     LINK_GET_FD_BY_ID = 30
@@ -244,6 +247,19 @@ class LinkDetachAttr(ctypes.Structure):
     _fields_ = [("link_fd", c_uint32)]
 
 
+class BtfLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("btf", c_uint64),
+        ("btf_log_buf", c_uint64),
+        ("btf_size", c_uint32),
+        ("btf_log_size", c_uint32),
+        ("btf_log_level", c_uint32),
+        ("btf_log_true_size", c_uint32),
+        ("btf_flags", c_uint32),
+        ("btf_token_fd", c_int32),
+    ]
+
+
 class BpfAttr(ctypes.Union):
     _fields_ = [
         ("map_create", MapCreateAttr),
@@ -258,6 +274,7 @@ class BpfAttr(ctypes.Union):
         ("link_create", LinkCreateAttr),
         ("link_update", LinkUpdateAttr),
         ("link_detach", LinkDetachAttr),
+        ("btf_load", BtfLoadAttr),
         ("_raw", c_uint8 * ATTR_SIZE),
     ]
 
@@ -331,6 +348,19 @@ class ProgInfoStruct(ctypes.Structure):
     ]
 
 
+class BtfInfoStruct(ctypes.Structure):
+    """struct bpf_btf_info."""
+
+    _fields_ = [
+        ("btf", c_uint64),
+        ("btf_size", c_uint32),
+        ("id", c_uint32),
+        ("name", c_uint64),
+        ("name_len", c_uint32),
+        ("kernel_btf", c_uint32),
+    ]
+
+
 class LinkInfoStruct(ctypes.Structure):
     """struct bpf_link_info: the common head, then the per-type union as raw bytes.
 
@@ -356,4 +386,5 @@ assert QueryAttr.link_ids.offset == 40
 assert LinkCreateAttr.expected_revision.offset == 24
 assert ProgInfoStruct.attach_btf_id.offset == 224
 assert MapInfoStruct.map_extra.offset == 80
+assert ctypes.sizeof(BtfLoadAttr) == 40
 assert ctypes.sizeof(BpfAttr) == ATTR_SIZE

@@ -9,28 +9,12 @@ so that a refusal says why.
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_int32, c_uint32, c_uint64
 
 from bpfshare.errors import KernelError
-from bpfshare.kernel.syscall import FD, bpf
+from bpfshare.kernel.abi import Cmd
+from bpfshare.kernel.syscall import FD, bpf, new_attr
 
-BPF_BTF_LOAD = 18
 LOG_SIZE = 1 << 20
-
-
-class BtfLoadAttr(ctypes.Structure):
-    """union bpf_attr, BPF_BTF_LOAD."""
-
-    _fields_ = [
-        ("btf", c_uint64),
-        ("btf_log_buf", c_uint64),
-        ("btf_size", c_uint32),
-        ("btf_log_size", c_uint32),
-        ("btf_log_level", c_uint32),
-        ("btf_log_true_size", c_uint32),
-        ("btf_flags", c_uint32),
-        ("btf_token_fd", c_int32),
-    ]
 
 
 def load_btf(data: bytes, what: str) -> FD:
@@ -38,14 +22,15 @@ def load_btf(data: bytes, what: str) -> FD:
     buf = ctypes.create_string_buffer(data, len(data))
 
     def attempt(log: ctypes.Array[ctypes.c_char] | None) -> int:
-        attr = BtfLoadAttr()
-        attr.btf = ctypes.addressof(buf)
-        attr.btf_size = len(data)
+        attr = new_attr()
+        load = attr.btf_load
+        load.btf = ctypes.addressof(buf)
+        load.btf_size = len(data)
         if log is not None:
-            attr.btf_log_buf = ctypes.addressof(log)
-            attr.btf_log_size = len(log)
-            attr.btf_log_level = 1
-        return bpf(BPF_BTF_LOAD, attr)
+            load.btf_log_buf = ctypes.addressof(log)
+            load.btf_log_size = len(log)
+            load.btf_log_level = 1
+        return bpf(Cmd.BTF_LOAD, attr)
 
     try:
         return FD(attempt(None))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from bpfshare.errors import ObjectError, UnsupportedError
 from bpfshare.load.core_match import essential_name, fields_are_compat, types_are_compat, types_match
 from bpfshare.object.btf import Btf, Kind
+from bpfshare.object.insn import CALL, LD_IMM64
 from bpfshare.object.kernel_btf import KernelBtf
 from bpfshare.spec import INSN_SIZE, CoreKind, CoreRelocation
 
@@ -45,8 +46,6 @@ _U64 = (1 << 64) - 1
 _CLASS_LD, _CLASS_LDX, _CLASS_ST, _CLASS_STX, _CLASS_ALU, _CLASS_ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x07
 _SIZE_BYTES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}  # BPF_W, BPF_H, BPF_B, BPF_DW
 _BYTES_SIZE = {v: k for k, v in _SIZE_BYTES.items()}
-_LD_IMM64 = 0x18
-_CALL = 0x85
 
 
 class CoreError(UnsupportedError):
@@ -471,9 +470,9 @@ def describe(spec: Spec) -> str:
 def poison(buf: bytearray, insn: int) -> None:
     """bpf_core_poison_insn: ``call 0xbad2310``; an ld_imm64's second half too."""
     off = insn * INSN_SIZE
-    if buf[off] == _LD_IMM64 and off + 2 * INSN_SIZE <= len(buf):
-        struct.pack_into("<BBhi", buf, off + INSN_SIZE, _CALL, 0, 0, POISON_IMM)
-    struct.pack_into("<BBhi", buf, off, _CALL, 0, 0, POISON_IMM)
+    if buf[off] == LD_IMM64 and off + 2 * INSN_SIZE <= len(buf):
+        struct.pack_into("<BBhi", buf, off + INSN_SIZE, CALL, 0, 0, POISON_IMM)
+    struct.pack_into("<BBhi", buf, off, CALL, 0, 0, POISON_IMM)
 
 
 def patch(buf: bytearray, insn: int, res: Result, where: str) -> bool:
@@ -516,7 +515,7 @@ def patch(buf: bytearray, insn: int, res: Result, where: str) -> bool:
                 raise CoreError(f"{where}: instruction #{insn} (LDX/ST/STX): invalid new access size {res.new_sz}")
             buf[off] = (code & ~0x18 & 0xFF) | _BYTES_SIZE[res.new_sz]
     elif cls == _CLASS_LD:
-        if code != _LD_IMM64 or off + 2 * INSN_SIZE > len(buf):
+        if code != LD_IMM64 or off + 2 * INSN_SIZE > len(buf):
             raise CoreError(f"{where}: instruction #{insn} (LD) is not an ld_imm64")
         code2, regs2, off2, imm2 = struct.unpack_from("<BBhi", buf, off + INSN_SIZE)
         if _regs >> 4 or ins_off or code2 or regs2 or off2:

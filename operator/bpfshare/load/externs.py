@@ -24,13 +24,12 @@ from bpfshare.kernel.btf_objects import open_btf_by_name as module_btf_fd
 from bpfshare.kernel.syscall import FD
 from bpfshare.load.kernel_symbols import find_ksym_btf_id, kallsyms, kernel_type_shape
 from bpfshare.object.btf import Kind
+from bpfshare.object.insn import CALL, IMM, PSEUDO_KFUNC_CALL
 from bpfshare.object.kernel_btf import KernelType
 from bpfshare.spec import INSN_SIZE, ExternKind, ExternRelocation, ProgramSpec
 
-BPF_PSEUDO_BTF_ID = 3
-BPF_PSEUDO_KFUNC_CALL = 2
+BPF_PSEUDO_BTF_ID = 3  # src_reg of an ld_imm64 of a kernel BTF VAR or FUNC
 POISON_CALL_KFUNC_BASE = 2002000000
-_IMM = struct.Struct("<i")
 _OFF = struct.Struct("<h")
 
 
@@ -58,7 +57,7 @@ def _set(buf: bytearray, index: int, *, src: int | None = None, imm: int | None 
     if off is not None:
         _OFF.pack_into(buf, base + 2, off)
     if imm is not None:
-        _IMM.pack_into(buf, base + 4, imm - (1 << 32) if imm >= 1 << 31 else imm)
+        IMM.pack_into(buf, base + 4, imm - (1 << 32) if imm >= 1 << 31 else imm)
 
 
 def resolve_externs(program: ProgramSpec, instructions: bytes) -> Resolved:
@@ -104,7 +103,7 @@ def resolve_externs(program: ProgramSpec, instructions: bytes) -> Resolved:
                 continue  # a weak typed ksym: ld_imm64 of 0, as the linker left it
             slot, fd = _module_slot(found, module_slots, out)
             if ext.kind is ExternKind.KFUNC_CALL:
-                _set(buf, ext.insn, src=BPF_PSEUDO_KFUNC_CALL, imm=found.id, off=slot)
+                _set(buf, ext.insn, src=PSEUDO_KFUNC_CALL, imm=found.id, off=slot)
             else:
                 _set(buf, ext.insn, src=BPF_PSEUDO_BTF_ID, imm=found.id)
                 _set(buf, ext.insn + 1, imm=fd)
@@ -134,10 +133,10 @@ def _module_slot(found: KernelType, slots: dict[str, int], out: Resolved) -> tup
 def _poison(buf: bytearray, index: int, ext_index: int) -> None:
     """libbpf's poison_kfunc_call: a helper call (src, dst and off 0) of an id no helper has."""
     base = index * INSN_SIZE
-    buf[base] = 0x85  # BPF_JMP | BPF_CALL
+    buf[base] = CALL
     buf[base + 1] = 0
     _OFF.pack_into(buf, base + 2, 0)
-    _IMM.pack_into(buf, base + 4, POISON_CALL_KFUNC_BASE + ext_index)
+    IMM.pack_into(buf, base + 4, POISON_CALL_KFUNC_BASE + ext_index)
 
 
 __all__ = ["ExternError", "ExternRelocation", "Resolved", "resolve_externs"]

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from bpfshare.errors import BpfshareError
-from bpfshare.load.kernel_symbols import has_syscall_wrapper
-from bpfshare.load.probes import has_bpf_cookie
+from bpfshare.load.probes import has_bpf_cookie, has_syscall_wrapper
 from bpfshare.spec import KconfigExtern, KconfigType
 
 CONFIG_PATHS = ("/boot/config-{release}", "/proc/config.gz")

@@ -7,8 +7,6 @@ first, then the modules' split BTF (read only when vmlinux lacks the name).
 
 from __future__ import annotations
 
-import functools
-import platform
 from pathlib import Path
 
 from bpfshare.errors import BpfshareError
@@ -31,20 +29,31 @@ def kernel_type_shape(found: KernelType) -> str:
     return type_shape(found.btf, found.btf.type(found.id).size_or_type)
 
 
+# (file, name) -> address of a name found in vmlinux only. vmlinux's symbols do not move while
+# the system runs (KASLR picks their offset at boot), so each is read from the file once per
+# process; a module's may (it can be unloaded and loaded elsewhere), so those are read each time,
+# as are names not found (a module loaded later may bring them).
+_VMLINUX: dict[tuple[Path, str], int] = {}
+
+
 def kallsyms(names: set[str]) -> dict[str, int]:
     """Addresses of ``names`` in /proc/kallsyms (libbpf's bpf_object__read_kallsyms_file).
 
     A name listed twice at different addresses is ambiguous, and refused, as libbpf does. The file
     (some 5 MiB) is searched for each name rather than split into lines: a few names are wanted.
     """
+    found = {name: _VMLINUX[KALLSYMS, name] for name in names if (KALLSYMS, name) in _VMLINUX}
+    wanted = names - found.keys()
+    if not wanted:
+        return found
     try:
         text = KALLSYMS.read_bytes()
     except OSError as exc:
         raise BpfshareError(f"cannot read {KALLSYMS}: {exc.strerror or exc}") from None
-    found: dict[str, int] = {}
-    for name in names:
+    for name in wanted:
         # Lines are "<address> <type> <name>[\t[<module>]]": find " <name>" ending the name.
         needle = b" " + name.encode()
+        in_module = False
         pos = text.find(needle)
         while pos >= 0:
             end = pos + len(needle)
@@ -55,29 +64,8 @@ def kallsyms(names: set[str]) -> dict[str, int]:
                     if found.get(name, addr) != addr:
                         raise BpfshareError(f"ksym {name}: ambiguous in {KALLSYMS} (two addresses)")
                     found[name] = addr
+                    in_module |= text[end : end + 1] == b"\t"
             pos = text.find(needle, pos + 1)
+        if found.get(name) and not in_module:  # 0: addresses hidden (kptr_restrict), not cached
+            _VMLINUX[KALLSYMS, name] = found[name]
     return found
-
-
-# libbpf's arch_specific_syscall_pfx.
-_SYSCALL_PREFIX = {
-    "x86_64": "x64",
-    "i686": "ia32",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "s390x": "s390",
-    "ppc64le": "powerpc",
-    "ppc64": "powerpc",
-    "riscv64": "riscv",
-    "loongarch64": "loongarch",
-}
-
-
-@functools.cache
-def has_syscall_wrapper() -> bool:
-    """LINUX_HAS_SYSCALL_WRAPPER: whether syscalls are entered through ``__<arch>_sys_*`` wrappers
-    (libbpf's probe_kern_syscall_wrapper, which asks the same by kprobing ``__<arch>_sys_bpf``)."""
-    prefix = _SYSCALL_PREFIX.get(platform.machine())
-    if prefix is None:
-        return False
-    return bool(kallsyms({f"__{prefix}_sys_bpf"}))

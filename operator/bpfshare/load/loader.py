@@ -416,8 +416,11 @@ def _reused_without_btf(exc: VerifierError, maps: dict[str, LoadedMap]) -> Verif
     for name, loaded in maps.items():
         if not (loaded.reused and loaded.spec.btf_fields):
             continue
-        if f"map '{kernel_object_name(name)}' has to have BTF" in text and loaded.map.info().btf_id == 0:
-            where = str(loaded.pin_path) if loaded.pin_path is not None else f"map id {loaded.map.info().id}"
+        if f"map '{kernel_object_name(name)}' has to have BTF" not in text:
+            continue
+        info = loaded.map.info()
+        if info.btf_id == 0:
+            where = str(loaded.pin_path) if loaded.pin_path is not None else f"map id {info.id}"
             hint = (
                 f"map {name!r} was reused from {where}, which was created without BTF: its value's "
                 f"{loaded.spec.btf_fields[0]} needs it (remove the pin so that the load creates the map with BTF)"
