@@ -5,12 +5,7 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, 1);
-} result SEC(".maps");
+#include "result.h"
 
 static int add_double(__u32 index, void *ctx)
 {
@@ -34,11 +29,7 @@ static __attribute__((noinline)) int plus_one(int x)
 SEC("tc")
 int nested_callbacks(struct __sk_buff *skb)
 {
-	__u32 key = 0;
-	__u64 value = sum_doubles(5) + plus_one(skb->len > 1000); /* 20 + 1 for a short packet */
-
-	bpf_map_update_elem(&result, &key, &value, BPF_ANY);
-	return value;
+	return keep(sum_doubles(5) + plus_one(skb->len > 1000)); /* 20 + 1 for a short packet */
 }
 
 char LICENSE[] SEC("license") = "GPL";

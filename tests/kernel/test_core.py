@@ -4,13 +4,14 @@ against bpftool (libbpf): the same translated instructions."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
 
-from bpfshare.errors import VerifierError
+from bpfshare.errors import BpfshareError, VerifierError
 from bpfshare.load.loader import load_program
 from bpfshare.object import read_collection
 from tests.fixtures.bpftool import libbpf_loadall, xlated
@@ -95,3 +96,9 @@ def test_btf_file_instead_of_sys_kernel_btf(bpf_objects: BpfObjects, bpffs: Path
     finally:
         loaded.close()
         kernel_btf.clear_cache()
+    # The file is what is read: one that holds no BTF is refused, naming it.
+    bogus = tmp_path / "not.btf"
+    bogus.write_bytes(b"\0" * 64)
+    with pytest.raises(BpfshareError, match=re.escape(str(bogus))):
+        load_program(collection, "core_checks", pin_root=bpffs, pin_program=False, btf=bogus)
+    kernel_btf.clear_cache()

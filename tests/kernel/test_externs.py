@@ -155,6 +155,16 @@ def test_program_without_callbacks_loads_as_before(bpf_objects: BpfObjects, load
     assert lp.program.test_run(PACKET) == 0
 
 
+def same_xlated(lp: LoadedProgram, theirs: Path) -> str:
+    """Our pinned program's ``dump xlated`` (with func_info/line_info when it has them), asserted the
+    same as that of the program bpftool pinned at ``theirs``; non-trivial."""
+    with_btf = bool(lp.spec.func_info)
+    ours = xlated("pinned", str(lp.pin_path), with_btf=with_btf)
+    assert ours == xlated("pinned", str(theirs), with_btf=with_btf)
+    assert len(ours.splitlines()) > 10
+    return ours
+
+
 # -- the same instructions as libbpf -------------------------------------------------------------
 @pytest.mark.parametrize(
     ("example", "program"),
@@ -170,12 +180,7 @@ def test_program_without_callbacks_loads_as_before(bpf_objects: BpfObjects, load
 def test_same_xlated_as_bpftool(bpf_objects: BpfObjects, bpffs: Path, load, example: str, program: str) -> None:  # type: ignore[no-untyped-def]
     pin = bpffs / f"bpftool_{example}"
     libbpf_load(bpf_objects[example], pin)
-    lp = load(bpf_objects[example], program)
-    with_btf = bool(lp.spec.func_info)
-    theirs = xlated("pinned", str(pin), with_btf=with_btf)
-    ours = xlated("pinned", str(lp.pin_path), with_btf=with_btf)
-    assert ours == theirs
-    assert len(ours.splitlines()) > 10
+    ours = same_xlated(load(bpf_objects[example], program), pin)
     if example == "callback_loop":  # func_info and line_info as libbpf passes them: names, source lines
         assert "int add_index(__u32 index, void * data):" in ours
         assert "; ctx->sum += index;" in ours

@@ -8,6 +8,7 @@ import json
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,14 +142,17 @@ def test_custom_pinning_from_a_bpf_pinning_file(
         again.close()
 
 
-def _slot_names(pin: Path) -> dict[int, str]:
-    with Map.from_pin(pin) as jumps:
-        ids = {i: jumps.lookup(u32(i)) for i in range(4)}
+def _slot_names(
+    pin: Path, open_id: Callable[[int], Program] | Callable[[int], Map] = Program.from_id
+) -> dict[int, str]:
+    """The name of the program (or, with ``open_id=Map.from_id``, the map) in each slot of a pinned array."""
+    with Map.from_pin(pin) as array:
+        ids = {i: array.lookup(u32(i)) for i in range(4)}
     names = {}
     for index, raw in ids.items():
         if raw is not None:
-            with Program.from_id(struct.unpack("<I", raw)[0]) as prog:
-                names[index] = prog.info().name
+            with open_id(struct.unpack("<I", raw)[0]) as held:
+                names[index] = held.info().name
     return names
 
 
@@ -178,17 +182,6 @@ def test_tail_calls_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
         loaded.close()
 
 
-def _inner_names(pin: Path) -> dict[int, str]:
-    with Map.from_pin(pin) as outer:
-        ids = {i: outer.lookup(u32(i)) for i in range(4)}
-    names = {}
-    for index, raw in ids.items():
-        if raw is not None:
-            with Map.from_id(struct.unpack("<I", raw)[0]) as inner:
-                names[index] = inner.info().name
-    return names
-
-
 def test_inner_maps_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
     obj = bpf_objects["map_in_map"]
     libbpf_loadall(obj, bpffs / "libbpf", bpffs / "libbpf_maps")
@@ -199,7 +192,9 @@ def test_inner_maps_match_libbpf(bpf_objects: BpfObjects, bpffs: Path) -> None:
         outer_pin = loaded.maps["outer"].pin_path
         assert outer_pin is not None
         expected = {0: "inner_a", 2: "inner_b"}
-        assert _inner_names(outer_pin) == _inner_names(bpffs / "libbpf_maps" / "outer") == expected
+        assert (
+            _slot_names(outer_pin, Map.from_id) == _slot_names(bpffs / "libbpf_maps" / "outer", Map.from_id) == expected
+        )
     finally:
         loaded.close()
 

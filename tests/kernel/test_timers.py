@@ -20,9 +20,10 @@ from bpfshare.load.loader import PRIVATE_MAPS_DIR, LoadedProgram, default_pin_di
 from bpfshare.object.btf import Btf
 from bpfshare.object.reader import read_collection
 from bpfshare.spec import CollectionSpec
-from tests.fixtures.bpftool import bpftool_json, libbpf_load, xlated
+from tests.fixtures.bpftool import bpftool_json, libbpf_load
 from tests.fixtures.netenv import wait_for
 from tests.fixtures.objects import BpfObjects, CompileBpf
+from tests.kernel.test_externs import same_xlated
 
 pytestmark = pytest.mark.kernel
 
@@ -137,11 +138,7 @@ def test_same_xlated_and_map_btf_as_bpftool(  # type: ignore[no-untyped-def]
     pin = bpffs / f"bpftool_{example}"
     libbpf_load(bpf_objects[example], pin)
     lp = load(bpf_objects[example], program)
-    with_btf = bool(lp.spec.func_info)
-    theirs = xlated("pinned", str(pin), with_btf=with_btf)
-    ours = xlated("pinned", str(lp.pin_path), with_btf=with_btf)
-    assert ours == theirs
-    assert len(ours.splitlines()) > 10
+    same_xlated(lp, pin)
     # libbpf's maps have BTF, with the same value type as ours.
     info = bpftool_json("prog", "show", "pinned", str(pin))
     assert isinstance(info, dict)

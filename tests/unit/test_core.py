@@ -50,6 +50,11 @@ def resolve(
     return core.apply("p", code, relos, Btf(bytes(local)), KernelBtf(Btf(bytes(target)), None))
 
 
+def imms(out: bytes) -> list[int]:
+    """The imm field of every instruction slot (an ld_imm64 has two: low and high half)."""
+    return [struct.unpack_from("<i", out, i + 4)[0] for i in range(0, len(out), 8)]
+
+
 def local_skb() -> tuple[BtfBuilder, int]:
     b = BtfBuilder()
     return b, fields(b)
@@ -68,7 +73,7 @@ def test_field_byte_offset_moves_loads() -> None:
     out, poisoned = resolve(local, target, relos, code)
     assert not poisoned
     assert struct.unpack_from("<h", out, 2)[0] == 4
-    assert struct.unpack_from("<i", out, 12)[0] == 4
+    assert imms(out)[1] == 4
     assert struct.unpack_from("<h", out, 18)[0] == 16 + 2
 
 
@@ -128,7 +133,7 @@ def test_size_exists_signed_and_bitfield_shifts() -> None:
     relos = [CoreRelocation(i, kind, skb, access) for i, (kind, access, _old, _new) in enumerate(kinds)]
     out, poisoned = resolve(local, target, relos, code)
     assert not poisoned
-    assert [struct.unpack_from("<i", out, i * 8 + 4)[0] for i in range(len(kinds))] == [n for *_, n in kinds]
+    assert imms(out) == [n for *_, n in kinds]
 
 
 def test_missing_field_poisons_and_is_named() -> None:
@@ -143,7 +148,7 @@ def test_missing_field_poisons_and_is_named() -> None:
         CoreRelocation(3, K.FIELD_BYTE_OFFSET, skb, "0:1"),
     ]
     out, poisoned = resolve(local, target, relos, code)
-    assert struct.unpack_from("<i", out, 4)[0] == 0  # exists: 0
+    assert imms(out)[0] == 0  # exists: 0
     call = insn(0x85, imm=core.POISON_IMM)
     assert out[8:16] == call and out[16:24] == call and out[24:32] == call  # both ld_imm64 halves
     assert [p.insn for p in poisoned] == [1, 3]
@@ -161,7 +166,7 @@ def test_flavours_match_by_essential_name() -> None:
     target = BtfBuilder()
     fields(target, extra=True)
     out, _ = resolve(local, target, [CoreRelocation(0, K.FIELD_BYTE_OFFSET, flavoured, "0:2")], insn(MOV64_K, imm=8))
-    assert struct.unpack_from("<i", out, 4)[0] == 12
+    assert imms(out)[0] == 12
     assert core.essential_name("sk_buff___v2") == "sk_buff"
     assert core.essential_name("a____b") == "a____b"  # X and Y must not be underscores
     assert core.essential_name("x___y___z") == "x___y"
@@ -207,7 +212,7 @@ def test_type_kinds() -> None:
     code = b"".join(insn(MOV64_K, imm=v) for v in (1, 16, skb, skb, 1, 4))
     out, poisoned = resolve(local, target, relos, code)
     assert not poisoned
-    assert [struct.unpack_from("<i", out, i * 8 + 4)[0] for i in range(6)] == [1, 20, target_id, skb, 0, 0]
+    assert imms(out) == [1, 20, target_id, skb, 0, 0]
 
 
 def test_type_matches() -> None:
@@ -221,16 +226,16 @@ def test_type_matches() -> None:
     target.struct("thing", 16, [("b", tu32, 0), ("a", tu32, 32), ("c", ts64, 64)])  # reordered, extra member
     relo = [CoreRelocation(0, K.TYPE_MATCHES, want, "0")]
     out, _ = resolve(local, target, relo, insn(MOV64_K, imm=1))
-    assert struct.unpack_from("<i", out, 4)[0] == 1
+    assert imms(out)[0] == 1
     other = BtfBuilder()
     ou32 = other.int_("unsigned int", 4)
     os32 = other.int_("int", 4, signed=True)
     other.struct("thing", 8, [("a", ou32, 0), ("b", os32, 32)])  # b's signedness differs
     out, _ = resolve(local, other, relo, insn(MOV64_K, imm=1))
-    assert struct.unpack_from("<i", out, 4)[0] == 0
+    assert imms(out)[0] == 0
     # TYPE_EXISTS accepts it: ints of any signedness are compatible
     out, _ = resolve(local, other, [CoreRelocation(0, K.TYPE_EXISTS, want, "0")], insn(MOV64_K, imm=1))
-    assert struct.unpack_from("<i", out, 4)[0] == 1
+    assert imms(out)[0] == 1
 
 
 def test_enum_values() -> None:
@@ -250,9 +255,9 @@ def test_enum_values() -> None:
     ]
     code = b"".join(insn(MOV64_K, imm=v) for v in (0, 1, 1, 1)) + insn(LD_IMM64, imm=1) + insn(0) + insn(MOV64_K, imm=2)
     out, poisoned = resolve(local, target, relos, code)
-    imms = [struct.unpack_from("<i", out, i * 8 + 4)[0] for i in range(6)]
-    assert imms[:4] == [-1, 7, 0, 1]  # RED is 0xffffffff: an ENUM's value is a signed 32-bit one
-    assert imms[4] == 0 and imms[5] == 1 << 8  # ld_imm64 of 1 << 40: low and high halves
+    imm = imms(out)
+    assert imm[:4] == [-1, 7, 0, 1]  # RED is 0xffffffff: an ENUM's value is a signed 32-bit one
+    assert imm[4] == 0 and imm[5] == 1 << 8  # ld_imm64 of 1 << 40: low and high halves
     assert [p.reason for p in poisoned] == ["enum color___local: no value PURPLE in the kernel's BTF"]
 
 

@@ -251,16 +251,14 @@ def test_resolution_of_kfuncs_weak_and_missing(
     kernel = FakeKernel(monkeypatch)
     prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
     code = resolver.resolve_externs(prog, prog.instructions).instructions
-    for ext in prog.externs:
-        op, _dst, src, off, imm = insn(code, ext.insn)
-        if ext.name == "bpfshare_missing_kfunc" and ext.kind is ExternKind.KFUNC_CALL:
-            # poisoned as libbpf's poison_kfunc_call: an unknown helper, named if reachable
-            assert (op, src, off) == (CALL, 0, 0) and imm >= resolver.POISON_CALL_KFUNC_BASE
-        elif ext.name == "bpf_rcu_read_lock" and ext.kind is ExternKind.KFUNC_CALL:
-            assert (op, src, off, imm) == (CALL, 2, 0, 65401)
+    calls = {e.name: insn(code, e.insn) for e in prog.externs if e.kind is ExternKind.KFUNC_CALL}
+    # poisoned as libbpf's poison_kfunc_call: an unknown helper, named if reachable
+    op, _dst, src, off, imm = calls["bpfshare_missing_kfunc"]
+    assert (op, src, off) == (CALL, 0, 0) and imm >= resolver.POISON_CALL_KFUNC_BASE
+    op, _dst, src, off, imm = calls["bpf_rcu_read_lock"]
+    assert (op, src, off, imm) == (CALL, 2, 0, 65401)
     # bpf_rcu_read_unlock is weak and not in this fake kernel: poisoned too
-    unlock = next(e for e in prog.externs if e.name == "bpf_rcu_read_unlock")
-    assert insn(code, unlock.insn)[4] >= resolver.POISON_CALL_KFUNC_BASE
+    assert calls["bpf_rcu_read_unlock"][4] >= resolver.POISON_CALL_KFUNC_BASE
     # a strong kfunc the kernel lacks is named
     src = """
     extern void bpfshare_no_such_kfunc(void) __ksym;
@@ -424,13 +422,13 @@ def test_module_kfuncs_go_through_fd_array(bpf_objects: BpfObjects, monkeypatch:
     prog = read_collection(bpf_objects["extern_kfunc_weak"]).programs["weak_kfuncs"]
     resolved = resolver.resolve_externs(prog, prog.instructions)
     assert resolved.fd_array == [0, 107] and opened == [107]
-    for ext in prog.externs:
-        _op, _dst, src, off, imm = insn(resolved.instructions, ext.insn)
-        if ext.name == "bpf_rcu_read_lock" and ext.kind is ExternKind.KFUNC_CALL:
-            assert (src, off, imm) == (2, 1, 70001)
-        if ext.name == "bpf_rcu_read_lock" and ext.kind is ExternKind.KSYM:
-            # a typed ksym of a module: BPF_PSEUDO_BTF_ID, the second imm the module BTF's fd
-            assert (src, imm) == (3, 70001) and insn(resolved.instructions, ext.insn + 1)[4] == 107
+    at = {(e.name, e.kind): e.insn for e in prog.externs}
+    _op, _dst, src, off, imm = insn(resolved.instructions, at["bpf_rcu_read_lock", ExternKind.KFUNC_CALL])
+    assert (src, off, imm) == (2, 1, 70001)
+    # a typed ksym of a module: BPF_PSEUDO_BTF_ID, the second imm the module BTF's fd
+    ksym = at["bpf_rcu_read_lock", ExternKind.KSYM]
+    _op, _dst, src, off, imm = insn(resolved.instructions, ksym)
+    assert (src, imm) == (3, 70001) and insn(resolved.instructions, ksym + 1)[4] == 107
     resolved.close()
     assert opened == []
 

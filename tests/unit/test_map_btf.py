@@ -17,19 +17,7 @@ from bpfshare.object.link_inputs import LinkInputs
 from bpfshare.spec import DefinitionStyle, MapSpec, map_rule_violations
 from bpfshare.types import MapFlag, MapType
 from tests.fixtures.objects import BpfObjects, CompileBpf
-
-USE = """
-SEC("tc") int use(struct __sk_buff *skb) {
-    __u32 k = 0;
-    %s
-    return 0;
-}
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-
-def lookups(*maps: str) -> str:
-    return USE % "".join(f"bpf_map_lookup_elem(&{m}, &k);" for m in maps)
+from tests.unit.test_maps import lookups
 
 
 def named(btf: Btf, type_id: int) -> str:
