@@ -37,18 +37,30 @@ def build(force: bool) -> None:
     show_default=True,
     help="Seconds to wait for kube-apiserver to become ready.",
 )
-def up(timeout: float) -> None:
+@click.option(
+    "--node",
+    "with_node",
+    is_flag=True,
+    help="Also a real node: containerd, CNI, kube-controller-manager, kube-scheduler and a kubelet "
+    "that registers this machine as a Node (needs root).",
+)
+@click.option("--node-name", default=None, help="The Node's name (default: this machine's host name).")
+def up(timeout: float, with_node: bool, node_name: str | None) -> None:
     """Start the control plane (nothing to do if it is already running and healthy)."""
+    from bpfshare.controlplane.node import default_node_name
+
     state_dir = default_state_dir()
+    node = (node_name or default_node_name()) if with_node else ""
     existing = load(state_dir)
-    if existing is not None and is_healthy(existing):
+    if existing is not None and is_healthy(existing) and existing.node == node:
         click.echo(f"bpfshare: control plane already running at {existing.server}", err=True)
         return
     bin_dir = ensure_built()
     started = time.monotonic()
-    cp = start(state_dir, bin_dir, timeout=timeout)
+    cp = start(state_dir, bin_dir, timeout=timeout if not node else max(timeout, 180.0), node=node or None)
+    what = f"control plane and node {cp.node}" if cp.node else "control plane"
     click.echo(
-        f"bpfshare: control plane ready at {cp.server} in {time.monotonic() - started:.1f}s "
+        f"bpfshare: {what} ready at {cp.server} in {time.monotonic() - started:.1f}s "
         f'(logs in {state_dir}); use it with: eval "$(bpfshare cluster env)"',
         err=True,
     )
@@ -56,7 +68,7 @@ def up(timeout: float) -> None:
 
 @cluster.command()
 def down() -> None:
-    """Stop the control plane and delete its state directory."""
+    """Stop the control plane (and the node: its pods, cgroups, mounts, links) and delete its state directory."""
     state_dir = default_state_dir()
     if stop(state_dir):
         click.echo(f"bpfshare: control plane stopped, {state_dir} removed", err=True)

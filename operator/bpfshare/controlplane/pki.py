@@ -72,3 +72,61 @@ def kubeconfig(server: str, ca_file: Path, token: str, user: str = ADMIN_USER) -
         "preferences": {},
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def node_token_line(token: str, node: str) -> str:
+    """The kubelet's identity in the token file: ``system:node:<name>`` in ``system:nodes``, which the
+    Node authorizer and the NodeRestriction admission plugin know as that node."""
+    return f'{token},system:node:{node},system:node:{node},"system:nodes"\n'
+
+
+def write_client_ca_and_cert(directory: Path, common_name: str, organization: str) -> tuple[Path, Path, Path]:
+    """A CA and one client certificate it signed (``CN=common_name, O=organization``): kube-apiserver
+    presents it to the kubelet (``--kubelet-client-certificate``), which trusts the CA
+    (``authentication.x509.clientCAFile``). Returns (ca.crt, client.crt, client.key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bpfshare-kubelet-client-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "kubelet-client-ca.crt", directory / "kubelet-client.crt", directory / "kubelet-client.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(
+        paths[2],
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return paths

@@ -4,8 +4,10 @@ Everything lives in one state directory: ``state.json`` (pids, ports, tokens), t
 the certificates and the kubeconfig. The directory carries a marker file, and ``stop`` removes only a
 directory with that marker, so a mistyped ``BPFSHARE_CLUSTER_DIR`` cannot delete anything else.
 
-There is no kube-controller-manager: namespaces never finish deleting and nothing garbage-collects
-owned objects, but finalizers, watches, RBAC, CRDs, CEL validation and server-side apply all work.
+Without ``node`` there is no kube-controller-manager: namespaces never finish deleting and nothing
+garbage-collects owned objects, but finalizers, watches, RBAC, CRDs, CEL validation and server-side
+apply all work. With ``node`` (``cluster up --node``), node.py adds a real node: containerd, CNI, a
+kubelet, kube-controller-manager and kube-scheduler.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class ControlPlane:
     token: str = ""
     unprivileged_token: str = ""
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    node: str = ""  # the Node's name with ``--node`` (containerd, kubelet, ...: node.py); empty without
+    node_token: str = ""  # the kubelet's token (system:node:<node>)
+
+    @property
+    def containerd_address(self) -> Path | None:
+        from bpfshare.controlplane.node import containerd_socket
+
+        return containerd_socket(self.state_dir) if self.node else None
 
     @property
     def kubeconfig(self) -> Path:
@@ -106,6 +116,8 @@ class ControlPlane:
             "token": self.token,
             "unprivilegedToken": self.unprivileged_token,
             "processes": {name: rec.to_json() for name, rec in self.processes.items()},
+            "node": self.node,
+            "nodeToken": self.node_token,
         }
 
     @classmethod
@@ -118,6 +130,8 @@ class ControlPlane:
             token=data["token"],
             unprivileged_token=data["unprivilegedToken"],
             processes={n: ProcessRecord.from_json(r) for n, r in data["processes"].items()},
+            node=data.get("node", ""),
+            node_token=data.get("nodeToken", ""),
         )
 
     def save(self) -> None:
@@ -136,16 +150,26 @@ def load(state_dir: Path) -> ControlPlane | None:
 
 
 def is_healthy(cp: ControlPlane) -> bool:
-    names = ("etcd", "kube-apiserver")
+    from bpfshare.controlplane.node import NODE_PROCESSES
+
+    names = ("etcd", "kube-apiserver", *(NODE_PROCESSES if cp.node else ()))
     if not all(n in cp.processes and is_ours(cp.processes[n]) for n in names):
         return False
     return cp.kubeconfig.exists() and _readyz(cp, verify=True, timeout=5.0) == "ok"
 
 
 def start(
-    state_dir: Path, bin_dir: Path, *, timeout: float = DEFAULT_TIMEOUT, die_with_parent: bool = False
+    state_dir: Path,
+    bin_dir: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    die_with_parent: bool = False,
+    node: str | None = None,
 ) -> ControlPlane:
     """Start etcd and kube-apiserver (or return the healthy instance already recorded in ``state_dir``).
+
+    ``node``: also a real node of that name (node.py): containerd, CNI, kubelet, kube-controller-manager
+    and kube-scheduler. A recorded instance with or without a node is kept only if it matches.
 
     ``die_with_parent`` makes both processes receive SIGKILL when the calling thread exits (used by the
     test fixture, so that a killed pytest does not leave them behind).
@@ -153,11 +177,16 @@ def start(
     with _state_lock(state_dir):
         existing = load(state_dir)
         if existing is not None:
-            if is_healthy(existing):
+            if is_healthy(existing) and existing.node == (node or ""):
                 return existing
             _stop_processes(existing)
+        if node:
+            from bpfshare.controlplane.node import require_tools, stop_node
+
+            require_tools()
+            stop_node(existing, state_dir)  # what a crashed node left
         _prepare(state_dir)
-        cp = ControlPlane(state_dir=state_dir, bin_dir=bin_dir)
+        cp = ControlPlane(state_dir=state_dir, bin_dir=bin_dir, node=node or "")
         try:
             _start(cp, timeout, die_with_parent)
         except BaseException:
@@ -176,6 +205,10 @@ def stop(state_dir: Path, *, keep_logs: bool = False) -> bool:
         cp = load(state_dir)
         if cp is not None:
             _stop_processes(cp)
+        elif (state_dir / "node").exists():  # a node whose state.json was lost
+            from bpfshare.controlplane.node import stop_node
+
+            stop_node(None, state_dir)
         if keep_logs:
             for entry in state_dir.iterdir():
                 if entry.suffix != ".log":
@@ -206,6 +239,10 @@ def start_apiserver(cp: ControlPlane, *, timeout: float = DEFAULT_TIMEOUT, die_w
 
 
 def _stop_processes(cp: ControlPlane) -> None:
+    if cp.node or (cp.state_dir / "node").exists():
+        from bpfshare.controlplane.node import stop_node
+
+        stop_node(cp, cp.state_dir)  # the pods and the node first, while the API server still answers
     for name in ("kube-apiserver", "etcd"):  # the apiserver first: it needs etcd to shut down cleanly
         if name in cp.processes:
             stop_process(cp.processes[name])
@@ -240,11 +277,19 @@ def _start(cp: ControlPlane, timeout: float, die_with_parent: bool) -> None:
     state = cp.state_dir
     etcd_port, peer_port, api_port = free_ports(3)
     cp.etcd_url = f"http://127.0.0.1:{etcd_port}"
-    cp.server = f"https://127.0.0.1:{api_port}"
+    cp.server = f"https://{_api_address(cp)}:{api_port}"
     cp.token, cp.unprivileged_token = pki.new_token(), pki.new_token()
     (state / "pki").mkdir(mode=0o700)
     pki.write_token_file(state / "pki" / "tokens.csv", cp.token, cp.unprivileged_token)
     pki.write_service_account_key(state / "pki" / "service-account.key")
+    if cp.node:
+        from bpfshare.controlplane import node_host
+
+        cp.node_token = pki.new_token()
+        with open(state / "pki" / "tokens.csv", "a") as tokens:
+            tokens.write(pki.node_token_line(cp.node_token, cp.node))
+        pki.write_client_ca_and_cert(state / "pki", "kube-apiserver-kubelet-client", "system:masters")
+        node_host.setup_network(api_port)  # the node's address, before kube-apiserver binds it
 
     deadline = time.monotonic() + timeout
     cp.processes["etcd"] = launch("etcd", _etcd_argv(cp, peer_port), cp.log("etcd"), die_with_parent=die_with_parent)
@@ -261,6 +306,10 @@ def _start(cp: ControlPlane, timeout: float, die_with_parent: bool) -> None:
     pki.write_private(cp.kubeconfig, pki.kubeconfig(cp.server, cp.ca_file, cp.token))
     if _readyz(cp, verify=True, timeout=5.0) != "ok":
         raise ControlPlaneError(f"kube-apiserver is up but its certificate does not verify with {cp.ca_file}")
+    if cp.node:
+        from bpfshare.controlplane.node import start_node
+
+        start_node(cp, deadline, die_with_parent=die_with_parent)
 
 
 def _etcd_argv(cp: ControlPlane, peer_port: int) -> list[str]:
@@ -279,14 +328,37 @@ def _etcd_argv(cp: ControlPlane, peer_port: int) -> list[str]:
     ]
 
 
+def _api_address(cp: ControlPlane) -> str:
+    """127.0.0.1, or with a node the node's address, which pods on the bridge reach (node_host.py)."""
+    if cp.node:
+        from bpfshare.controlplane.node_host import NODE_IP
+
+        return NODE_IP
+    return "127.0.0.1"
+
+
 def _apiserver_argv(cp: ControlPlane, port: int) -> list[str]:
     pki_dir = cp.state_dir / "pki"
     sa_key = pki_dir / "service-account.key"
+    address = _api_address(cp)
+    if cp.node:
+        # Pods: service-account tokens mounted into them (the ServiceAccount admission plugin), the
+        # Node authorizer and NodeRestriction for the kubelet, and a client certificate for the
+        # kubelet's API (logs, exec), which trusts its CA.
+        admission = [
+            "--enable-admission-plugins=NodeRestriction",
+            "--authorization-mode=Node,RBAC",
+            f"--kubelet-client-certificate={pki_dir / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki_dir / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+    else:
+        admission = ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"]
     return [
         str(cp.bin_dir / "kube-apiserver"),
         f"--etcd-servers={cp.etcd_url}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",  # there may be no default route to pick an address from
+        f"--bind-address={address}",
+        f"--advertise-address={address}",  # there may be no default route to pick an address from
         f"--secure-port={port}",
         f"--cert-dir={pki_dir}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -294,8 +366,7 @@ def _apiserver_argv(cp: ControlPlane, port: int) -> list[str]:
         f"--service-account-key-file={sa_key}",
         f"--service-account-signing-key-file={sa_key}",
         f"--token-auth-file={pki_dir / 'tokens.csv'}",
-        "--authorization-mode=RBAC",
-        "--disable-admission-plugins=ServiceAccount",
+        *admission,
         "--allow-privileged=true",
         "--profiling=false",
     ]
