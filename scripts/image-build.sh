@@ -30,7 +30,7 @@ step=${1:?usage: image-build.sh builder-deps|bpf DESTDIR|wheel OUTDIR|runtime-de
 case "$step" in
   builder-deps)
     # linux-libc-dev: <linux/bpf.h>; libbpf-dev: <bpf/bpf_helpers.h>; libc6-dev: <asm/*.h> paths.
-    apt_install clang llvm libbpf-dev linux-libc-dev libc6-dev make
+    apt_install clang llvm libbpf-dev linux-libc-dev libc6-dev make bpftool  # bpftool: vmlinux.h for core_*.c
     ;;
   bpf)
     dest=${2:?usage: image-build.sh bpf DESTDIR}

@@ -19,6 +19,12 @@ command -v lua5.1 >/dev/null || need_apt+=(lua5.1)  # tests/deploy: the Argo CD 
 [ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
 [ -f /usr/include/linux/bpf.h ] || need_apt+=(linux-libc-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v buildah >/dev/null || need_apt+=(buildah)  # bpfshare cluster image
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)  # the image's local base
+command -v containerd >/dev/null || need_apt+=(containerd)  # the node; ctr imports the image
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: apt packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

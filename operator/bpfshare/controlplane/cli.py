@@ -85,3 +85,25 @@ def env() -> None:
         raise ControlPlaneError(f"no control plane in {state_dir}; start one with `bpfshare cluster up`")
     click.echo(f"export KUBECONFIG={shlex.quote(str(cp.kubeconfig))}")
     click.echo(f'export PATH={shlex.quote(str(cp.bin_dir))}:"$PATH"')
+
+
+@cluster.command()
+@click.option(
+    "--address",
+    envvar="BPFSHARE_CONTAINERD_ADDRESS",
+    help="containerd socket to import into (default: $BPFSHARE_CONTAINERD_ADDRESS).",
+)
+def image(address: str | None) -> None:
+    """Build the agent image from the Dockerfile and import it into the node's containerd (k8s.io)."""
+    from pathlib import Path
+
+    from bpfshare.controlplane.image import build_image, image_reference, import_image
+
+    if not address:
+        raise ControlPlaneError("no node containerd; start one with `bpfshare cluster up --node`")
+    repo_root = Path(__file__).resolve().parents[3]
+    if not (repo_root / "Dockerfile").is_file():
+        raise ControlPlaneError(f"no Dockerfile in {repo_root}; run `bpfshare cluster image` from a source checkout")
+    archive = build_image(repo_root)
+    import_image(archive, address)
+    click.echo(f"bpfshare: {image_reference(repo_root)} imported into {address} (namespace k8s.io)", err=True)
