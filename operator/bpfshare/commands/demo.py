@@ -11,20 +11,9 @@ from bpfshare.cli import pin_root_option
 
 @click.command("demo")
 @click.option("--keep", is_flag=True, help="leave everything running until Ctrl-C")
-@click.option(
-    "--node",
-    "on_node",
-    is_flag=True,
-    help="on a real node: kubelet and containerd, the image from the Dockerfile, `kubectl apply -k deploy/`",
-)
 @pin_root_option
-def demo(keep: bool, on_node: bool, pin_root: str) -> None:
+def demo(keep: bool, pin_root: str) -> None:
     """Cluster, CRDs, an agent and a controller, the examples, traffic, `kubectl get`, counters; then clean up."""
-    if on_node:
-        from bpfshare.controlplane.node_demo import run_node_demo
-
-        run_node_demo(keep, lambda line: click.echo(line))
-        return
     from bpfshare.controlplane.demo import run_demo
 
     run_demo(Path(pin_root), keep, lambda line: click.echo(line))

@@ -37,10 +37,10 @@ def repo_root() -> Path:
 
 def install_image(containerd_address: Path) -> str:
     """Build the agent image from the Dockerfile and import it into the node's containerd."""
-    from bpfshare.controlplane import image
+    from bpfshare.controlplane.image import build_image, import_image
 
-    archive = image.build_image(repo_root())
-    image.import_image(archive, containerd_address)
+    archive = build_image(repo_root())
+    import_image(archive, str(containerd_address))
     return str(archive)
 
 
