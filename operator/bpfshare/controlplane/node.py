@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import yaml
 
@@ -30,8 +30,27 @@ from bpfshare.controlplane.pause import SANDBOX_IMAGE, pause_archive
 from bpfshare.controlplane.procs import free_ports, is_ours, launch
 from bpfshare.controlplane.procs import stop as stop_process
 
-if TYPE_CHECKING:
-    from bpfshare.controlplane.run import ControlPlane
+
+class ControlPlane(Protocol):
+    """What the node needs of run.ControlPlane (a Protocol: run.py imports this module, not the reverse)."""
+
+    state_dir: Path
+    bin_dir: Path
+    server: str
+    token: str
+    node: str
+    node_token: str
+    processes: dict[str, Any]
+
+    @property
+    def ca_file(self) -> Path: ...
+
+    def log(self, name: str) -> Path: ...
+
+    def save(self) -> None: ...
+
+    def kubectl(self, *args: str, check: bool = ..., timeout: float = ...) -> subprocess.CompletedProcess[str]: ...
+
 
 NODE_PROCESSES = ("kubelet", "kube-scheduler", "kube-controller-manager", "containerd")  # stop order
 CNI_BIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
