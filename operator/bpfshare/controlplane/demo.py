@@ -280,29 +280,7 @@ def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) 
         try:
             controller = _start_controller(kube, controller_log)
             say(f"controller: log {controller_log}")
-            say("$ kubectl apply -f examples/")
-            listing = {"apiVersion": "v1", "kind": "List", "items": docs}
-            say(kube("apply", "-f", "-", input=json.dumps(listing)).stdout.rstrip())
-            get = kubectl_getter(kube)
-            wait_ready(get, keys, [node])  # the node's reports, then the cluster view made of them
-            say("$ kubectl wait --for=condition=Ready bpfmaps,bpfprogs --all")
-            say(kube("wait", "--for=condition=Ready", "bpfmaps,bpfprogs", "--all", "--timeout=60s").stdout.rstrip())
-            wait_cluster_ready(get, keys)  # also status.observedGeneration, which kubectl wait does not read
-            make_traffic()
-            say("\n$ kubectl get bpfmaps,bpfprogs")
-            say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
-            say("\n$ kubectl get bpfmapstates,bpfprogramstates")
-            say(kube("get", "bpfmapstates,bpfprogramstates").stdout.rstrip())
-            pin = pin_root / "maps" / MAP_NAME
-            values = read_counters(pin)
-            say(f"\nshared map {pin}: " + ", ".join(f"{n} {v}" for n, v in zip(COUNTER_NAMES, values, strict=True)))
-            if keep:
-                say("--keep: leaving everything running; press Ctrl-C to clean up")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(3600)
-            say("\ncleaning up: kubectl delete -f examples/")
-            kube("delete", *reversed(names), "--timeout=60s")
+            show_scenario(kube, docs, node, pin_root / "maps" / MAP_NAME, keep, say)
         finally:
             # Whatever happened, the resources go while the agent still runs to detach them (and the
             # controller, to release them once the node did); without a controller, nothing holds them.
@@ -313,6 +291,35 @@ def _run_demo(docs: list[dict[str, Any]], pin_root: Path, keep: bool, say: Say) 
             if controller is not None:
                 controller.close()
             agent.close()
+
+
+def show_scenario(kube: Kube, docs: list[dict[str, Any]], node: str, pin: Path, keep: bool, say: Say) -> None:
+    """The examples applied until Ready, traffic, both views and the shared map's counters (read from
+    ``pin``), then (after Ctrl-C with ``keep``) the examples deleted: the demo's part that is the same
+    whether the agent runs as a process or as a pod."""
+    keys = [key_of(doc) for doc in docs]
+    say("$ kubectl apply -f examples/")
+    listing = {"apiVersion": "v1", "kind": "List", "items": docs}
+    say(kube("apply", "-f", "-", input=json.dumps(listing)).stdout.rstrip())
+    get = kubectl_getter(kube)
+    wait_ready(get, keys, [node])  # the node's reports, then the cluster view made of them
+    say("$ kubectl wait --for=condition=Ready bpfmaps,bpfprogs --all")
+    say(kube("wait", "--for=condition=Ready", "bpfmaps,bpfprogs", "--all", "--timeout=60s").stdout.rstrip())
+    wait_cluster_ready(get, keys)  # also status.observedGeneration, which kubectl wait does not read
+    make_traffic()
+    say("\n$ kubectl get bpfmaps,bpfprogs")
+    say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
+    say("\n$ kubectl get bpfmapstates,bpfprogramstates")
+    say(kube("get", "bpfmapstates,bpfprogramstates").stdout.rstrip())
+    values = read_counters(pin)
+    say(f"\nshared map {pin}: " + ", ".join(f"{n} {v}" for n, v in zip(COUNTER_NAMES, values, strict=True)))
+    if keep:
+        say("--keep: leaving everything running; press Ctrl-C to clean up")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    say("\ncleaning up: kubectl delete -f examples/")
+    kube("delete", *reversed([f"{plural}/{name}" for plural, name in keys]), "--timeout=60s")
 
 
 def _drop_finalizers(kube: Kube, names: list[str]) -> None:

@@ -18,16 +18,14 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 from bpfshare.controlplane import ControlPlaneError, node_host, pki
-from bpfshare.controlplane.build import tail
 from bpfshare.controlplane.pause import SANDBOX_IMAGE, pause_archive
-from bpfshare.controlplane.procs import free_ports, is_ours, launch
+from bpfshare.controlplane.procs import free_ports, launch, wait_ready
 from bpfshare.controlplane.procs import stop as stop_process
 
 
@@ -218,7 +216,7 @@ def start_node(cp: ControlPlane, deadline: float, *, die_with_parent: bool = Fal
         die_with_parent=die_with_parent,
     )
     cp.save()
-    _wait_for(cp, "containerd", deadline, lambda: _ctr(cp.state_dir, "version").returncode == 0)
+    wait_ready(cp.processes, cp.log, "containerd", deadline, lambda: _ctr(cp.state_dir, "version").returncode == 0)
     imported = _ctr(cp.state_dir, "-n", "k8s.io", "images", "import", str(pause_archive()))
     if imported.returncode != 0:
         raise ControlPlaneError(f"importing the sandbox image into containerd failed: {imported.stderr.strip()}")
@@ -255,7 +253,10 @@ def start_node(cp: ControlPlane, deadline: float, *, die_with_parent: bool = Fal
         die_with_parent=die_with_parent,
     )
     cp.save()
-    _wait_for(cp, "kubelet", deadline, lambda: _node_ready(cp), also=("kube-controller-manager", "kube-scheduler"))
+    wait_ready(
+        cp.processes, cp.log, "kubelet", deadline, lambda: _node_ready(cp),
+        also=("kube-controller-manager", "kube-scheduler"), interval=0.5,
+    )  # fmt: skip
 
 
 def stop_node(cp: ControlPlane | None, state_dir: Path) -> None:
@@ -329,20 +330,3 @@ def _node_ready(cp: ControlPlane) -> bool:
         return False
     conditions = json.loads(result.stdout).get("status", {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _wait_for(cp: ControlPlane, name: str, deadline: float, ready: object, also: tuple[str, ...] = ()) -> None:
-    assert callable(ready)
-    while True:
-        for proc in (name, *also):
-            if not is_ours(cp.processes[proc]):
-                raise ControlPlaneError(
-                    f"{proc} exited during startup; last lines of {cp.log(proc)}:\n{tail(cp.log(proc))}"
-                )
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            raise ControlPlaneError(
-                f"{name} did not become ready in time; last lines of {cp.log(name)}:\n{tail(cp.log(name))}"
-            )
-        time.sleep(0.5)

@@ -10,26 +10,23 @@ pod-run agent made on the host. Everything it started is removed after (``--keep
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bpfshare.controlplane.demo import (
-    COUNTER_NAMES,
     INSTALLED_BPF_DIR,
     MAP_NAME,
     Kube,
     Say,
     _drop_finalizers,
     example_resources,
-    make_traffic,
     network,
     only_demo,
-    read_counters,
+    show_scenario,
 )
-from bpfshare.controlplane.wait import key_of, kubectl_getter, wait_cluster_ready, wait_ready
+from bpfshare.controlplane.wait import key_of
 from bpfshare.errors import BpfshareError
 
 HOST_PIN_ROOT = Path("/sys/fs/bpf/bpfshare")  # the DaemonSet's --pin-root, on the host
@@ -81,27 +78,7 @@ def run_node_demo(keep: bool, say: Say) -> None:
             say("$ kubectl apply --server-side -k deploy/")
             deploy(kube, root)
             say(kube("-n", "bpfshare-system", "get", "daemonset,deployment,pods", "-o", "wide").stdout.rstrip())
-            say("\n$ kubectl apply -f examples/")
-            say(kube("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})).stdout)
-            get = kubectl_getter(kube)
-            wait_ready(get, keys, [node])
-            wait_cluster_ready(get, keys)
-            say(kube("wait", "--for=condition=Ready", "bpfmaps,bpfprogs", "--all", "--timeout=60s").stdout.rstrip())
-            make_traffic()
-            say("\n$ kubectl get bpfmaps,bpfprogs")
-            say(kube("get", "bpfmaps,bpfprogs").stdout.rstrip())
-            say("\n$ kubectl get bpfmapstates,bpfprogramstates")
-            say(kube("get", "bpfmapstates,bpfprogramstates").stdout.rstrip())
-            pin = HOST_PIN_ROOT / "maps" / MAP_NAME
-            values = read_counters(pin)
-            say(f"\nshared map {pin}: " + ", ".join(f"{n} {v}" for n, v in zip(COUNTER_NAMES, values, strict=True)))
-            if keep:
-                say("--keep: leaving everything running; press Ctrl-C to clean up")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(3600)
-            say("\ncleaning up: kubectl delete -f examples/; kubectl delete -k deploy/")
-            kube("delete", *reversed(names), "--timeout=60s")
+            show_scenario(kube, docs, node, HOST_PIN_ROOT / "maps" / MAP_NAME, keep, say)
         finally:
             kube("delete", *reversed(names), "--ignore-not-found", "--timeout=60s", check=False)
             _drop_finalizers(kube, names)

@@ -12,12 +12,16 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from bpfshare.controlplane import ControlPlaneError
+from bpfshare.controlplane.build import tail
 
 PR_SET_PDEATHSIG = 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -150,3 +154,28 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def wait_ready(
+    processes: Mapping[str, ProcessRecord],
+    log: Callable[[str], Path],
+    name: str,
+    deadline: float,
+    ready: Callable[[], bool],
+    *,
+    also: tuple[str, ...] = (),
+    interval: float = 0.25,
+) -> None:
+    """Poll ``ready`` until it holds; fail, with the last lines of its log, as soon as ``name`` (or one
+    of ``also``, started before it) exits, or at ``deadline``."""
+    while True:
+        for proc in (name, *also):
+            if not is_ours(processes[proc]):
+                raise ControlPlaneError(f"{proc} exited during startup; last lines of {log(proc)}:\n{tail(log(proc))}")
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(
+                f"{name} did not become ready in time; last lines of {log(name)}:\n{tail(log(name))}"
+            )
+        time.sleep(interval)

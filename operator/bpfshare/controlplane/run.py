@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpfshare.controlplane import ControlPlaneError, pki
-from bpfshare.controlplane.build import tail
-from bpfshare.controlplane.procs import ProcessRecord, free_ports, is_ours, launch
+from bpfshare.controlplane.procs import ProcessRecord, free_ports, is_ours, launch, wait_ready
 from bpfshare.controlplane.procs import stop as stop_process
 
 if TYPE_CHECKING:
@@ -373,19 +372,7 @@ def _apiserver_argv(cp: ControlPlane, port: int) -> list[str]:
 
 
 def _wait(cp: ControlPlane, name: str, deadline: float, ready: Callable[[], bool]) -> None:
-    record = cp.processes[name]
-    while True:
-        if not is_ours(record):
-            raise ControlPlaneError(
-                f"{name} exited during startup; last lines of {cp.log(name)}:\n{tail(cp.log(name))}"
-            )
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            raise ControlPlaneError(
-                f"{name} did not become ready in time; last lines of {cp.log(name)}:\n{tail(cp.log(name))}"
-            )
-        time.sleep(0.25)
+    wait_ready(cp.processes, cp.log, name, deadline, ready)
 
 
 def _etcd_healthy(cp: ControlPlane) -> bool:
