@@ -37,5 +37,20 @@ def test_base_key_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     assert img.base_key() != key
 
 
-# The build-and-import test against a private containerd is not here yet: the build fails in pip
-# (PyPI's TLS is re-signed by a local CA the debootstrapped base does not trust). See the issue note.
+def test_added_cas_go_into_the_base_and_its_key(tmp_path: Path) -> None:
+    """A host behind a TLS-inspecting proxy trusts its CA; the base must too, or pip cannot verify PyPI."""
+    cas_dir = tmp_path / "cas"
+    (cas_dir / "corp").mkdir(parents=True)
+    (cas_dir / "corp" / "proxy.crt").write_bytes(b"PEM-1")
+    (cas_dir / "README").write_text("not a certificate")
+    cas = img.local_cas(cas_dir)
+    assert cas == {"corp/proxy.crt": b"PEM-1"}
+    assert img.local_cas(tmp_path / "missing") == {}
+
+    rootfs = tmp_path / "rootfs"
+    img.install_cas(rootfs, cas)
+    assert (rootfs / "usr/local/share/ca-certificates/corp/proxy.crt").read_bytes() == b"PEM-1"
+
+    key = img.base_key(cas)
+    assert img.base_key({}) != key, "adding a CA must build a new base"
+    assert img.base_key({"corp/proxy.crt": b"PEM-2"}) != key, "a renewed CA must build a new base"

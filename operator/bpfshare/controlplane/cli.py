@@ -91,19 +91,24 @@ def env() -> None:
 @click.option(
     "--address",
     envvar="BPFSHARE_CONTAINERD_ADDRESS",
-    help="containerd socket to import into (default: $BPFSHARE_CONTAINERD_ADDRESS).",
+    help="containerd socket to import into (default: the node of `cluster up --node`).",
 )
 def image(address: str | None) -> None:
     """Build the agent image from the Dockerfile and import it into the node's containerd (k8s.io)."""
-    from pathlib import Path
-
-    from bpfshare.controlplane.image import build_image, image_reference, import_image
+    from bpfshare.controlplane.image import image_reference
+    from bpfshare.controlplane.node_deploy import install_image, repo_root
 
     if not address:
-        raise ControlPlaneError("no node containerd; start one with `bpfshare cluster up --node`")
-    repo_root = Path(__file__).resolve().parents[3]
-    if not (repo_root / "Dockerfile").is_file():
-        raise ControlPlaneError(f"no Dockerfile in {repo_root}; run `bpfshare cluster image` from a source checkout")
-    archive = build_image(repo_root)
-    import_image(archive, address)
-    click.echo(f"bpfshare: {image_reference(repo_root)} imported into {address} (namespace k8s.io)", err=True)
+        cp = load(default_state_dir())
+        if cp is None or cp.containerd_address is None:
+            raise ControlPlaneError(
+                "no node containerd to import into: start one with `bpfshare cluster up --node`, or give --address"
+            )
+        address = str(cp.containerd_address)
+    started = time.monotonic()
+    install_image(address)
+    click.echo(
+        f"bpfshare: {image_reference(repo_root())} built and imported into {address} (namespace k8s.io) "
+        f"in {time.monotonic() - started:.1f}s",
+        err=True,
+    )

@@ -40,6 +40,11 @@ SOURCES = (
     f"deb http://deb.debian.org/debian-security {SUITE}-security main\n"
 )
 BASE_CONFIG: tuple[str, ...] = ("--env", "LANG=C.UTF-8", "--cmd", "python3")
+# Certificate authorities the host's administrator added (update-ca-certificates reads them from here).
+# A machine behind a TLS-inspecting proxy, as this project's machines are, trusts the proxy's CA only
+# through them: without them pip in the build cannot verify PyPI. The base trusts them too, as the host
+# does; a base built elsewhere trusts only Debian's.
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 
 def images_dir() -> Path:
@@ -52,9 +57,29 @@ def buildah_args() -> list[str]:
     return ["buildah", "--root", str(root / "storage"), "--runroot", str(root / "run"), "--storage-driver", "overlay"]
 
 
-def base_key() -> str:
+def local_cas(directory: Path = LOCAL_CA_DIR) -> dict[str, bytes]:
+    """The host's added CA certificates (relative path -> PEM), as update-ca-certificates finds them."""
+    if not directory.is_dir():
+        return {}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*.crt")) if p.is_file()}
+
+
+def base_key(cas: dict[str, bytes] | None = None) -> str:
+    """The recipe's hash: a changed package list, fix-up or added CA builds a new base."""
+    cas = local_cas() if cas is None else cas
     recipe = json.dumps([SUITE, MIRROR, BASE_PACKAGES, BASE_FIXUP, SOURCES, BASE_CONFIG])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:10]
+    digest = hashlib.sha256(recipe.encode())
+    for name, pem in sorted(cas.items()):
+        digest.update(b"\0" + name.encode() + b"\0" + pem)
+    return digest.hexdigest()[:10]
+
+
+def install_cas(rootfs: Path, cas: dict[str, bytes]) -> None:
+    """Copy the host's added CAs into rootfs's /usr/local/share/ca-certificates (then update-ca-certificates)."""
+    for name, pem in cas.items():
+        target = rootfs / "usr" / "local" / "share" / "ca-certificates" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(pem)
 
 
 def base_image() -> str:
@@ -132,6 +157,15 @@ def build_base(*, progress: Progress = stderr_progress) -> str:
             )
             (rootfs / "etc" / "apt" / "sources.list").write_text(SOURCES)
             _run(["sh", "-c", BASE_FIXUP], log, "making it behave like python:3.11-slim", progress, cwd=rootfs)
+            cas = local_cas()
+            if cas:
+                install_cas(rootfs, cas)
+                _run(
+                    ["chroot", str(rootfs), "update-ca-certificates"],
+                    log,
+                    f"trusting the host's {len(cas)} added CA certificate(s) ({LOCAL_CA_DIR})",
+                    progress,
+                )
             b = buildah_args()
             _run([*b, "from", "--name", container, "scratch"], log, "creating the base container", progress)
             try:

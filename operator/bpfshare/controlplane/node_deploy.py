@@ -35,7 +35,7 @@ def repo_root() -> Path:
     return root
 
 
-def install_image(containerd_address: Path) -> str:
+def install_image(containerd_address: Path | str) -> str:
     """Build the agent image from the Dockerfile and import it into the node's containerd."""
     from bpfshare.controlplane.image import build_image, import_image
 
