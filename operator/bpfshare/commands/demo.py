@@ -11,9 +11,21 @@ from bpfshare.cli import pin_root_option
 
 @click.command("demo")
 @click.option("--keep", is_flag=True, help="leave everything running until Ctrl-C")
+@click.option(
+    "--node",
+    is_flag=True,
+    help="on a real node: kubelet and containerd (`cluster up --node`), the agent image built from the "
+    "Dockerfile (`cluster image`), `kubectl apply -k deploy/`; the agent and controller run as pods",
+)
 @pin_root_option
-def demo(keep: bool, pin_root: str) -> None:
+def demo(keep: bool, node: bool, pin_root: str) -> None:
     """Cluster, CRDs, an agent and a controller, the examples, traffic, `kubectl get`, counters; then clean up."""
+    say = lambda line: click.echo(line)  # noqa: E731
+    if node:
+        from bpfshare.controlplane.node_demo import run_node_demo
+
+        run_node_demo(keep, say)  # the DaemonSet's pin root (deploy/), not --pin-root
+        return
     from bpfshare.controlplane.demo import run_demo
 
-    run_demo(Path(pin_root), keep, lambda line: click.echo(line))
+    run_demo(Path(pin_root), keep, say)

@@ -30,10 +30,11 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -200,6 +201,23 @@ def wait_for_peering(kube: KubeApi, peering: str, interval: float = 2.0) -> None
         time.sleep(interval)
 
 
+def peering_identity() -> str:
+    """This replica's name in kopf's peering: the pod's name (``POD_ID``, from the downward API in
+    deploy/), else user@host. kopf's own fallback asks getpass, which raises for a uid without a passwd
+    entry, as the controller's non-root uid in the image is (and any uid a platform assigns)."""
+    import getpass
+    import socket
+
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}/{os.getpid()}"
+
+
 def run_controller(*, peering: str = DEFAULT_PEERING, priority: int | None = None, liveness: str | None = None) -> None:
     credentials = ApiCredentials.load()
     controller = Controller(credentials.api_client())
@@ -214,6 +232,7 @@ def run_controller(*, peering: str = DEFAULT_PEERING, priority: int | None = Non
                 clusterwide=True,
                 peering_name=peering,
                 priority=priority,
+                identity=cast(Any, peering_identity()),  # kopf types it as its NewType Identity
                 liveness_endpoint=liveness,
             )
             return  # stopped by a signal
