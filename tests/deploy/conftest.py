@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,27 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
 def kustomize(cp: ControlPlane, path: Path) -> list[dict[str, Any]]:
     out = cp.kubectl("kustomize", str(path)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def local_kubectl() -> str:
+    """A kubectl for `kubectl kustomize` without a control plane: the one the control plane's build
+    made, else the PATH's; skips the test without either."""
+    from bpfshare.controlplane.build import bin_dir, is_built
+
+    if is_built():
+        return str(bin_dir() / "kubectl")
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.skip("no kubectl (build the control plane: make install)")
+    return found
+
+
+def build(path: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize PATH`: the objects `kubectl apply -k PATH` would send."""
+    out = subprocess.run(
+        [local_kubectl(), "kustomize", str(path)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

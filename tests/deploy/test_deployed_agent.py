@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,14 @@ import pytest
 from bpfshare.api.resources import MAP_PLURAL as MAPS
 from bpfshare.api.resources import PROGRAM_PLURAL as PROGS
 from bpfshare.api.states import AGENT_FINALIZER, PROGRAM_STATE, state_name
-from tests.deploy.conftest import DeployCluster, DeployedAgent, daemonset_caps, parse_metrics, sample
+from tests.deploy.conftest import (
+    DeployCluster,
+    DeployedAgent,
+    daemonset_caps,
+    parse_metrics,
+    sample,
+    setpriv_argv,
+)
 from tests.fixtures.agents import sharing
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
@@ -94,6 +103,49 @@ def test_agent_with_the_daemonsets_capabilities_and_rbac_shares_one_map(
     assert requests >= 3  # 3 state objects at least, plus events
     health = agent.health()  # kopf's liveness endpoint with the agent's probes (kopf caches them 10 s)
     assert set(health) == {"reconcilePasses", "apiRequests"} and health["apiRequests"] <= requests
+
+
+def readyz(port: int | None) -> tuple[int, str]:
+    """(status, body) of the readinessProbe's request; (0, why) while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return int(response.status), response.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode().strip()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def test_readiness_waits_for_the_nodes_report_a_refused_write_keeps_the_agent_not_ready(
+    deploy_cluster: DeployCluster,
+) -> None:
+    """The DaemonSet's readinessProbe asks /readyz on the metrics port. An agent whose token the
+    admission policy refuses (not bound to a pod: it carries no node) is alive (/healthz) but never
+    synced, and says why; with its pod's token the same agent is ready once it has reported the map."""
+    deployed = deploy_cluster.deployed
+    assert deployed is not None
+    node = deploy_cluster.add_node()
+    deploy_cluster.apply(bpfmap())
+    unbound = deploy_cluster.start_agent(
+        node,
+        kubeconfig=deployed.kubeconfig(deploy_cluster.tmp / "kubeconfig-unbound", deployed.token()),
+        liveness=True,
+        metrics=True,
+        prefix=setpriv_argv(daemonset_caps(deployed.objects)),
+    )
+    unbound.wait_serving()  # alive
+    _, reason = deploy_cluster.wait(
+        lambda: answer if (answer := readyz(unbound.metrics_port))[0] == 503 and "failed" in answer[1] else None,
+        "/readyz to report the failed first pass",
+    )
+    assert reason == "not synced: the first full reconcile pass failed and is retried (see the agent's log)"
+    time.sleep(3)  # retried at each resync (2 s here), still refused
+    assert readyz(unbound.metrics_port)[0] == 503
+    unbound.close()
+
+    agent = deploy_cluster.start_deployed_agent(node)
+    deploy_cluster.wait(lambda: readyz(agent.metrics_port) == (200, "ok") or None, "/readyz to answer ok")
+    assert deploy_cluster.wait_phase(MAPS, "flow-counts", node)["mapId"]
 
 
 def test_metrics_count_hash_entries_and_failures(deploy_cluster: DeployCluster, bpf_objects, cgroup_dir: Path) -> None:

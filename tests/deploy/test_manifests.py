@@ -1,8 +1,10 @@
 """deploy/ against the real kube-apiserver (the tests marked ``cluster``): kustomize builds, the API server
 accepts every object, pods made from the DaemonSet's and the controller Deployment's templates pass
 admission, and the manifests say what the agent and the controller need. The unmarked tests read files
-only: deploy/'s CRD copies equal crds/, the Dockerfile uses the tested build steps, the sync script
-names the copies."""
+and `kubectl kustomize` output only: deploy/'s CRD copies equal crds/, the Dockerfile uses the tested
+build steps, the sync script names the copies, kube-linter's default checks pass (each remaining
+finding ignored with its reason; ``kubelint.py`` stands in for kube-linter), the recommended labels,
+resource requests and limits on every container, probes on the ports their arguments open."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bpfshare import __version__
+from tests.deploy import kubelint
 from tests.deploy.conftest import (
     CONTROLLER_SERVICE_ACCOUNT,
     DEPLOY,
@@ -22,6 +26,7 @@ from tests.deploy.conftest import (
     SERVICE_ACCOUNT,
     Deployed,
     agent_container,
+    build,
     daemonset_caps,
     find,
     kustomize,
@@ -237,8 +242,9 @@ def test_the_daemonset_runs_the_agent_as_documented(deployed: Deployed) -> None:
     liveness = _arg(agent, "--liveness")
     assert re.fullmatch(rf"http://0\.0\.0\.0:{ports['healthz']}/healthz", liveness)
     assert _arg(agent, "--metrics") == f"0.0.0.0:{ports['metrics']}"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):  # alive
         assert agent[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}  # synced
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
     assert agent["resources"]["requests"] and agent["resources"]["limits"]["memory"]
@@ -293,10 +299,12 @@ def test_the_controller_runs_as_documented(deployed: Deployed) -> None:
     assert re.fullmatch(rf"http://0\.0\.0\.0:{ports['healthz']}/healthz", _arg(container, "--liveness"))
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert _arg(container, "--readiness") == f"0.0.0.0:{ports['readyz']}"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readyz"}
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
-    # Voluntary disruptions leave one replica.
+    # Voluntary disruptions leave one replica; a replica that is not Ready does not hold a drain.
     pdb = find(deployed.objects, "PodDisruptionBudget", "bpfshare-controller")
-    assert pdb["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
+    assert pdb["spec"] == {"minAvailable": 1, "selector": spec["selector"], "unhealthyPodEvictionPolicy": "AlwaysAllow"}
     live = json.loads(deployed.cp.kubectl("get", "pdb", "bpfshare-controller", "-n", NAMESPACE, "-o", "json").stdout)
     assert live["spec"]["minAvailable"] == 1
 
@@ -341,3 +349,141 @@ def test_sync_script_names_the_copies_the_kustomization_uses() -> None:
     for name in CRD_FILES:
         assert (REPO / "crds" / name).exists() and f"crds/{name}" in kustomization
     assert Path(REPO / "scripts" / "sync-deploy-crds.sh").stat().st_mode & 0o111
+
+
+# -- without a cluster: `kubectl kustomize` output --------------------------------------------------------
+
+BUILDS = {"deploy": DEPLOY, "example overlay": DEPLOY / "overlays" / "example"}
+RECOMMENDED_LABELS = ("name", "instance", "version", "component", "part-of", "managed-by")
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def built(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return build(BUILDS[request.param])
+
+
+def _base_files() -> list[dict[str, Any]]:
+    """deploy/base's files as they are, without kustomize (``kube-linter lint deploy/base/*.yaml``)."""
+    docs = []
+    for path in sorted((DEPLOY / "base").glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_the_manifests_pass_kube_linters_default_checks(built: list[dict[str, Any]]) -> None:
+    """Every finding of kube-linter's default checks (``kubelint.py``) is ignored on its object by an
+    annotation that gives the reason; nothing else is found."""
+    assert [str(f) for f in kubelint.unjustified(built)] == []
+
+
+def test_the_base_files_pass_kube_linter_without_kustomize_too() -> None:
+    """The files name a tagged image themselves (latest-tag), not only after kustomize's `images:`."""
+    assert [str(f) for f in kubelint.unjustified(_base_files())] == []
+
+
+def test_every_lint_ignore_has_a_reason_and_silences_a_finding(built: list[dict[str, Any]]) -> None:
+    """No blanket ignore, no ignore of a check kube-linter does not run by default, none left after
+    its finding went away: each ignore-check annotation names a default check that finds something on
+    that very object, and says why it must stay."""
+    findings = {(f.kind, f.name, f.check) for f in kubelint.lint(built)}
+    ignored = []
+    for obj in built:
+        meta = obj["metadata"]
+        assert kubelint.IGNORE_ALL not in (meta.get("annotations") or {}), (obj["kind"], meta["name"])
+        for check, reason in kubelint.ignores(obj).items():
+            where = f"{obj['kind']} {meta['name']}: ignore-check.kube-linter.io/{check}"
+            assert check in kubelint.DEFAULT_CHECKS, f"{where}: not a default check"
+            assert len(reason) >= 20, f"{where}: the reason is missing or too short to be one ({reason!r})"
+            assert (obj["kind"], meta["name"], check) in findings, f"{where}: nothing to ignore"
+            ignored.append((obj["kind"], meta["name"], check))
+    # The node agent's unavoidable ones, and only on it (the controller needs none).
+    assert sorted(ignored) == [
+        ("DaemonSet", "bpfshare-agent", "host-network"),
+        ("DaemonSet", "bpfshare-agent", "privilege-escalation-container"),
+        ("DaemonSet", "bpfshare-agent", "privileged-container"),
+        ("DaemonSet", "bpfshare-agent", "run-as-non-root"),
+    ]
+
+
+def _templates(objects: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, its pod template) for the DaemonSet and the Deployment."""
+    return [(o, o["spec"]["template"]) for o in objects if o["kind"] in ("DaemonSet", "Deployment")]
+
+
+def test_every_object_and_pod_template_has_the_recommended_labels(built: list[dict[str, Any]]) -> None:
+    image_tags = set()
+    for obj in built:
+        labels = obj["metadata"].get("labels") or {}
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        missing = [k for k in RECOMMENDED_LABELS if not labels.get(f"app.kubernetes.io/{k}")]
+        assert missing == [], f"{where} lacks app.kubernetes.io/{missing}"
+        assert labels["app.kubernetes.io/part-of"] == labels["app.kubernetes.io/instance"] == "bpfshare", where
+        assert labels["app.kubernetes.io/version"] == __version__, where
+        assert labels["app.kubernetes.io/managed-by"] == "kustomize", where
+    for workload, template in _templates(built):
+        assert template["metadata"]["labels"] == workload["metadata"]["labels"], workload["metadata"]["name"]
+        # Selectors cannot change on a live DaemonSet or Deployment: the name alone, as before.
+        name = workload["metadata"]["labels"]["app.kubernetes.io/name"]
+        assert workload["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/name": name}}
+        for container in kubelint.containers(template):
+            image_tags.add(container["image"].rpartition(":")[2])
+    assert image_tags == {__version__}  # the version label says which image runs
+    components = {
+        (o["kind"], o["metadata"]["name"]): o["metadata"]["labels"]["app.kubernetes.io/component"] for o in built
+    }
+    assert components[("DaemonSet", "bpfshare-agent")] == "agent"
+    assert components[("Deployment", "bpfshare-controller")] == "controller"
+    assert components[("CustomResourceDefinition", "bpfmaps.bpfshare.io")] == "crd"
+    pdb = find(built, "PodDisruptionBudget", "bpfshare-controller")
+    assert pdb["spec"]["selector"] == find(built, "Deployment", "bpfshare-controller")["spec"]["selector"]
+
+
+def test_the_crd_labels_come_from_the_kustomization_not_from_the_copies() -> None:
+    """deploy/base/crds/ stay byte copies of crds/ (test_deploy_copies_...): the patch labels them."""
+    for name in CRD_FILES:
+        doc = yaml.safe_load((DEPLOY / "base" / "crds" / name).read_text())
+        assert "labels" not in doc["metadata"], name
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits(built: list[dict[str, Any]]) -> None:
+    from bpfshare.commands.limits import parse_quantity
+
+    seen = []
+    for workload, template in _templates(built):
+        for container in kubelint.containers(template):
+            resources = container.get("resources") or {}
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    value = (resources.get(kind) or {}).get(resource)
+                    assert value, f"{workload['metadata']['name']}/{container['name']}: no {resource} in {kind}"
+            assert parse_quantity(resources["requests"]["memory"]) <= parse_quantity(resources["limits"]["memory"])
+            seen.append(container["name"])
+    assert sorted(seen) == ["agent", "controller", "mount-bpffs"]
+
+
+def test_the_init_container_has_a_read_only_root_filesystem(built: list[dict[str, Any]]) -> None:
+    ds = find(built, "DaemonSet", "bpfshare-agent")
+    (init,) = ds["spec"]["template"]["spec"]["initContainers"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_liveness_asks_alive_and_readiness_asks_synced_on_the_ports_the_arguments_open(
+    built: list[dict[str, Any]],
+) -> None:
+    """Liveness and startup: kopf's /healthz (--liveness). Readiness: /readyz, on the agent's metrics
+    server (--metrics) and on the controller's --readiness address."""
+    agent = agent_container(built)
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    assert _arg(agent, "--liveness") == f"http://0.0.0.0:{ports['healthz']}/healthz"
+    assert _arg(agent, "--metrics") == f"0.0.0.0:{ports['metrics']}"
+    assert (
+        agent["livenessProbe"]["httpGet"] == agent["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    )
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    controller = controller_container(built)
+    ports = {p["name"]: p["containerPort"] for p in controller["ports"]}
+    assert _arg(controller, "--liveness") == f"http://0.0.0.0:{ports['healthz']}/healthz"
+    assert _arg(controller, "--readiness") == f"0.0.0.0:{ports['readyz']}"
+    assert controller["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert controller["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readyz"}

@@ -143,6 +143,10 @@ class Agent:
         self.resync_seconds = resync_seconds
         self.debounce_seconds = debounce_seconds
         self.synced = False
+        # Readiness (readiness.py): a pass over every resource, after the listing of initial_sync,
+        # completed with its state writes; and whether the last pass failed (the reason shown).
+        self.full_pass_done = False
+        self.last_pass_failed = False
         self.passes = 0
         # This node's state objects as the agent last wrote them (or listed them at start), by resource.
         self.states: dict[Key, dict[str, Any]] = {}
@@ -164,7 +168,9 @@ class Agent:
         (the engine removes program directories whose resource is gone only from a complete view, and
         the agent deletes its states of resources that are gone): the resources, this node's state
         objects (what it reported before a restart: nothing identical is written again, and the map
-        IDs it reported re-pin a map whose pin was removed) and its Node (the labels)."""
+        IDs it reported re-pin a map whose pin was removed) and its Node (the labels). Called again
+        when kopf restarts: the agent is not ready again until a pass over the new listing completed."""
+        self.full_pass_done = False
         maps = cast("dict[str, Any]", self.custom.list_cluster_custom_object(GROUP, VERSION, MAP_PLURAL))
         for item in maps["items"]:
             self.state.on_map(None, item)
@@ -226,7 +232,13 @@ class Agent:
                     self.metrics.observe_pass(snapshot, report)
                 published = await asyncio.to_thread(self.publish, snapshot, report)
                 self.remember(published)  # here, on the event loop: the watch handlers' thread
+                self.last_pass_failed = published.failed
+                # A snapshot of every resource (only_programs None) taken after the listing: the node
+                # now does and reports what the cluster asked when the agent started.
+                if self.synced and snapshot.only_programs is None and not published.failed:
+                    self.full_pass_done = True
             except Exception:  # the loop must survive anything; the next pass retries
+                self.last_pass_failed = True
                 log.exception("reconcile pass failed; retrying")
                 if self.metrics is not None:
                     self.metrics.reconcile_errors.inc()

@@ -33,6 +33,9 @@ Series (every one carries only the labels listed; the node is the scrape target,
 ``bpfshare_agent_info{node, version}``
     Always 1.
 
+The same server answers ``GET /readyz`` (``readiness.py``): 200 once the agent has completed its first
+full reconcile pass, 503 with the reason before.
+
 Kernel load times come with the engine's report of a pass (``Report.kernel_load_seconds``), as
 everything else here does: the loader knows nothing of metrics.
 """
@@ -45,6 +48,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bpfshare.agent import readiness
+from bpfshare.agent.readiness import ReadyCheck, Server
+from bpfshare.agent.readiness import parse_address as parse_address  # the --metrics address
+
 log = logging.getLogger("bpfshare.metrics")
 
 KINDS = ("BpfMap", "BpfProgram")
@@ -52,15 +59,6 @@ PHASES = ("Pending", "Ready", "Error")
 LOAD_REASONS = ("Loaded", "Upgraded")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HASH_LIKE = ("Hash", "PercpuHash", "LruHash", "LruPercpuHash", "LpmTrie")
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` (every address) or ``[V6]:PORT`` -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"metrics address {address!r}: expected HOST:PORT, e.g. 0.0.0.0:9090")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 class AgentMetrics:
@@ -218,12 +216,14 @@ class _ScrapeTime:
             return None
 
 
-def serve(address: str, metrics: AgentMetrics) -> tuple[str, int]:
-    """Serve ``/metrics`` on ``HOST:PORT`` in a daemon thread; returns the address bound."""
-    from prometheus_client import start_http_server
+def serve(address: str, metrics: AgentMetrics, ready: ReadyCheck | None = None) -> Server:
+    """Serve ``/metrics`` on ``HOST:PORT`` in a daemon thread, and ``/readyz`` from ``ready`` (the
+    agent's readiness, ``readiness.agent_not_ready``) when given; returns the server (the address bound)."""
+    from prometheus_client import make_wsgi_app
 
-    host, port = parse_address(address)
-    server, _ = start_http_server(port, addr=host, registry=metrics.registry)
-    bound = server.server_address
-    log.info("metrics at http://%s:%d/metrics", bound[0], bound[1])
-    return str(bound[0]), int(bound[1])
+    app = make_wsgi_app(metrics.registry)
+    if ready is not None:
+        app = readiness.readyz_app(ready, fallback=app)
+    server = readiness.serve(address, app, what="metrics")
+    log.info("metrics at http://%s:%d/metrics", server.host, server.port)
+    return server

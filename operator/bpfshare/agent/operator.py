@@ -140,9 +140,11 @@ def run_agent(
     registry = build_registry(agent, credentials)
     if metrics:
         from bpfshare.agent.metrics import AgentMetrics, serve
+        from bpfshare.agent.readiness import agent_not_ready
 
         agent.metrics = AgentMetrics(node, requests=lambda: agent.writer.requests)
-        serve(metrics, agent.metrics)
+        # /readyz beside /metrics: synced (the first full pass done), where kopf's --liveness is alive.
+        serve(metrics, agent.metrics, ready=lambda: agent_not_ready(agent))
     log.info("bpfshare agent for node %s, pin root %s", node, pin_root)
     while True:
         try:

@@ -30,7 +30,8 @@ from bpfshare.commands.limits import limits_from, limits_options
     default=None,
     metavar="HOST:PORT",
     envvar="BPFSHARE_METRICS",
-    help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9090 (default: off)",
+    help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:9090, and readiness at /readyz "
+    "(200 once the first full reconcile pass is done, 503 before; default: off)",
 )
 @click.option("-v", "--verbose", is_flag=True)
 @click.option(

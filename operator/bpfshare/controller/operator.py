@@ -43,7 +43,7 @@ from bpfshare.api.states import MAP_STATE_PLURAL, PROGRAM_STATE_PLURAL
 from bpfshare.controller.informer import Informer, Sink
 from bpfshare.controller.kube import KubeApi
 from bpfshare.controller.view import View
-from bpfshare.controller.writer import Writer
+from bpfshare.controller.writer import STREAMS, Writer
 from bpfshare.credentials import ApiCredentials, EndlessBackoff
 
 log = logging.getLogger("bpfshare.controller")
@@ -128,6 +128,19 @@ class Controller:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             log.info("paused after %.1f s active (%s)", time.monotonic() - started, stopped.reason)
+
+
+def not_ready(controller: Controller) -> str | None:
+    """Readiness (``--readiness``, ``/readyz``): every stream has delivered its first listing, so the
+    view holds the whole cluster. The same in a paused standby, whose streams run too: a ready standby
+    can take over at once. Read from the readiness server's thread: only reads."""
+    if not controller.streams:
+        return "not started: waiting for the ClusterKopfPeering CRD and kopf's startup"
+    synced = controller.view.synced
+    missing = [stream for stream in STREAMS if stream not in synced]
+    if missing:
+        return f"not synced: waiting for the first listing of {', '.join(missing)}"
+    return None
 
 
 def build_registry(controller: Controller, credentials: ApiCredentials, peering: str) -> kopf.OperatorRegistry:
@@ -218,10 +231,21 @@ def peering_identity() -> str:
     return f"{user}@{socket.gethostname()}/{os.getpid()}"
 
 
-def run_controller(*, peering: str = DEFAULT_PEERING, priority: int | None = None, liveness: str | None = None) -> None:
+def run_controller(
+    *,
+    peering: str = DEFAULT_PEERING,
+    priority: int | None = None,
+    liveness: str | None = None,
+    serve_readiness: Callable[[Callable[[], str | None]], object] | None = None,
+) -> None:
+    """``serve_readiness``: starts serving ``/readyz`` from the check it is given (the command line
+    passes the server, shared with the agent's metrics, which this package does not import)."""
     credentials = ApiCredentials.load()
     controller = Controller(credentials.api_client())
     registry = build_registry(controller, credentials, peering)
+    if serve_readiness is not None:
+        # Before the peering wait: a probe meanwhile gets the reason, not a refused connection.
+        serve_readiness(lambda: not_ready(controller))
     priority = random_priority() if priority is None else priority
     log.info("bpfshare controller, peering %s, priority %d", peering, priority)
     wait_for_peering(controller.kube, peering)
