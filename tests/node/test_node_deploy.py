@@ -12,7 +12,6 @@ references, while its node's agent was away.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import urllib.error
@@ -40,6 +39,7 @@ from bpfshare.controlplane.run import ControlPlane
 from bpfshare.controlplane.wait import key_of, kubectl_getter, wait_cluster_ready, wait_ready
 from bpfshare.kernel.cgroup import cgroup2_root
 from tests.fixtures.bpftool import bpftool_json, require_bpftool
+from tests.node.conftest import host_pin_root_removed_after
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster, pytest.mark.node]
 
@@ -82,19 +82,14 @@ def installed(real_node: ControlPlane) -> Iterator[ControlPlane]:
     """The image built and imported, deploy/ applied and rolled out; all of it removed after."""
     cp = real_node
     assert cp.containerd_address is not None
-    pins_existed = HOST_PIN_ROOT.exists()
     node_deploy.install_image(cp.containerd_address)
-    try:
-        node_deploy.deploy(cp.kubectl)
-        yield cp
-    finally:
-        cp.kubectl("delete", *reversed(NAMES), "--ignore-not-found", "--timeout=60s", check=False)
-        node_deploy.undeploy(cp.kubectl)
-        if not pins_existed:  # what the pod-run agent made on the host, by name
-            with contextlib.suppress(OSError):
-                for path in sorted(HOST_PIN_ROOT.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                    path.unlink() if not path.is_dir() else path.rmdir()
-                HOST_PIN_ROOT.rmdir()
+    with host_pin_root_removed_after():
+        try:
+            node_deploy.deploy(cp.kubectl)
+            yield cp
+        finally:
+            cp.kubectl("delete", *reversed(NAMES), "--ignore-not-found", "--timeout=60s", check=False)
+            node_deploy.undeploy(cp.kubectl)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from bpfshare.controlplane.node import default_node_name, node_dir
 from bpfshare.controlplane.pause import SANDBOX_IMAGE
 from bpfshare.controlplane.procs import find
 from bpfshare.controlplane.run import ControlPlane, start, stop
-from tests.node.conftest import require_node
+from tests.node.conftest import leftovers, require_node
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster, pytest.mark.node]
 
@@ -51,32 +51,6 @@ def wait_running(cp: ControlPlane, name: str, timeout: float = 60.0) -> dict[str
                 f"pod {name} not Running: {got.stdout[-2000:]}{cp.kubectl('describe', 'pod', name, check=False).stdout}"
             )
         time.sleep(0.5)
-
-
-def leftovers(state_dir: Path) -> list[str]:
-    """What of a node is still on this machine."""
-    found: list[str] = []
-    for link in (node_host.BRIDGE,):
-        if Path("/sys/class/net", link).exists():
-            found.append(f"link {link}")
-    addrs = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
-    if node_host.NODE_IP in addrs:
-        found.append(f"address {node_host.NODE_IP} on lo")
-    nat = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True).stdout
-    if node_host.NAT_CHAIN in nat:
-        found.append(f"nat chain {node_host.NAT_CHAIN}")
-    for hierarchy in node_host.cgroup_hierarchies():
-        if (hierarchy / node_host.CGROUP_ROOT).exists():
-            found.append(f"cgroup {hierarchy / node_host.CGROUP_ROOT}")
-    prefix = str(state_dir.resolve())
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if line.split()[4].startswith(prefix):
-            found.append(f"mount {line.split()[4]}")
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if prefix in cmdline:
-            found.append(f"process {proc.pid}: {cmdline[:120]}")
-    return found
 
 
 def test_up_runs_pods_and_down_after_a_crash_leaves_nothing(

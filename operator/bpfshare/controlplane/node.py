@@ -63,6 +63,24 @@ def containerd_socket(state_dir: Path) -> Path:
     return node_dir(state_dir) / "containerd" / "containerd.sock"
 
 
+# containerd and the kubelet refuse (or fail to bind) a unix socket path longer than 104 bytes (the
+# BSD sun_path size, which Go checks on every platform). The deepest below the node directory: the
+# kubelet's pod-resources socket, kubelet/root/pod-resources/ and a 10-digit random name.
+SOCKET_PATH_MAX = 104
+DEEPEST_SOCKET = len("/kubelet/root/pod-resources/") + 10
+
+
+def check_socket_paths(state_dir: Path) -> None:
+    """Refuse, naming the path, a state directory so deep that the node's sockets would not fit."""
+    base = str(node_dir(state_dir).resolve())
+    if len(base.encode()) + DEEPEST_SOCKET > SOCKET_PATH_MAX:
+        raise ControlPlaneError(
+            f"the state directory {state_dir} is too deep for the node's unix sockets "
+            f"({base} plus {DEEPEST_SOCKET} bytes exceeds {SOCKET_PATH_MAX}); "
+            "set BPFSHARE_CLUSTER_DIR to a shorter path"
+        )
+
+
 def default_node_name() -> str:
     return os.uname().nodename.lower().split(".")[0] or "node"
 

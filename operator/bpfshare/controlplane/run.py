@@ -180,9 +180,10 @@ def start(
                 return existing
             _stop_processes(existing)
         if node:
-            from bpfshare.controlplane.node import require_tools, stop_node
+            from bpfshare.controlplane.node import check_socket_paths, require_tools, stop_node
 
             require_tools()
+            check_socket_paths(state_dir)
             stop_node(existing, state_dir)  # what a crashed node left
         _prepare(state_dir)
         cp = ControlPlane(state_dir=state_dir, bin_dir=bin_dir, node=node or "")
