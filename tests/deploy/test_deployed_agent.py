@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from tests.deploy.conftest import (
     setpriv_argv,
 )
 from tests.fixtures.agents import sharing
+from tests.fixtures.http import http_get
 from tests.fixtures.netenv import NetnsPair
 from tests.integration.test_apply import bpfmap, cgroup_program, tc_program
 from tests.integration.test_sharing import CG_EGRESS, TC_INGRESS, bpftool, counters, send_from_cgroup
@@ -107,13 +106,7 @@ def test_agent_with_the_daemonsets_capabilities_and_rbac_shares_one_map(
 
 def readyz(port: int | None) -> tuple[int, str]:
     """(status, body) of the readinessProbe's request; (0, why) while nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return int(response.status), response.read().decode().strip()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode().strip()
-    except OSError as exc:
-        return 0, str(exc)
+    return http_get(f"http://127.0.0.1:{port}/readyz")
 
 
 def test_readiness_waits_for_the_nodes_report_a_refused_write_keeps_the_agent_not_ready(

@@ -7,8 +7,6 @@ test_deployed_agent.py; before the listings, with the reasons: tests/logic.)"""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,18 +18,14 @@ from bpfshare.controlplane.controllers import Controller, install_peering
 from bpfshare.controlplane.procs import free_ports
 from bpfshare.controlplane.run import ControlPlane
 from bpfshare.controlplane.wait import poll
+from tests.fixtures.http import http_get
 
 pytestmark = pytest.mark.cluster
 
 
 def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return int(response.status), response.read().decode().strip()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode().strip()
-    except OSError as exc:
-        return 0, str(exc)
+    """(status, body) of the readinessProbe's request; (0, why) while nothing answers."""
+    return http_get(f"http://127.0.0.1:{port}/readyz")
 
 
 @dataclass

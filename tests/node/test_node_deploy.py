@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -39,6 +37,7 @@ from bpfshare.controlplane.run import ControlPlane
 from bpfshare.controlplane.wait import key_of, kubectl_getter, wait_cluster_ready, wait_ready
 from bpfshare.kernel.cgroup import cgroup2_root
 from tests.fixtures.bpftool import bpftool_json, require_bpftool
+from tests.fixtures.http import http_get
 from tests.node.conftest import host_pin_root_removed_after
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster, pytest.mark.node]
@@ -67,14 +66,6 @@ def poll(predicate: Callable[[], T | None], what: str, timeout: float = 90.0) ->
 
 def get_json(cp: ControlPlane, *args: str) -> Any:
     return json.loads(cp.kubectl("get", *args, "-o", "json").stdout)
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 @pytest.fixture(scope="module")
