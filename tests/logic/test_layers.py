@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "bpfshare"
 LAYERS: list[tuple[str, ...]] = [
     ("bpfshare.errors", "bpfshare.types", "bpfshare.spec"),  # the vocabulary: pure data
     ("bpfshare.api", "bpfshare.object"),  # API types; object reader -> specs
-    ("bpfshare.kernel",),  # live handles over bpf(), netlink, cgroups
+    ("bpfshare.kernel", "bpfshare.cri"),  # live handles over bpf(), netlink, cgroups; the container runtime
     ("bpfshare.load",),  # loading and attaching
     ("bpfshare.engine",),  # plan and apply on a node, through the NodeKernel seam
     # the kopf agent (one per node); the cluster controller; how both reach the API server
