@@ -22,7 +22,7 @@ class NodeWatch(ListWatch):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(
-            core.list_node,  # kubernetes.client.CoreV1Api
+            self._list,
             f"metadata.name={node}",
             deliver,
             what=f"Node {node}",
@@ -31,6 +31,9 @@ class NodeWatch(ListWatch):
         )
         self.core = core
         self.node = node
+
+    def _list(self, **kwargs: Any) -> Any:
+        return self.core.list_node(**kwargs)  # looked up at each call: tests swap the client
 
     @property
     def present(self) -> bool:

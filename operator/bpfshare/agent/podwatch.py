@@ -20,14 +20,18 @@ class PodWatch(ListWatch):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(
-            core.list_pod_for_all_namespaces,  # kubernetes.client.CoreV1Api
+            self._list,
             f"spec.nodeName={node}",
             deliver,
             what=f"the pods of node {node}",
             server_timeout=server_timeout,
             connect_timeout=connect_timeout,
         )
+        self.core = core  # kubernetes.client.CoreV1Api
         self.node = node
+
+    def _list(self, **kwargs: Any) -> Any:
+        return self.core.list_pod_for_all_namespaces(**kwargs)  # looked up at each call: tests swap the client
 
     def keep(self, body: dict[str, Any]) -> bool:
         return bool((body.get("spec") or {}).get("nodeName") == self.node)
