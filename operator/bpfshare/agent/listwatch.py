@@ -22,7 +22,6 @@ from typing import Any
 log = logging.getLogger("bpfshare.agent")
 
 Deliver = Callable[[str | None, dict[str, Any]], None]
-ListCall = Callable[..., Any]  # CoreV1Api.list_node, list_pod_for_all_namespaces, ...
 
 
 def backoff() -> Iterator[float]:
@@ -42,11 +41,14 @@ def object_key(body: dict[str, Any]) -> tuple[str, str]:
 
 
 class ListWatch:
-    """``list_call`` with ``field_selector``, listed then watched until ``stop``; ``what`` names it in logs."""
+    """``core.<list_method>`` with ``field_selector``, listed then watched until ``stop``; ``what``
+    names it in logs."""
+
+    list_method = ""  # the CoreV1Api method: list_node, list_pod_for_all_namespaces
 
     def __init__(
         self,
-        list_call: ListCall,
+        core: Any,
         field_selector: str,
         deliver: Deliver,
         *,
@@ -54,7 +56,7 @@ class ListWatch:
         server_timeout: int = 300,
         connect_timeout: float = 10.0,
     ) -> None:
-        self.list_call = list_call
+        self.core = core  # kubernetes.client.CoreV1Api
         self.field_selector = field_selector
         self.deliver = deliver
         self.what = what
@@ -66,6 +68,9 @@ class ListWatch:
         self.watches = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def list_call(self, **kwargs: Any) -> Any:
+        return getattr(self.core, self.list_method)(**kwargs)  # looked up at each call: the client may change
 
     def keep(self, body: dict[str, Any]) -> bool:
         """Whether a listed object is one of ours (the field selector's, checked again on the client)."""

@@ -12,28 +12,11 @@ __all__ = ["NodeWatch", "backoff"]
 
 
 class NodeWatch(ListWatch):
-    def __init__(
-        self,
-        core: Any,
-        node: str,
-        deliver: Deliver,
-        *,
-        server_timeout: int = 300,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        super().__init__(
-            self._list,
-            f"metadata.name={node}",
-            deliver,
-            what=f"Node {node}",
-            server_timeout=server_timeout,
-            connect_timeout=connect_timeout,
-        )
-        self.core = core
-        self.node = node
+    list_method = "list_node"
 
-    def _list(self, **kwargs: Any) -> Any:
-        return self.core.list_node(**kwargs)  # looked up at each call: tests swap the client
+    def __init__(self, core: Any, node: str, deliver: Deliver, **options: Any) -> None:
+        super().__init__(core, f"metadata.name={node}", deliver, what=f"Node {node}", **options)
+        self.node = node
 
     @property
     def present(self) -> bool:

@@ -10,28 +10,11 @@ from bpfshare.agent.listwatch import Deliver, ListWatch
 
 
 class PodWatch(ListWatch):
-    def __init__(
-        self,
-        core: Any,
-        node: str,
-        deliver: Deliver,
-        *,
-        server_timeout: int = 300,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        super().__init__(
-            self._list,
-            f"spec.nodeName={node}",
-            deliver,
-            what=f"the pods of node {node}",
-            server_timeout=server_timeout,
-            connect_timeout=connect_timeout,
-        )
-        self.core = core  # kubernetes.client.CoreV1Api
-        self.node = node
+    list_method = "list_pod_for_all_namespaces"
 
-    def _list(self, **kwargs: Any) -> Any:
-        return self.core.list_pod_for_all_namespaces(**kwargs)  # looked up at each call: tests swap the client
+    def __init__(self, core: Any, node: str, deliver: Deliver, **options: Any) -> None:
+        super().__init__(core, f"spec.nodeName={node}", deliver, what=f"the pods of node {node}", **options)
+        self.node = node
 
     def keep(self, body: dict[str, Any]) -> bool:
         return bool((body.get("spec") or {}).get("nodeName") == self.node)
