@@ -13,9 +13,8 @@ references, while its node's agent was away.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +33,7 @@ from bpfshare.controlplane.demo import (
 )
 from bpfshare.controlplane.node_demo import HOST_PIN_ROOT
 from bpfshare.controlplane.run import ControlPlane
-from bpfshare.controlplane.wait import key_of, kubectl_getter, wait_cluster_ready, wait_ready
+from bpfshare.controlplane.wait import key_of, kubectl_getter, poll, wait_cluster_ready, wait_ready
 from bpfshare.kernel.cgroup import cgroup2_root
 from tests.fixtures.bpftool import bpftool_json, require_bpftool
 from tests.fixtures.http import http_get
@@ -42,7 +41,6 @@ from tests.node.conftest import host_pin_root_removed_after
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster, pytest.mark.node]
 
-T = TypeVar("T")
 NS = node_deploy.NAMESPACE
 AGENT = f"app.kubernetes.io/name={node_deploy.AGENT_DAEMONSET}"
 CONTROLLER = f"app.kubernetes.io/name={node_deploy.CONTROLLER_DEPLOYMENT}"
@@ -51,17 +49,6 @@ METRICS = "http://127.0.0.1:9477"
 DOCS = example_resources(INSTALLED_BPF_DIR)  # the objects as the image holds them
 KEYS = [key_of(doc) for doc in DOCS]
 NAMES = [f"{plural}/{name}" for plural, name in KEYS]
-
-
-def poll(predicate: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got is not None and got is not False:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def get_json(cp: ControlPlane, *args: str) -> Any:

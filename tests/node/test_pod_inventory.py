@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -17,11 +15,11 @@ from bpfshare.agent.podwatch import PodWatch
 from bpfshare.api.resources import NodeSelector
 from bpfshare.controlplane.pause import SANDBOX_IMAGE
 from bpfshare.controlplane.run import ControlPlane
+from bpfshare.controlplane.wait import poll
 from bpfshare.cri.client import CriClient
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster, pytest.mark.node]
 
-T = TypeVar("T")
 WEB = NodeSelector.parse({"matchLabels": {"app": "inv-web"}}, "selector")
 
 
@@ -34,17 +32,6 @@ def pod(name: str, labels: dict[str, str], node: str | None = None) -> dict[str,
         spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels},
             "spec": spec}  # fmt: skip
-
-
-def poll(predicate: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_the_agents_pods_follow_the_node_as_pods_come_and_go(real_node: ControlPlane) -> None:

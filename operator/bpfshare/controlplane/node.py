@@ -314,32 +314,35 @@ def _ctr(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _controller_manager_argv(cp: ControlPlane, kubeconfig: Path) -> list[str]:
+def _component_argv(cp: ControlPlane, binary: str, kubeconfig: Path, *flags: str) -> list[str]:
+    """kube-controller-manager and kube-scheduler: both authenticate and authorize with the kubeconfig,
+    serve no port of their own and run alone (no leader election)."""
     return [
-        str(cp.bin_dir / "kube-controller-manager"),
+        str(cp.bin_dir / binary),
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
+        "--leader-elect=false",
+        "--secure-port=0",
+        "--profiling=false",
+        *flags,
+    ]
+
+
+def _controller_manager_argv(cp: ControlPlane, kubeconfig: Path) -> list[str]:
+    return _component_argv(
+        cp,
+        "kube-controller-manager",
+        kubeconfig,
         # kube-root-ca.crt in every namespace: the CA that pods' projected service-account volumes carry.
         f"--root-ca-file={cp.ca_file}",
         f"--service-account-private-key-file={cp.state_dir / 'pki' / 'service-account.key'}",
-        "--leader-elect=false",
-        "--secure-port=0",
         "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route",
-        "--profiling=false",
-    ]
+    )
 
 
 def _scheduler_argv(cp: ControlPlane, kubeconfig: Path) -> list[str]:
-    return [
-        str(cp.bin_dir / "kube-scheduler"),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--leader-elect=false",
-        "--secure-port=0",
-        "--profiling=false",
-    ]
+    return _component_argv(cp, "kube-scheduler", kubeconfig)
 
 
 def _node_ready(cp: ControlPlane) -> bool:
