@@ -147,3 +147,11 @@ def test_an_unreachable_runtime_is_an_error_naming_its_socket(tmp_path: Path) ->
     socket = tmp_path / "no-runtime.sock"
     with CriClient(socket, timeout=1.0) as cri, pytest.raises(CriError, match=f"{socket}: ListPodSandbox: UNAVAILABLE"):
         cri.sandboxes()
+
+
+def test_finding_the_runtime_skips_what_it_may_not_look_at(tmp_path: Path) -> None:
+    """An unprivileged agent may not search /run/containerd (mode 0600): no runtime, not a crash."""
+    from bpfshare.cri.client import find_socket
+
+    with pytest.raises(CriError, match="no container runtime socket"):
+        find_socket((tmp_path / "missing.sock", Path("/proc/1/root/run/containerd/containerd.sock")))

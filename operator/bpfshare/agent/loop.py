@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from bpfshare.agent.binding import bind_pods, selects_pods
 from bpfshare.agent.nodewatch import NodeWatch
+from bpfshare.agent.pods import PodInventory
+from bpfshare.agent.podwatch import PodWatch
 from bpfshare.agent.state import ClusterState, Snapshot
 from bpfshare.agent.writer import Writer
 from bpfshare.api.resources import GROUP, MAP_KIND, MAP_PLURAL, PROGRAM_KIND, PROGRAM_PLURAL, VERSION
@@ -129,8 +132,11 @@ class Agent:
         debounce_seconds: float = 0.05,
         limits: Limits | None = None,
         kernel: NodeKernel | None = None,
+        pods: PodInventory | None = None,
     ) -> None:
-        """``kernel``: the node's kernel seam (default the host's; hollow nodes pass a MemoryKernel)."""
+        """``kernel``: the node's kernel seam (default the host's; hollow nodes pass a MemoryKernel).
+        ``pods``: this node's pods, with their places from the container runtime, for attach.*.pods
+        (None: no runtime; such programs stay in Error, saying why)."""
         from kubernetes import client
 
         self.node = node
@@ -140,6 +146,8 @@ class Agent:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)  # the initial lists of the resources
         self.node_watch = NodeWatch(client.CoreV1Api(api_client), node, self._node_event)
+        self.pods = pods
+        self.pod_watch = PodWatch(client.CoreV1Api(api_client), node, self._pod_event) if pods is not None else None
         self.resync_seconds = resync_seconds
         self.debounce_seconds = debounce_seconds
         self.synced = False
@@ -183,6 +191,8 @@ class Agent:
                 resource = str((item.get("spec") or {}).get(kind.spec_field, ""))
                 if (item.get("spec") or {}).get("node") == self.node and resource:
                     self.states[(kind.resource_kind, resource)] = as_applied(item)
+        if self.pod_watch is not None:
+            self.pod_watch.relist()  # the first pass sees the running pods
         node = self.node_watch.list()
         if node is None:
             log.warning("no Node object named %s: only resources without nodeSelector apply", self.node)
@@ -197,10 +207,27 @@ class Agent:
         """Start watching this node's Node (after ``initial_sync``, from its list's resourceVersion)."""
         self._loop = loop
         self.node_watch.start()
+        if self.pod_watch is not None:
+            self.pod_watch.start()
 
     def stop_node_watch(self) -> None:
         self.node_watch.stop()
+        if self.pod_watch is not None:
+            self.pod_watch.stop()
         self._loop = None
+
+    def _pod_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """In the pod watch's thread: the inventory takes it (it is thread-safe); a change that a
+        selector may see wakes the programs with pods targets, on the event loop."""
+        assert self.pods is not None
+        loop = self._loop
+        if self.pods.on_pod(event_type, body) and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the watch is stopping
+                loop.call_soon_threadsafe(self.on_pods_changed)
+
+    def on_pods_changed(self) -> None:
+        if self.state.mark_programs(name for name, body in self.state.programs.items() if selects_pods(body)):
+            self.notify()
 
     def _node_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         loop = self._loop
@@ -248,15 +275,19 @@ class Agent:
             self.passes += 1
 
     def reconcile(self, snapshot: Snapshot) -> Report:
-        """One engine pass over a snapshot (no API requests but ConfigMap reads)."""
-        return self.engine.reconcile(
+        """One engine pass over a snapshot (no API requests but ConfigMap reads and, for programs
+        with pods targets, the container runtime's answers)."""
+        programs, notes = bind_pods(snapshot.programs, self.pods)
+        report = self.engine.reconcile(
             snapshot.maps,
-            snapshot.programs,
+            programs,
             snapshot.labels,
             only_programs=snapshot.only_programs,
             complete=self.synced,
             map_ids=self._reported_map_ids(snapshot),
         )
+        notes.apply(report)
+        return report
 
     def _reported_map_ids(self, snapshot: Snapshot) -> dict[str, int]:
         """The map IDs this node reported before, in its BpfMapStates (a pin removed by hand is

@@ -21,6 +21,7 @@ from typing import Any, cast
 import kopf
 
 from bpfshare.agent.loop import Agent
+from bpfshare.agent.pods import PodInventory
 from bpfshare.api.resources import GROUP, MAP_PLURAL, PROGRAM_PLURAL, VERSION
 from bpfshare.credentials import ApiCredentials, EndlessBackoff
 from bpfshare.engine.node import Limits
@@ -120,6 +121,25 @@ def warm() -> None:
     tc.warm()
 
 
+def pod_inventory(runtime_endpoint: str | None) -> PodInventory | None:
+    """This node's pods, placed by the container runtime at ``runtime_endpoint`` (default: the first
+    of the usual sockets that exists); None, logged, when there is no runtime to ask."""
+    from bpfshare.cri.client import CriClient, CriError, find_socket
+
+    try:
+        socket = runtime_endpoint or str(find_socket())
+    except CriError as exc:
+        log.warning("%s: BpfPrograms with attach.*.pods cannot attach on this node", exc)
+        return None
+    try:
+        client = CriClient(socket)
+    except Exception as exc:  # the agent runs on without pods rather than not at all
+        log.warning("container runtime at %s: %s: BpfPrograms with attach.*.pods cannot attach", socket, exc)
+        return None
+    log.info("container runtime at %s (pods for attach.*.pods)", socket)
+    return PodInventory(client.place_of_pod)
+
+
 def run_agent(
     node: str,
     pin_root: Path,
@@ -129,13 +149,20 @@ def run_agent(
     metrics: str | None = None,
     limits: Limits | None = None,
     btf: Path | None = None,
+    runtime_endpoint: str | None = None,
 ) -> None:
     from bpfshare.engine.host_kernel import HostKernel
 
     credentials = ApiCredentials.load()
     warm()
     agent = Agent(
-        node, pin_root, credentials.api_client(), resync_seconds=resync_seconds, limits=limits, kernel=HostKernel(btf)
+        node,
+        pin_root,
+        credentials.api_client(),
+        resync_seconds=resync_seconds,
+        limits=limits,
+        kernel=HostKernel(btf),
+        pods=pod_inventory(runtime_endpoint),
     )
     registry = build_registry(agent, credentials)
     if metrics:

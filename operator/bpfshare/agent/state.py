@@ -14,6 +14,7 @@ released it: the engine then unloads and unpins it as for any deletion, with the
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -73,6 +74,12 @@ class ClusterState:
 
     def mark_all(self) -> None:
         self._dirty_all = True
+
+    def mark_programs(self, names: Iterable[str]) -> bool:
+        """Re-check these programs in the next pass (their targets changed: pods came or went)."""
+        chosen = set(names)
+        self._dirty_programs |= chosen
+        return bool(chosen)
 
     def on_map(self, event_type: str | None, body: dict[str, Any]) -> bool:
         if self._on_resource(MAP_KIND, self.maps, event_type, body):

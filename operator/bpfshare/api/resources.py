@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bpfshare.api import schema
 from bpfshare.api.schema import FieldError
@@ -85,6 +85,16 @@ class NodeSelector:
                 raise _fail(resource or where, f"{where}.matchExpressions[{i}].operator", f"unknown operator {op!r}")
             exprs.append((str(expr.get("key", "")), op, tuple(str(v) for v in expr.get("values") or ())))
         return cls(tuple(sorted((str(k), str(v)) for k, v in labels.items())), tuple(exprs))
+
+    def describe(self) -> str:
+        """The selector in kubectl's words: ``app=web,tier in (a,b),!canary``; "" selects everything."""
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        for key, op, values in self.match_expressions:
+            listed = ",".join(values)
+            parts.append(
+                {"In": f"{key} in ({listed})", "NotIn": f"{key} notin ({listed})", "Exists": key}.get(op, f"!{key}")
+            )
+        return ",".join(parts)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         if any(labels.get(k) != v for k, v in self.match_labels):
@@ -161,6 +171,36 @@ class Bytecode:
 
 
 @dataclass(frozen=True)
+class PodTargets:
+    """``attach.<kind>.pods``: which pods, and the targets each one gets (interfaces in its network
+    namespace for tc and tcx, its cgroup for cgroup programs)."""
+
+    kind: Literal["tc", "tcx", "cgroup"]
+    namespace: str
+    selector: NodeSelector = field(default_factory=NodeSelector)
+    interfaces: tuple[str, ...] = ("eth0",)
+    direction: Direction = "ingress"
+    priority: int = 1
+    cgroup_type: str = ""
+
+    @property
+    def needs_netns(self) -> bool:
+        return self.kind != "cgroup"
+
+    def describe(self) -> str:
+        chosen = f"matching {self.selector.describe()}" if self.selector.describe() else "(every pod)"
+        return f"pods of namespace {self.namespace} {chosen}"
+
+    def for_pod(self, pod: str, netns: str, cgroup: str) -> tuple[AttachTarget, ...]:
+        """The targets of one pod (``namespace/name``), in its network namespace or cgroup."""
+        if self.kind == "cgroup":
+            return (CgroupTarget(cgroup, self.cgroup_type, pod=pod),)
+        if self.kind == "tc":
+            return tuple(TcTarget(i, self.direction, netns, self.priority, pod=pod) for i in self.interfaces)
+        return tuple(TcxTarget(i, self.direction, netns, pod=pod) for i in self.interfaces)
+
+
+@dataclass(frozen=True)
 class ProgramResource:
     meta: Meta
     bytecode: Bytecode
@@ -168,6 +208,10 @@ class ProgramResource:
     targets: tuple[AttachTarget, ...]
     maps: tuple[tuple[str, str], ...] = ()  # object map name -> BpfMap name
     node_selector: NodeSelector = field(default_factory=NodeSelector)
+    # attach.*.pods: the targets are this node's selected pods', which the agent puts in ``targets``
+    # (``bound``); unbound (``bpfshare apply``, which knows no pods) the engine refuses it.
+    pods: PodTargets | None = None
+    bound: bool = False
 
     @property
     def name(self) -> str:
@@ -175,7 +219,9 @@ class ProgramResource:
 
     @property
     def attach_kind(self) -> str:
-        return self.targets[0].kind if self.targets else ""
+        if self.targets:
+            return self.targets[0].kind
+        return self.pods.kind if self.pods is not None else ""
 
 
 def parse_map(obj: Mapping[str, Any]) -> MapResource:
@@ -223,9 +269,27 @@ def _parse_bytecode(raw: Mapping[str, Any]) -> Bytecode:
     return Bytecode(inline=raw["inline"], sha256=digest)
 
 
-def _parse_attach(raw: Mapping[str, Any], where: str) -> tuple[AttachTarget, ...]:
+def _parse_pods(kind: str, body: Mapping[str, Any], where: str) -> PodTargets:
+    pods = body["pods"]
+    selector = NodeSelector.parse(pods.get("selector"), f"spec.attach.{kind}.pods.selector", where)
+    if kind == "cgroup":
+        return PodTargets("cgroup", pods["namespace"], selector, cgroup_type=body["type"])
+    direction: Direction = "ingress" if body["direction"] == "ingress" else "egress"
+    interfaces = tuple(body.get("interfaces") or ("eth0",))
+    if kind == "tc":
+        return PodTargets("tc", pods["namespace"], selector, interfaces, direction, body["priority"])
+    return PodTargets("tcx", pods["namespace"], selector, interfaces, direction)
+
+
+def _parse_attach(raw: Mapping[str, Any], where: str) -> tuple[tuple[AttachTarget, ...], PodTargets | None]:
     kind = next(k for k in ("tc", "tcx", "cgroup") if k in raw)  # exactly one: the CRD's rule
     body = raw[kind]
+    if "pods" in body:  # the CRD's rules: exclusive with path and networkNamespace
+        return (), _parse_pods(kind, body, where)
+    return _parse_fixed(kind, body, where), None
+
+
+def _parse_fixed(kind: str, body: Mapping[str, Any], where: str) -> tuple[AttachTarget, ...]:
     if kind == "cgroup":
         path = body["path"]
         if "\0" in path or ".." in path.split("/"):  # the CRD's pattern and rule say the same
@@ -247,13 +311,26 @@ def attach_summary(obj: Mapping[str, Any]) -> str:
     for kind in ("tc", "tcx"):
         body = attach.get(kind)
         if isinstance(body, Mapping) and body:
-            where = ",".join(str(i) for i in body.get("interfaces") or [])
+            where = ",".join(str(i) for i in body.get("interfaces") or (["eth0"] if "pods" in body else []))
             netns = f"@{body['networkNamespace']}" if body.get("networkNamespace") else ""
-            return f"{kind}/{body.get('direction', '')} {where}{netns}"
+            return f"{kind}/{body.get('direction', '')} {where}{netns}{_pods_summary(body)}"
     body = attach.get("cgroup")
     if isinstance(body, Mapping) and body:
-        return f"cgroup/{body.get('type', '')} {body.get('path', '/')}"
+        where = _pods_summary(body).strip() if "pods" in body else body.get("path", "/")
+        return f"cgroup/{body.get('type', '')} {where}"
     return ""
+
+
+def _pods_summary(body: Mapping[str, Any]) -> str:
+    """`` pods shop/app=web`` for attach.*.pods (the namespace, then the selector's labels)."""
+    pods = body.get("pods")
+    if not isinstance(pods, Mapping):
+        return ""
+    raw = pods.get("selector")
+    selector: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    labels = ",".join(f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items()))
+    extra = "+" if selector.get("matchExpressions") else ""
+    return f" pods {pods.get('namespace', '')}/{labels or '*'}{extra}"
 
 
 def parse_program(obj: Mapping[str, Any]) -> ProgramResource:
@@ -262,11 +339,13 @@ def parse_program(obj: Mapping[str, Any]) -> ProgramResource:
     where = f"{PROGRAM_KIND} {meta.name}"
     spec = obj["spec"]
     maps = spec.get("maps", {})
+    targets, pods = _parse_attach(spec["attach"], where)
     return ProgramResource(
         meta=meta,
         bytecode=_parse_bytecode(spec["bytecode"]),
         program=spec["program"],
-        targets=_parse_attach(spec["attach"], where),
+        targets=targets,
         maps=tuple(sorted(maps.items())),
         node_selector=NodeSelector.parse(spec.get("nodeSelector"), "spec.nodeSelector", where),
+        pods=pods,
     )

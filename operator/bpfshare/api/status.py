@@ -41,9 +41,12 @@ class AttachmentStatus:
     link_id: int | None = None  # tcx and cgroup: the pinned link
     pin_path: str | None = None
     handle: str | None = None  # tc: "priority:handle"
+    pod: str | None = None  # namespace/name, for a target of attach.*.pods
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"target": self.target}
+        if self.pod is not None:
+            out["pod"] = self.pod
         if self.link_id is not None:
             out["linkId"] = self.link_id
         if self.pin_path is not None:

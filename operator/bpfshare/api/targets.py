@@ -6,7 +6,7 @@ loader, which turns a target into a live attachment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from bpfshare.errors import BpfshareError
@@ -21,6 +21,7 @@ class TcTarget:
     priority: int = 1
     handle: int = 1
     kind: Literal["tc"] = "tc"
+    pod: str | None = field(default=None, compare=False)  # namespace/name, for a target of attach.tc.pods
 
     @property
     def key(self) -> str:
@@ -33,6 +34,7 @@ class TcxTarget:
     direction: Direction
     netns: str | None = None
     kind: Literal["tcx"] = "tcx"
+    pod: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -48,6 +50,7 @@ class CgroupTarget:
     path: str  # relative to the cgroup v2 root
     type: str  # a key of CGROUP_ATTACH_TYPES
     kind: Literal["cgroup"] = "cgroup"
+    pod: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

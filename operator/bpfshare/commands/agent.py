@@ -41,6 +41,14 @@ from bpfshare.commands.limits import limits_from, limits_options
     default=None,
     help="the kernel's BTF for CO-RE relocations, for kernels without /sys/kernel/btf/vmlinux",
 )
+@click.option(
+    "--runtime-endpoint",
+    default=None,
+    envvar="BPFSHARE_RUNTIME_ENDPOINT",
+    metavar="SOCKET",
+    help="the container runtime's CRI socket, where pods' network namespaces and cgroups are asked for "
+    "attach.*.pods (default: the first of /run/containerd/containerd.sock, /run/crio/crio.sock that exists)",
+)
 @limits_options
 @pin_root_option
 def agent(
@@ -53,6 +61,7 @@ def agent(
     map_memory_budget: int,
     pin_root: str,
     btf: str | None,
+    runtime_endpoint: str | None,
 ) -> None:
     """Run the agent for this node: reconcile BpfMaps and BpfPrograms that select it."""
     from bpfshare.agent.operator import run_agent
@@ -72,4 +81,5 @@ def agent(
         metrics=metrics,
         limits=limits_from(max_bytecode_bytes, map_memory_budget),
         btf=Path(btf) if btf else None,
+        runtime_endpoint=runtime_endpoint,
     )

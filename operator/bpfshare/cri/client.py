@@ -39,8 +39,11 @@ class CriError(BpfshareError):
 
 def find_socket(candidates: tuple[Path, ...] = DEFAULT_SOCKETS) -> Path:
     for path in candidates:
-        if path.is_socket():
-            return path
+        try:
+            if path.is_socket():
+                return path
+        except OSError:  # a directory we may not search (an unprivileged agent): not ours to use
+            continue
     raise CriError(f"no container runtime socket at {', '.join(map(str, candidates))}; give --runtime-endpoint")
 
 

@@ -360,6 +360,12 @@ class Engine:
         self, res: ProgramResource, maps: Mapping[str, MapPlan], slots: SlotClaims, record: ProgramMeta | None
     ) -> ProgramPlan:
         try:
+            if res.pods is not None and not res.bound:
+                raise BpfshareError(
+                    f"spec.attach.{res.pods.kind}.pods: the {res.pods.describe()} are found by the agent on a "
+                    "Kubernetes node (its watch of the node's pods and the container runtime); without them "
+                    "there is nothing to attach to"
+                )
             limit = self.limits.max_bytecode_bytes
             digest, collection = self.collections.load(res.bytecode, self.read_config_map, limit)
             source = res.bytecode.describe()

@@ -411,7 +411,8 @@ def _program_status(
     attachments = []
     for target in plan.res.targets:
         done = attached[target.key]
-        attachments.append(done if isinstance(done, AttachmentStatus) else _attachment_status(target, done))
+        status = done if isinstance(done, AttachmentStatus) else _attachment_status(target, done)
+        attachments.append(dataclasses.replace(status, pod=target.pod))
     return ProgramStatus(
         program_id=view.id,
         tag=view.tag,
@@ -428,7 +429,7 @@ def _union(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[di
 
 def _attachment_status(target: AttachTarget, done: AttachResult) -> AttachmentStatus:
     pin = str(done.pin_path) if done.pin_path is not None else None
-    return AttachmentStatus(target.key, link_id=done.link_id, pin_path=pin, handle=done.handle)
+    return AttachmentStatus(target.key, link_id=done.link_id, pin_path=pin, handle=done.handle, pod=target.pod)
 
 
 def _detach(kernel: NodeKernel, detach: Detach, owned: set[int]) -> bool | None:

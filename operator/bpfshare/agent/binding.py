@@ -1,0 +1,88 @@
+"""Programs with ``attach.*.pods`` bound to this node's pods for one pass: each selected running pod's
+targets (its interfaces inside its network namespace, or its cgroup) become the program's targets, so
+the engine attaches, keeps and detaches them as it does fixed ones. A pod that goes, or stops matching,
+leaves the targets, and the engine removes its attachments; a restarted agent finds the same targets
+(the same namespace and cgroup paths) and re-adopts their links and filters, attaching nothing twice.
+
+After the pass the node's report says, per program, how many pods it is attached to (a selector that
+matches nothing on this node is Ready with 0 pods, and says so), and messages and events name the pod
+instead of the namespace path the kernel knows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpfshare.agent.pods import PodInventory
+from bpfshare.api.resources import ProgramResource
+from bpfshare.api.status import Phase
+from bpfshare.api.targets import AttachTarget
+from bpfshare.engine.node import Report
+
+
+def selects_pods(body: Mapping[str, Any]) -> bool:
+    """Whether a BpfProgram body attaches to pods (``spec.attach.<kind>.pods``)."""
+    attach = (body.get("spec") or {}).get("attach") or {}
+    return any(isinstance(b, Mapping) and "pods" in b for b in attach.values())
+
+
+@dataclass
+class PodNotes:
+    """What the pass's report should say of the programs bound to pods."""
+
+    messages: dict[str, str] = field(default_factory=dict)  # program -> its Ready message
+    places: dict[str, dict[str, str]] = field(default_factory=dict)  # program -> {netns or cgroup path: pod}
+
+    def name_pods(self, program: str, text: str) -> str:
+        for path, pod in self.places.get(program, {}).items():
+            text = text.replace(repr(path), f"of pod {pod}").replace(path, f"of pod {pod}")
+        return text
+
+    def apply(self, report: Report) -> None:
+        for name, message in self.messages.items():
+            entry = report.programs.get(name)
+            if entry is None:
+                continue
+            if entry.phase is Phase.Ready:
+                report.programs[name] = dataclasses.replace(entry, message=message)
+            elif entry.message:
+                report.programs[name] = dataclasses.replace(entry, message=self.name_pods(name, entry.message))
+        for i, event in enumerate(report.events):
+            if event.name in self.places:
+                report.events[i] = dataclasses.replace(event, message=self.name_pods(event.name, event.message))
+
+
+def bind_pods(
+    programs: Iterable[ProgramResource], inventory: PodInventory | None
+) -> tuple[list[ProgramResource], PodNotes]:
+    """The programs with their pods' targets (programs without pods unchanged); without an inventory
+    (no container runtime) pods programs stay unbound, which the engine refuses, saying why."""
+    out: list[ProgramResource] = []
+    notes = PodNotes()
+    for res in programs:
+        if res.pods is None or inventory is None:
+            out.append(res)
+            continue
+        placed, waiting = inventory.placed(res.pods.namespace, res.pods.selector)
+        targets: list[AttachTarget] = []
+        places: dict[str, str] = {}
+        attached = []
+        for found in placed:
+            netns, cgroup = found.place.netns, found.place.cgroup
+            if res.pods.needs_netns and not netns:
+                waiting.append(f"pod {found.pod.ref}: hostNetwork, its interfaces are the node's")
+                continue
+            targets.extend(res.pods.for_pod(found.pod.ref, netns, cgroup))
+            places[netns if res.pods.needs_netns else cgroup] = found.pod.ref
+            attached.append(found.pod.ref)
+        out.append(dataclasses.replace(res, targets=tuple(targets), bound=True))
+        if attached:
+            message = f"attached in {len(attached)} pod(s) of the {res.pods.describe()}: {', '.join(attached)}"
+        else:
+            message = f"no running pod on this node among the {res.pods.describe()} (Ready with 0 pods)"
+        notes.messages[res.name] = "; ".join([message, *waiting])
+        notes.places[res.name] = places
+    return out, notes
