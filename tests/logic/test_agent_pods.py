@@ -78,7 +78,7 @@ def test_the_runtime_is_asked_once_per_sandbox() -> None:
     inv = PodInventory(runtime.locate)
     inv.on_pod("ADDED", pod("web-0", labels={"app": "web"}))
     for _ in range(3):
-        placed, waiting = inv.placed("shop", WEB)
+        placed, waiting, _ = inv.placed("shop", WEB)
         assert [p.place.netns for p in placed] == ["/var/run/netns/cni-a"] and waiting == []
     assert runtime.asked == ["uid-web-0"]
     # A new sandbox (the pod's IP changed): asked again, the new namespace found.
@@ -92,11 +92,12 @@ def test_a_pod_the_runtime_cannot_place_yet_waits_with_a_message_naming_it() -> 
     runtime = Runtime()
     inv = PodInventory(runtime.locate)
     inv.on_pod("ADDED", pod("web-0", labels={"app": "web"}))
-    placed, waiting = inv.placed("shop", WEB)
-    assert placed == [] and waiting == ["pod shop/web-0: the container runtime has no ready sandbox for it yet"]
+    placed, waiting, failed = inv.placed("shop", WEB)
+    assert placed == [] and failed == []
+    assert waiting == ["pod shop/web-0: the container runtime has no ready sandbox for it yet"]
     runtime.fail = "container runtime at /run/containerd/containerd.sock: ListPodSandbox: UNAVAILABLE: gone"
-    placed, waiting = inv.placed("shop", WEB)
-    assert placed == [] and waiting == [f"pod shop/web-0: {runtime.fail}"]
+    placed, waiting, failed = inv.placed("shop", WEB)
+    assert placed == [] and waiting == [] and failed == [f"pod shop/web-0: {runtime.fail}"]
     runtime.fail = None
     runtime.add("web-0", "/var/run/netns/cni-a")
     assert [p.pod.name for p in inv.placed("shop", WEB)[0]] == ["web-0"]

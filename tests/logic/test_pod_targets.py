@@ -18,6 +18,7 @@ from bpfshare.api.resources import ResourceError, attach_summary
 from bpfshare.api.status import Phase
 from bpfshare.api.targets import TcTarget
 from bpfshare.cri.pods import PodPlace
+from bpfshare.errors import BpfshareError
 from tests.logic.enginekit import Node, bpfmap, bpfprog, obj
 
 WEB = {"namespace": "shop", "selector": {"matchLabels": {"app": "web"}}}
@@ -184,3 +185,29 @@ def test_pods_targets_compare_by_where_they_attach_not_by_pod_name() -> None:
     assert TcTarget("eth0", "ingress", "/var/run/netns/x", pod="shop/a") == TcTarget(
         "eth0", "ingress", "/var/run/netns/x"
     )
+
+
+def test_a_runtime_that_cannot_be_asked_detaches_nothing() -> None:
+    """After a restart the agent knows no places; the runtime away, it must not take the pods' absence
+    from its answer for their going: the program fails the pass, naming the cause, and keeps them."""
+    node = Node()
+    pods = Pods(node)
+    pods.run("web-a")
+    reconcile(node, pods, counting(tc_pods()))
+    assert len(node.kernel.tc_filters()) == 1
+
+    node.restart_agent()
+    failing = Pods(node)  # a new agent's inventory, with a runtime that does not answer
+
+    def unreachable(uid: str) -> PodPlace | None:
+        raise BpfshareError("container runtime at /run/containerd/containerd.sock: ListPodSandbox: UNAVAILABLE")
+
+    failing.inventory = PodInventory(unreachable)
+    failing.inventory.on_pod("ADDED", pod_body("web-a"))
+    report = reconcile(node, failing, counting(tc_pods()))
+    entry = report.programs["count-web"]
+    assert entry.phase is Phase.Error
+    assert entry.message.startswith("pod shop/web-a: container runtime at /run/containerd/containerd.sock")
+    assert "attachments stay as they are" in entry.message
+    assert len(node.kernel.tc_filters()) == 1, "a pass without the runtime's answer detached a pod"
+    assert [e.message for e in report.events if e.reason == "Failed"] == [entry.message]

@@ -34,6 +34,7 @@ class PodNotes:
     """What the pass's report should say of the programs bound to pods."""
 
     messages: dict[str, str] = field(default_factory=dict)  # program -> its Ready message
+    errors: dict[str, str] = field(default_factory=dict)  # program -> why it was not bound this pass
     places: dict[str, dict[str, str]] = field(default_factory=dict)  # program -> {netns or cgroup path: pod}
 
     def name_pods(self, program: str, text: str) -> str:
@@ -42,6 +43,13 @@ class PodNotes:
         return text
 
     def apply(self, report: Report) -> None:
+        for name, error in self.errors.items():
+            entry = report.programs.get(name)
+            if entry is not None and entry.phase is Phase.Error:
+                report.programs[name] = dataclasses.replace(entry, message=error)
+        for i, event in enumerate(report.events):
+            if event.name in self.errors and event.reason == "Failed":
+                report.events[i] = dataclasses.replace(event, message=self.errors[event.name])
         for name, message in self.messages.items():
             entry = report.programs.get(name)
             if entry is None:
@@ -66,7 +74,13 @@ def bind_pods(
         if res.pods is None or inventory is None:
             out.append(res)
             continue
-        placed, waiting = inventory.placed(res.pods.namespace, res.pods.selector)
+        placed, waiting, failed = inventory.placed(res.pods.namespace, res.pods.selector)
+        if failed:
+            # Bound without the pods the runtime could not tell of, the pass would detach them: left
+            # unbound, the program fails this pass and keeps every attachment as it is.
+            out.append(res)
+            notes.errors[res.name] = "; ".join(failed) + " (its attachments stay as they are until the runtime answers)"
+            continue
         targets: list[AttachTarget] = []
         places: dict[str, str] = {}
         attached = []

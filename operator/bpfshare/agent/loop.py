@@ -192,7 +192,10 @@ class Agent:
                 if (item.get("spec") or {}).get("node") == self.node and resource:
                     self.states[(kind.resource_kind, resource)] = as_applied(item)
         if self.pod_watch is not None:
-            self.pod_watch.relist()  # the first pass sees the running pods
+            try:
+                self.pod_watch.relist()  # the first pass sees the running pods
+            except Exception as exc:  # no pods (RBAC, the API away): the rest of the node goes on
+                log.warning("cannot list the pods of node %s (%s); the pod watch retries", self.node, exc)
         node = self.node_watch.list()
         if node is None:
             log.warning("no Node object named %s: only resources without nodeSelector apply", self.node)

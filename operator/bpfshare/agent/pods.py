@@ -113,18 +113,20 @@ class PodInventory:
                     self._places[pod.uid] = (pod.sandbox, place)
         return place
 
-    def placed(self, namespace: str, selector: NodeSelector) -> tuple[list[PlacedPod], list[str]]:
-        """The selected running pods with their places, and one message per pod that has none yet."""
+    def placed(self, namespace: str, selector: NodeSelector) -> tuple[list[PlacedPod], list[str], list[str]]:
+        """The selected running pods with their places; one message per pod the runtime has no ready
+        sandbox for yet; one per pod the runtime could not be asked about (an error)."""
         found: list[PlacedPod] = []
         waiting: list[str] = []
+        failed: list[str] = []
         for pod in self.selected(namespace, selector):
             try:
                 place = self.place(pod)
             except BpfshareError as exc:
-                waiting.append(str(exc))
+                failed.append(str(exc))
                 continue
             if place is None:
                 waiting.append(f"pod {pod.ref}: the container runtime has no ready sandbox for it yet")
             else:
                 found.append(PlacedPod(pod, place))
-        return found, waiting
+        return found, waiting, failed
