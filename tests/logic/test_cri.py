@@ -150,8 +150,12 @@ def test_an_unreachable_runtime_is_an_error_naming_its_socket(tmp_path: Path) ->
 
 
 def test_finding_the_runtime_skips_what_it_may_not_look_at(tmp_path: Path) -> None:
-    """An unprivileged agent may not search /run/containerd (mode 0600): no runtime, not a crash."""
+    """An unprivileged agent may not search /run/containerd (mode 0600): stat fails with EACCES, which
+    Path.is_socket raises; here ENAMETOOLONG, which it raises too, whatever the test's privileges."""
     from bpfshare.cri.client import find_socket
 
+    unreadable = tmp_path / ("x" * 300) / "containerd.sock"
+    with pytest.raises(OSError):
+        unreadable.is_socket()  # the failure find_socket must survive
     with pytest.raises(CriError, match="no container runtime socket"):
-        find_socket((tmp_path / "missing.sock", Path("/proc/1/root/run/containerd/containerd.sock")))
+        find_socket((tmp_path / "missing.sock", unreadable))

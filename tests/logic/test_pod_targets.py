@@ -211,3 +211,13 @@ def test_a_runtime_that_cannot_be_asked_detaches_nothing() -> None:
     assert "attachments stay as they are" in entry.message
     assert len(node.kernel.tc_filters()) == 1, "a pass without the runtime's answer detached a pod"
     assert [e.message for e in report.events if e.reason == "Failed"] == [entry.message]
+
+
+def test_the_ready_message_names_at_most_ten_pods_and_the_attachments_list_all() -> None:
+    node = Node()
+    pods = Pods(node)
+    for i in range(12):
+        pods.run(f"web-{i:02}")
+    entry = reconcile(node, pods, counting(cgroup_pods())).programs["count-web"]
+    assert len(entry.program.attachments) == 12
+    assert entry.message.startswith("attached in 12 pod(s)") and entry.message.endswith("shop/web-09 and 2 more")

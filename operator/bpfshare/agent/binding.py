@@ -22,6 +22,8 @@ from bpfshare.api.status import Phase
 from bpfshare.api.targets import AttachTarget
 from bpfshare.engine.node import Report
 
+NAMED_PODS = 10  # the Ready message names this many pods (the attachments list every one)
+
 
 def selects_pods(body: Mapping[str, Any]) -> bool:
     """Whether a BpfProgram body attaches to pods (``spec.attach.<kind>.pods``)."""
@@ -79,7 +81,7 @@ def bind_pods(
             # Bound without the pods the runtime could not tell of, the pass would detach them: left
             # unbound, the program fails this pass and keeps every attachment as it is.
             out.append(res)
-            notes.errors[res.name] = "; ".join(failed) + " (its attachments stay as they are until the runtime answers)"
+            notes.errors[res.name] = f"{failed[0]} (its attachments stay as they are until the runtime answers)"
             continue
         targets: list[AttachTarget] = []
         places: dict[str, str] = {}
@@ -94,7 +96,10 @@ def bind_pods(
             attached.append(found.pod.ref)
         out.append(dataclasses.replace(res, targets=tuple(targets), bound=True))
         if attached:
-            message = f"attached in {len(attached)} pod(s) of the {res.pods.describe()}: {', '.join(attached)}"
+            named = ", ".join(attached[:NAMED_PODS]) + (
+                f" and {len(attached) - NAMED_PODS} more" if len(attached) > NAMED_PODS else ""
+            )
+            message = f"attached in {len(attached)} pod(s) of the {res.pods.describe()}: {named}"
         else:
             message = f"no running pod on this node among the {res.pods.describe()} (Ready with 0 pods)"
         notes.messages[res.name] = "; ".join([message, *waiting])

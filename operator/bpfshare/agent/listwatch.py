@@ -63,7 +63,7 @@ class ListWatch:
         self.server_timeout = server_timeout
         self.connect_timeout = connect_timeout
         self.resource_version: str | None = None
-        self.known: dict[tuple[str, str], dict[str, Any]] = {}  # what the last list and events had
+        self.known: dict[tuple[str, str], dict[str, Any]] = {}  # the identity of what the list and events had
         self.lists = 0
         self.watches = 0
         self._stop = threading.Event()
@@ -83,16 +83,16 @@ class ListWatch:
         listing = json.loads(response.data)
         self.resource_version = str(listing["metadata"]["resourceVersion"])
         items = [i for i in listing.get("items") or [] if self.keep(i)]
-        self.known = {object_key(i): i for i in items}
+        self.known = {object_key(i): identity(i) for i in items}
         return items
 
     def relist(self) -> None:
         """List again and deliver what the list says: each object, and the deletion of those now gone."""
         before = self.known
         items = self.list_items()
-        for key, body in before.items():
+        for key, names in before.items():
             if key not in self.known:
-                self.deliver("DELETED", {"metadata": identity(body)})
+                self.deliver("DELETED", {"metadata": names})
         for body in items:
             self.deliver("MODIFIED" if object_key(body) in before else "ADDED", body)
 
@@ -129,7 +129,7 @@ class ListWatch:
                 if kind == "DELETED":
                     self.known.pop(object_key(body), None)
                 else:
-                    self.known[object_key(body)] = body
+                    self.known[object_key(body)] = identity(body)
                 self.deliver(kind, body)
         finally:
             response.close()

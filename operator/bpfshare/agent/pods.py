@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bpfshare.api.resources import NodeSelector
 from bpfshare.cri.pods import PodPlace
@@ -43,9 +44,9 @@ class Pod:
 
     @classmethod
     def from_body(cls, body: Mapping[str, object]) -> Pod:
-        meta = body.get("metadata") or {}
-        status = body.get("status") or {}
-        assert isinstance(meta, Mapping) and isinstance(status, Mapping)
+        raw_meta, raw_status = body.get("metadata"), body.get("status")
+        meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
+        status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
         ips = ",".join(str(i.get("ip")) for i in status.get("podIPs") or [] if isinstance(i, Mapping))
         return cls(
             uid=str(meta.get("uid") or ""),

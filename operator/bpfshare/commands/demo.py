@@ -20,7 +20,7 @@ from bpfshare.cli import pin_root_option
 @pin_root_option
 def demo(keep: bool, node: bool, pin_root: str) -> None:
     """Cluster, CRDs, an agent and a controller, the examples, traffic, `kubectl get`, counters; then clean up."""
-    say = lambda line: click.echo(line)  # noqa: E731
+    say = click.echo
     if node:
         from bpfshare.controlplane.node_demo import run_node_demo
 
