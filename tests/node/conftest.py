@@ -35,6 +35,7 @@ def leftovers(state_dir: Path) -> list[str]:
     nat = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     if node_host.NAT_CHAIN in nat:
         found.append(f"nat chain {node_host.NAT_CHAIN}")
+    found.extend(f"netns {path}" for path in node_host.pod_netns())
     for hierarchy in node_host.cgroup_hierarchies():
         if (hierarchy / node_host.CGROUP_ROOT).exists():
             found.append(f"cgroup {hierarchy / node_host.CGROUP_ROOT}")

@@ -53,6 +53,9 @@ def wait_running(cp: ControlPlane, name: str, timeout: float = 60.0) -> dict[str
         time.sleep(0.5)
 
 
+FOREIGN_NETNS = "cni-bpfshare-lifecycle-foreign"  # named like containerd's, with none of our addresses
+
+
 def test_up_runs_pods_and_down_after_a_crash_leaves_nothing(
     control_plane_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -95,8 +98,15 @@ def test_up_runs_pods_and_down_after_a_crash_leaves_nothing(
             proc = find(record)
             if proc is not None:
                 os.kill(proc.pid, signal.SIGKILL)
+        # The pod's network namespace is in /run/netns, where the agent's DaemonSet looks; after the
+        # crash it is ours to remove, and another runtime's namespace beside it is not.
+        assert node_host.pod_netns(), "the pod's network namespace is not in /run/netns"
+        subprocess.run(["ip", "netns", "add", FOREIGN_NETNS], check=True)
         assert leftovers(state_dir), "the crash left nothing to clean up: the test checks nothing"
     finally:
         stop(state_dir)
+        foreign_kept = (node_host.NETNS_DIR / FOREIGN_NETNS).exists()
+        subprocess.run(["ip", "netns", "del", FOREIGN_NETNS], capture_output=True)
     assert leftovers(state_dir) == []
+    assert foreign_kept, f"cluster down removed {FOREIGN_NETNS}, a network namespace it did not make"
     assert not node_dir(state_dir).exists()

@@ -1,9 +1,10 @@
 """A real node beside the control plane (``bpfshare cluster up --node``): containerd with CNI, the
 kubelet that registers this machine as a Node, kube-controller-manager and kube-scheduler.
 
-Everything lives under ``<state dir>/node``: containerd's config, root, state and socket (pods'
-network namespaces too: ``netns_mounts_under_state_dir``), the CNI configuration and its address
-leases, the kubelet's config, root directory and pod logs. The host-side pieces (the node's address,
+Everything lives under ``<state dir>/node``: containerd's config, root, state and socket, the CNI
+configuration and its address leases, the kubelet's config, root directory and pod logs. Pods'
+network namespaces do not: they are in /run/netns, where a node's are and where the agent's DaemonSet
+looks for them (node_host.py tells ours from others'). The host-side pieces (the node's address,
 the Service NAT, shared mounts, the cgroup root) are node_host.py's. ``stop`` undoes both, from the
 names alone when the processes are gone.
 
@@ -134,7 +135,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
 [{cri}]
   sandbox_image = "{SANDBOX_IMAGE}"
   restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
+  netns_mounts_under_state_dir = false  # /run/netns/cni-*, where a node's are (the DaemonSet mounts it)
   enable_selinux = false
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
@@ -287,6 +288,7 @@ def stop_node(cp: ControlPlane | None, state_dir: Path) -> None:
     base = node_dir(state_dir)
     _kill_shims(containerd_socket(state_dir))
     node_host.kill_pods()
+    node_host.remove_pod_netns()
     if base.exists():
         node_host.unmount_below(base)
     node_host.remove_network()

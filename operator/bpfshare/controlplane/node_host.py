@@ -17,11 +17,16 @@ that left no record.
   ``ip netns add`` does for /run/netns), never the whole tree; they stay, as a node's would.
 - **The cgroup root**: the kubelet's ``cgroupRoot``, so every pod's cgroup lies under one directory of
   ours in every hierarchy, and ``down`` can kill what is left there without looking at anyone else's.
+- **Pods' network namespaces** are where a node's are, ``/run/netns/cni-<uuid>`` (the agent's DaemonSet
+  mounts /run/netns), beside any other runtime's. Ours are those whose interfaces hold an address of
+  ``POD_SUBNET``, which only our bridge hands out: ``down`` removes them, and only them, when pods were
+  killed rather than torn down (a crash, or the shims killed with containerd).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -39,7 +44,8 @@ BRIDGE = "bpfshare0"
 POD_SUBNET = "10.254.128.0/24"
 NAT_CHAIN = "BPFSHARE-NODE"
 CGROUP_ROOT = "bpfshare-node"
-SHARED_MOUNTS = (Path("/sys/fs/bpf"), Path("/run/netns"))
+NETNS_DIR = Path("/run/netns")
+SHARED_MOUNTS = (Path("/sys/fs/bpf"), NETNS_DIR)
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -170,6 +176,34 @@ def kill_pods(timeout: float = 15.0) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+# -- pods' network namespaces ---------------------------------------------------------------------------
+
+
+def pod_netns() -> list[Path]:
+    """Our pods' network namespaces in /run/netns: named ``cni-*`` by containerd, holding an address of
+    POD_SUBNET (another runtime's namespaces have other addresses, or none of ours)."""
+    subnet = ipaddress.ip_network(POD_SUBNET)
+    ours: list[Path] = []
+    for path in sorted(NETNS_DIR.glob("cni-*")):
+        shown = _run("nsenter", f"--net={path}", "ip", "-o", "-4", "addr", "show", check=False)
+        for line in shown.stdout.splitlines():
+            fields = line.split()
+            if "inet" in fields:
+                with contextlib.suppress(ValueError):
+                    if ipaddress.ip_interface(fields[fields.index("inet") + 1]).ip in subnet:
+                        ours.append(path)
+                        break
+    return ours
+
+
+def remove_pod_netns() -> None:
+    """Unmount and remove our pods' network namespaces (their veths go with them)."""
+    for path in pod_netns():
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 # -- mounts under the node's directory -------------------------------------------------------------------
