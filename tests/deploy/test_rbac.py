@@ -29,6 +29,9 @@ AGENT_ALLOWED = [
     ("get", "nodes", None),
     ("list", "nodes", None),
     ("watch", "nodes", None),
+    # attach.*.pods: the pods of its node (a field selector), listed and watched.
+    ("list", "pods", None),
+    ("watch", "pods", None),
     ("get", "configmaps", "kube-system"),
     ("create", "events", "default"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
@@ -42,11 +45,15 @@ COMMON_DENIED = [
     ("list", "secrets", None),
     ("watch", "secrets", None),
     ("get", "secrets", "bpfshare-system"),
-    # Pods and what leads into them.
-    ("get", "pods", "default"),
-    ("list", "pods", None),
+    # Writes to pods and what leads into them.
     ("create", "pods", "bpfshare-system"),
+    ("delete", "pods", "default"),
+    ("patch", "pods", "default"),
+    ("update", "pods/status", "default"),
     ("create", "pods/exec", "default"),
+    ("create", "pods/attach", "default"),
+    ("get", "pods/log", "default"),
+    ("create", "pods/eviction", "default"),
     ("get", "nodes/proxy", None),
     ("create", "serviceaccounts/token", "default"),
     # RBAC objects.
@@ -85,6 +92,8 @@ COMMON_DENIED = [
 
 AGENT_DENIED = [
     *COMMON_DENIED,
+    # Pods are listed and watched, never fetched one by one (the rule grants only what is used).
+    ("get", "pods", "default"),
     # No writes to the shared objects at all: no finalizer, no status (the controller owns both).
     ("patch", "bpfmaps.bpfshare.io", None),
     ("patch", "bpfprograms.bpfshare.io", None),
@@ -123,6 +132,10 @@ CONTROLLER_ALLOWED = [
 
 CONTROLLER_DENIED = [
     *COMMON_DENIED,
+    # Pods are the agents' business (attach.*.pods), not the controller's.
+    ("get", "pods", "default"),
+    ("list", "pods", None),
+    ("watch", "pods", None),
     # Only agents report: the controller creates no state.
     ("create", "bpfmapstates.bpfshare.io", None),
     ("create", "bpfprogramstates.bpfshare.io", None),
@@ -185,6 +198,7 @@ EVERYONE = {  # what every authenticated user gets: self reviews
                 "bpfmapstates.bpfshare.io",
                 "bpfprogramstates.bpfshare.io",
                 "nodes",
+                "pods",
                 "configmaps",
                 "events",
                 "customresourcedefinitions.apiextensions.k8s.io",
@@ -269,11 +283,14 @@ def test_requests_with_the_service_account_tokens(deployed: Deployed) -> None:
             ("get", "configmaps", "-A"),
             ("delete", "bpfmap", name),
             ("get", "secrets", "-n", "default"),
-            ("get", "pods", "-A"),
+            ("delete", "pod", "any-pod", "-n", "default"),
             ("get", "clusterkopfpeerings"),
         ):
             proc = cp.kubectl(*argv, token=agent, check=False)
             assert proc.returncode != 0 and "Forbidden" in proc.stderr, argv
+        # The pods of its node: the list the agent makes (attach.*.pods).
+        listed = cp.kubectl("get", "pods", "-A", f"--field-selector=spec.nodeName={node}", token=agent)
+        assert listed.returncode == 0, listed.stderr
         # The controller: the finalizer and the cluster view on the shared object.
         finalizer["metadata"]["finalizers"] = ["bpfshare.io/controller"]  # type: ignore[index]
         cp.kubectl(*ssa, f"--field-manager={CONTROLLER_FIELD_MANAGER}", input=json.dumps(finalizer), token=controller)
