@@ -262,8 +262,20 @@ def test_the_daemonset_runs_the_agent_as_documented(deployed: Deployed) -> None:
     assert mounts["netns"]["mountPropagation"] == "HostToContainer"
     assert mounts["cgroup"]["mountPath"] == "/sys/fs/cgroup"
     assert _arg(agent, "--pin-root").startswith("/sys/fs/bpf/")
-    volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert volumes == {"bpffs": "/sys/fs/bpf", "cgroup": "/sys/fs/cgroup", "netns": "/run/netns"}
+    # The runtime's socket (attach.*.pods) read-only, where the agent looks for it by default, and
+    # only if it is a socket (no directory made in its place).
+    from bpfshare.cri.client import DEFAULT_SOCKETS
+
+    assert mounts["runtime-socket"]["readOnly"] is True
+    assert Path(mounts["runtime-socket"]["mountPath"]) == DEFAULT_SOCKETS[0]
+    volumes = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    assert {name: v["path"] for name, v in volumes.items()} == {
+        "bpffs": "/sys/fs/bpf",
+        "cgroup": "/sys/fs/cgroup",
+        "netns": "/run/netns",
+        "runtime-socket": "/run/containerd/containerd.sock",
+    }
+    assert volumes["runtime-socket"]["type"] == "Socket"
     init = spec["initContainers"][0]
     assert init["command"][0] == "/usr/local/bin/bpfshare-mount-bpffs"
     assert init["securityContext"]["privileged"] is True
@@ -487,3 +499,24 @@ def test_liveness_asks_alive_and_readiness_asks_synced_on_the_ports_the_argument
     assert _arg(controller, "--readiness") == f"0.0.0.0:{ports['readyz']}"
     assert controller["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert controller["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readyz"}
+
+
+def test_the_runtime_socket_overlay_changes_only_the_sockets_host_path(tmp_path: Path) -> None:
+    """What the real node's tests and ``demo --node`` apply (node_deploy.py), as docs/install.md tells
+    users of another runtime to: deploy/ with the runtime socket's hostPath elsewhere, nothing else."""
+    from bpfshare.controlplane.node_deploy import write_runtime_socket_overlay
+
+    socket_path = Path("/var/run/crio/crio.sock")
+    write_runtime_socket_overlay(tmp_path, DEPLOY, socket_path)
+    base, patched = build(DEPLOY), build(tmp_path)
+    base_ds, patched_ds = find(base, "DaemonSet"), find(patched, "DaemonSet")
+    volumes = {v["name"]: v for v in patched_ds["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["runtime-socket"]["hostPath"] == {"path": str(socket_path), "type": "Socket"}
+    volumes["runtime-socket"]["hostPath"]["path"] = "/run/containerd/containerd.sock"
+    # The same volumes otherwise (kustomize's merge moves the patched one first: order means nothing).
+    for ds, by_name in (
+        (patched_ds, volumes),
+        (base_ds, {v["name"]: v for v in base_ds["spec"]["template"]["spec"]["volumes"]}),
+    ):
+        ds["spec"]["template"]["spec"]["volumes"] = sorted(by_name.values(), key=lambda v: v["name"])
+    assert patched == base

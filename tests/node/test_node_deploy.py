@@ -1,18 +1,21 @@
 """bpfshare installed on the real node as a user installs it: the image built from the Dockerfile and
-imported into the node's containerd (``cluster image``), ``kubectl apply -k deploy/`` unchanged, the
-agent DaemonSet and the controller Deployment running as pods under kubelet and containerd.
+imported into the node's containerd (``cluster image``), ``kubectl apply -k deploy/`` (with the
+node's runtime socket path patched in: node_deploy.py), the agent DaemonSet and the controller
+Deployment running as pods under kubelet and containerd.
 
 Then, through the pod-run agent: the seed scenario (one BpfMap shared by a tc program and a cgroup
 program whose object declares the map as a legacy ``bpf_map_def``), checked with bpftool and with
-traffic; an agent pod deleted and replaced keeps the program IDs and attaches nothing twice; ``kubectl
-logs``, the metrics endpoint, and the probes (``/healthz`` alive, ``/readyz`` synced); and the state
-objects of a deleted BpfMap garbage-collected by kube-controller-manager through their owner
-references, while its node's agent was away.
+traffic; programs for pods (``attach.*.pods``) in the selected pods' namespaces and cgroups; an agent
+pod deleted and replaced keeps the program IDs and attaches nothing twice; ``kubectl logs``, the
+metrics endpoint, and the probes (``/healthz`` alive, ``/readyz`` synced); and the state objects of a
+deleted BpfMap garbage-collected by kube-controller-manager through their owner references, while its
+node's agent was away.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,9 +37,11 @@ from bpfshare.controlplane.demo import (
 from bpfshare.controlplane.node_demo import HOST_PIN_ROOT
 from bpfshare.controlplane.run import ControlPlane
 from bpfshare.controlplane.wait import key_of, kubectl_getter, poll, wait_cluster_ready, wait_ready
+from bpfshare.cri.client import CriClient
 from bpfshare.kernel.cgroup import cgroup2_root
 from tests.fixtures.bpftool import bpftool_json, require_bpftool
 from tests.fixtures.http import http_get
+from tests.node import pod_programs
 from tests.node.conftest import host_pin_root_removed_after
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cluster, pytest.mark.node]
@@ -63,7 +68,7 @@ def installed(real_node: ControlPlane) -> Iterator[ControlPlane]:
     node_deploy.install_image(cp.containerd_address)
     with host_pin_root_removed_after():
         try:
-            node_deploy.deploy(cp.kubectl)
+            node_deploy.deploy(cp.kubectl, runtime_socket=cp.containerd_address)
             yield cp
         finally:
             cp.kubectl("delete", *reversed(NAMES), "--ignore-not-found", "--timeout=60s", check=False)
@@ -197,6 +202,49 @@ def test_kubectl_logs_and_metrics(scenario: ControlPlane) -> None:
     assert 'bpfshare_resources{kind="BpfProgram",phase="Ready"} 2.0' in text
     assert 'bpfshare_resources{kind="BpfMap",phase="Ready"} 1.0' in text
     assert f'bpfshare_agent_info{{node="{cp.node}"' in text
+
+
+def test_pods_programs_through_the_pod_run_agent(installed: ControlPlane) -> None:
+    """attach.*.pods by the DaemonSet's agent: it lists and watches its node's pods (its RBAC), asks the
+    runtime through the socket mounted read-only, enters the pods' network namespaces through
+    /run/netns, and counts traffic into a selected pod in the map it pinned on the host."""
+    require_bpftool()
+    cp = installed
+    assert cp.containerd_address is not None
+    agent = node_deploy.agent_pod(cp.kubectl)
+    sockets = [v for v in agent["spec"]["volumes"] if v["name"] == "runtime-socket"]
+    assert [v["hostPath"]["path"] for v in sockets] == [str(cp.containerd_address)]
+    docs = pod_programs.resources(bpf_dir=INSTALLED_BPF_DIR)
+    try:
+        pods = pod_programs.run_pods(cp, "pt-a", "pt-b")
+        pod_programs.run_pods(cp, "pt-db", app="pt-db")
+        cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        both = ["default/pt-a", "default/pt-b"]
+        for program in ("pt-tc", "pt-cgroup"):
+            poll(lambda p=program: pod_programs.attached_pods(cp, p) == both, f"{program} in both selected pods")
+        tc, cg = pod_programs.state(cp, "pt-tc"), pod_programs.state(cp, "pt-cgroup")
+        assert tc is not None and cg is not None
+        with CriClient(cp.containerd_address) as cri:
+            places = {name: cri.place_of_pod(doc["metadata"]["uid"]) for name, doc in pods.items()}
+        for name, place in places.items():
+            assert place is not None and place.netns.startswith(("/run/netns/", "/var/run/netns/")), place
+            assert pod_programs.pod_tc_filters(place) == [tc["programId"]], name
+            assert pod_programs.pod_cgroup_programs(place) == [cg["programId"]], name
+        # The controller's cluster view counts the node's pods programs Ready.
+        wait_cluster_ready(kubectl_getter(cp.kubectl), [("bpfprograms", "pt-tc"), ("bpfprograms", "pt-cgroup")])
+        pin = HOST_PIN_ROOT / "maps" / "pt-counts"
+        before = pod_programs.counter(pin, 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(5):
+                sock.sendto(b"bpfshare", (pods["pt-a"]["status"]["podIP"], 9))
+        poll(lambda: pod_programs.counter(pin, 0) >= before + 5, "pt-a's filter to count 5 packets", timeout=10)
+        # A deleted pod leaves both programs.
+        cp.kubectl("delete", "pod", "pt-b", "--wait=false")
+        for program in ("pt-tc", "pt-cgroup"):
+            poll(lambda p=program: pod_programs.attached_pods(cp, p) == ["default/pt-a"], f"pt-b to leave {program}")
+    finally:
+        pod_programs.remove_resources(cp)
+        cp.kubectl("delete", "pods", "-l", "app in (pt-web,pt-db)", "--wait=true", "--timeout=60s", check=False)
 
 
 def test_a_deleted_bpfmaps_states_are_garbage_collected(installed: ControlPlane) -> None:

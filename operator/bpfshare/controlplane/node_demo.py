@@ -76,7 +76,7 @@ def run_node_demo(keep: bool, say: Say) -> None:
         say(f"image: built and imported in {time.monotonic() - started:.1f}s")
         try:
             say("$ kubectl apply --server-side -k deploy/")
-            deploy(kube, root)
+            deploy(kube, root, runtime_socket=Path(containerd))
             say(kube("-n", "bpfshare-system", "get", "daemonset,deployment,pods", "-o", "wide").stdout.rstrip())
             show_scenario(kube, docs, node, HOST_PIN_ROOT / "maps" / MAP_NAME, keep, say)
         finally:

@@ -2,12 +2,17 @@
 ``kubectl apply -k deploy/``, the DaemonSet and the controller Deployment rolled out as pods.
 
 The demo's ``--node`` mode and the real-node tests share this, so both exercise the manifests users
-apply, unchanged.
+apply. One thing differs on the test node, as on any node whose runtime listens elsewhere than
+containerd's usual /run/containerd/containerd.sock: its socket is in the node's state directory (the
+machine may run a containerd of its own there), so an overlay patches the DaemonSet's runtime-socket
+hostPath, as docs/install.md tells users of CRI-O or k3s to.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,11 +49,42 @@ def install_image(containerd_address: Path | str) -> str:
     return str(archive)
 
 
-def deploy(kubectl: Kubectl, root: Path | None = None) -> None:
+BASE_RUNTIME_SOCKET = Path("/run/containerd/containerd.sock")  # deploy/base/daemonset.yaml's hostPath
+
+
+def write_runtime_socket_overlay(overlay: Path, deploy_dir: Path, runtime_socket: Path) -> None:
+    """A kustomization in ``overlay`` of ``deploy_dir`` whose DaemonSet mounts the runtime socket from
+    ``runtime_socket`` (the mount inside the container, where the agent looks, stays)."""
+    patch = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": AGENT_DAEMONSET, "namespace": NAMESPACE},
+        "spec": {"template": {"spec": {"volumes": [
+            {"name": "runtime-socket", "hostPath": {"path": str(runtime_socket), "type": "Socket"}},
+        ]}}},
+    }  # fmt: skip
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize refuses an absolute path to a base: relative, from the overlay.
+        "resources": [os.path.relpath(deploy_dir.resolve(), overlay.resolve())],
+        "patches": [{"patch": json.dumps(patch)}],
+    }
+    (overlay / "kustomization.yaml").write_text(json.dumps(kustomization, indent=2))
+
+
+def deploy(kubectl: Kubectl, root: Path | None = None, runtime_socket: Path | None = None) -> None:
     """``kubectl apply --server-side -k deploy/`` (server-side: the CRDs are too big for the
-    last-applied annotation), then wait for both rollouts."""
+    last-applied annotation), then wait for both rollouts. A ``runtime_socket`` elsewhere than the
+    base's is patched in by an overlay."""
     deploy_dir = (root or repo_root()) / "deploy"
-    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(deploy_dir))
+    apply = ("apply", "--server-side", "--force-conflicts", "-k")
+    if runtime_socket is None or runtime_socket == BASE_RUNTIME_SOCKET:
+        kubectl(*apply, str(deploy_dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bpfshare-overlay-") as overlay:
+            write_runtime_socket_overlay(Path(overlay), deploy_dir, runtime_socket)
+            kubectl(*apply, overlay)
     wait_rolled_out(kubectl)
 
 
