@@ -75,7 +75,7 @@ def run_node_demo(keep: bool, say: Say) -> None:
         install_image(containerd)
         say(f"image: built and imported in {time.monotonic() - started:.1f}s")
         try:
-            say("$ kubectl apply --server-side -k deploy/")
+            say(f"$ kubectl apply --server-side -k deploy/   # the runtime-socket volume patched to {containerd}")
             deploy(kube, root, runtime_socket=Path(containerd))
             say(kube("-n", "bpfshare-system", "get", "daemonset,deployment,pods", "-o", "wide").stdout.rstrip())
             show_scenario(kube, docs, node, HOST_PIN_ROOT / "maps" / MAP_NAME, keep, say)
