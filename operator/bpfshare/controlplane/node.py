@@ -82,6 +82,39 @@ def check_socket_paths(state_dir: Path) -> None:
         )
 
 
+def kubelet_config_of(cmdline: list[str]) -> Path | None:
+    """The ``--config`` of a kubelet command line, if it is one of ours (``<state>/node/kubelet/config.yaml``)."""
+    if not cmdline or Path(cmdline[0]).name != "kubelet":
+        return None
+    for arg in cmdline[1:]:
+        if arg.startswith("--config="):
+            config = Path(arg.removeprefix("--config="))
+            if config.parts[-3:] == ("node", "kubelet", "config.yaml"):
+                return config
+    return None
+
+
+def check_no_other_node(state_dir: Path) -> None:
+    """Refuse to start a node while another state directory's node runs on this machine: the address,
+    bridge, NAT chain and cgroup root have fixed names, and cleaning up what a crashed node left (the
+    first step of ``up``) would kill the other node's pods and remove its network."""
+    import psutil
+
+    ours = node_dir(state_dir).resolve()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            config = kubelet_config_of(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if config is not None and config.parents[1].resolve() != ours:
+            other = config.parents[2]
+            raise ControlPlaneError(
+                f"another bpfshare node runs on this machine (kubelet pid {proc.pid}, state directory {other}); "
+                f"only one fits (fixed address, bridge and cgroup root): stop it first "
+                f"(BPFSHARE_CLUSTER_DIR={other} bpfshare cluster down)"
+            )
+
+
 def default_node_name() -> str:
     return os.uname().nodename.lower().split(".")[0] or "node"
 

@@ -180,10 +180,11 @@ def start(
                 return existing
             _stop_processes(existing)
         if node:
-            from bpfshare.controlplane.node import check_socket_paths, require_tools, stop_node
+            from bpfshare.controlplane.node import check_no_other_node, check_socket_paths, require_tools, stop_node
 
             require_tools()
             check_socket_paths(state_dir)
+            check_no_other_node(state_dir)
             stop_node(existing, state_dir)  # what a crashed node left
         _prepare(state_dir)
         cp = ControlPlane(state_dir=state_dir, bin_dir=bin_dir, node=node or "")
