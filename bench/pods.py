@@ -12,14 +12,15 @@ it in ``status.attachments``):
   namespaces and 100 cgroup links), from one pass of the node engine in this process on a fresh
   bpffs against the same pods (bpf() and netlink time added up, as bench.scale_node does);
 - the 100 pods but a few survivors deleted at once: deletion → the states list only the survivors;
-- churn: pods created at 10 per second for 60 s, each deleted a few seconds after it was attached:
+- churn: pods created at 10 per second for 60 s (the issue's rate; then again at 2 per second, which
+  this 2-CPU node's kubelet keeps up with), each deleted a few seconds after it was attached:
   attach latency after Running (p50, p99, max), detach latency after the deletion, the rates the
   node achieved; then, once every churn pod is gone, no leaked tc filter, cgroup link, pin, network
   namespace or state entry (each compared with what the node held before the churn).
 
 Run as root, from the repository's root, alone on the machine (the node's names are fixed):
-`flock /tmp/bpfshare-node.lock .venv/bin/python -m bench.pods [--pods 100] [--rate 10] [--seconds 60]
-[--write FILE]`.
+`flock /tmp/bpfshare-node.lock .venv/bin/python -m bench.pods [--pods 100] [--rates 10,2] [--seconds 60]
+[--write FILE]` (``--logs DIR`` keeps the agent's and the node's logs, ``--profile DIR`` py-spies the agent).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from bench.common import (
     median,
     pct,
     program_doc,
+    py_spy,
     sh,
+    summarize_profile,
     verdict,
 )
 from bpfshare.api.resources import API_VERSION, GROUP, MAP_KIND, VERSION
@@ -151,6 +154,10 @@ class Tracker:
         self.pods: dict[str, PodSeen] = {}
         self.states: dict[str, dict[str, Any]] = {}  # program -> its state's latest body on this node
         self.listed: dict[str, set[str]] = {}  # program -> the pods its state lists
+        # What the states said beyond "attached": (program, phase, note), each the first time it was seen
+        # (a phase other than Ready, or a Ready message's notes on pods it could not attach to yet).
+        self.notes: dict[tuple[str, str, str], float] = {}
+        self.phases: list[tuple[float, str, str, int]] = []  # (when, program, phase, pods named as missing)
         self.events = 0
         self._cond = threading.Condition()
         core = client.CoreV1Api(cp.api_client())
@@ -213,7 +220,14 @@ class Tracker:
                 pods: set[str] = set()
             else:
                 self.states[program] = body
-                attachments = (body.get("status") or {}).get("attachments") or []
+                status = body.get("status") or {}
+                phase, message = str(status.get("phase") or ""), str(status.get("message") or "")
+                self.phases.append((now, program, phase, message.count(" not found")))
+                notes = message.split("; ")[1:] if phase == "Ready" else [message]
+                for note in notes:
+                    generic = re.sub(rf"{TAG}-[cs][\d-]+", "<pod>", note)  # one entry per kind of note
+                    self.notes.setdefault((program, phase, generic), now)
+                attachments = status.get("attachments") or []
                 pods = {str(a["pod"]).split("/", 1)[1] for a in attachments if a.get("pod")}
             before = self.listed.get(program, set())
             for name in pods - before:
@@ -234,6 +248,26 @@ class Tracker:
                     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
                 self._cond.wait(timeout=min(left, 0.5))
             return time.perf_counter()
+
+    def errors(self, program: str, start: float, end: float) -> tuple[int, float, int]:
+        """Between ``start`` and ``end``: how many of the program's state writes were Error, for how
+        long in all the state said Error, and the most pods one Error named as not found."""
+        with self._cond:
+            seen = [(t, ph, n) for t, prog, ph, n in self.phases if prog == program]
+        count, spell, most = 0, 0.0, 0
+        since: float | None = None
+        for t, phase, named in seen:
+            if since is not None and phase != "Error":
+                spell += min(t, end) - max(since, start) if t > start else 0.0
+                since = None
+            if phase == "Error":
+                if start <= t <= end:
+                    count, most = count + 1, max(most, named)
+                if since is None:
+                    since = t
+        if since is not None:
+            spell += max(0.0, end - max(since, start))
+        return count, spell, most
 
     def state_ready(self, program: str) -> bool:
         status = (self.states.get(program) or {}).get("status") or {}
@@ -522,9 +556,12 @@ class Churn:
     detach: list[float] = field(default_factory=list)
     never_running: int = 0  # deleted before they ran (the node fell behind)
     never_attached: int = 0  # Running, but deleted unattached after GIVE_UP seconds
+    unattached: list[str] = field(default_factory=list)  # of those: which program listed them, if one did
+    slow: list[str] = field(default_factory=list)  # the slowest attachments: per program, after Running
     max_pending: int = 0  # created, not yet Running, at one sample
     max_live: int = 0  # created and not yet gone
     drain_seconds: float = 0.0  # the last deletion → every churn pod gone
+    errors: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # program -> Tracker.errors
     use: AgentUse = field(default_factory=AgentUse)
     checks: list[tuple[str, str, bool]] = field(default_factory=list)  # (what, measured, good)
 
@@ -608,10 +645,12 @@ def churn_run(
     survivors: list[str],
     rate: float,
     seconds: float,
+    round_: int,
 ) -> Churn:
     churn = Churn(rate, seconds)
     total = int(rate * seconds)
-    names = [f"{TAG}-c{i:04d}" for i in range(total)]
+    names = [f"{TAG}-c{round_}-{i:04d}" for i in range(total)]
+    began = time.perf_counter()
     baseline = holdings(tracker, cp, agent, survivors)
     before = agent_counters(agent)
     created: list[str] = []
@@ -666,6 +705,7 @@ def churn_run(
             lambda: all(sorted(tracker.listed.get(p, set())) == want for p in PROGRAMS), timeout=60, what="survivors"
         )
     churn.use = used(agent, before)
+    churn.errors = {p: tracker.errors(p, began, time.perf_counter()) for p in PROGRAMS}
     with tracker.locked():
         seen_all = [tracker.pods[n] for n in created]
         first = min(s.created or 0.0 for s in seen_all)
@@ -678,6 +718,14 @@ def churn_run(
         churn.latencies = [lat for s in seen_all if (lat := s.latency()) is not None]
         churn.attached = len(churn.latencies)
         churn.never_attached = churn.running - churn.attached
+        for s in seen_all:
+            if s.running is not None and s.attached_at() is None:
+                listed = ", ".join(f"{p} after {t - s.running:.2f} s" for p, t in s.attached.items()) or "neither"
+                churn.unattached.append(f"{s.name}: {listed}")
+        slowest = sorted((s for s in seen_all if s.latency() is not None), key=lambda s: -(s.latency() or 0.0))
+        for s in slowest[:5]:
+            per = ", ".join(f"{p.removeprefix(TAG + '-')} {t - (s.running or t):.2f} s" for p, t in s.attached.items())
+            churn.slow.append(f"{s.name}: {per}")
         churn.detach = [
             d - (s.delete_sent or d)
             for s in seen_all
@@ -747,6 +795,7 @@ def leak_checks(before: Holdings, after: Holdings, survivors: list[str]) -> list
 
 
 def report(args: argparse.Namespace) -> str:
+    rates = [float(r) for r in args.rates.split(",")]
     with contextlib.ExitStack() as stack:
         objs = build_objects(stack)
         cp = real_node(stack)
@@ -759,12 +808,49 @@ def report(args: argparse.Namespace) -> str:
         stack.callback(remove_resources, cp)  # before the pods go (last in, first out): no detaching
         kubectl_apply(cp, docs)
         tracker.wait(lambda: all(tracker.state_ready(p) for p in PROGRAMS), timeout=120, what="programs Ready")
-        scale, survivors = scale_run(cp, agent, tracker, pods, docs, args.pods)
-        churn = churn_run(cp, agent, tracker, pods, survivors, args.rate, args.seconds)
+        profile: Path | None = args.profile
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+        with py_spy(agent.pid, profile / "scale.txt" if profile else None):
+            scale, survivors = scale_run(cp, agent, tracker, pods, docs, args.pods)
+        churns = []
+        for i, rate in enumerate(rates):
+            with py_spy(agent.pid, profile / f"churn-{rate:g}.txt" if profile else None):
+                churns.append(churn_run(cp, agent, tracker, pods, survivors, rate, args.seconds, i))
+        if profile is not None:
+            for out in sorted(profile.glob("*.txt")):
+                log(f"profile of the agent, {out.stem}:\n{summarize_profile(out, top=25)}")
         problems = agent.problems()
         if problems:
             log(f"agent: {len(problems)} log lines at WARNING or above, e.g.\n" + "\n".join(problems[:5]))
-        return render(scale, churn, len(problems), args)
+        with tracker.locked():
+            notes = sorted(tracker.notes.items(), key=lambda kv: kv[1])
+        for (program, phase, note), _ in notes:
+            log(f"state of {program}: {phase}: {note}")
+        warnings = warning_events(cp)
+        for note, count in warnings.items():
+            log(f"{count} Warning events: {note}")
+        notes_out = [f"{ph}: {n}" for (_, ph, n), _ in notes] + [
+            f"{c} Warning events: {n}" for n, c in warnings.items()
+        ]
+        for churn in churns:
+            for line in churn.unattached:
+                log(f"churn {churn.rate:g}/s: Running, never attached: {line}")
+            for line in churn.slow:
+                log(f"churn {churn.rate:g}/s: slowest: {line}")
+        return render(scale, churns, len(problems), notes_out, args)
+
+
+def warning_events(cp: ControlPlane) -> dict[str, int]:
+    """The Warning Events the agent posted on the programs, by message (pod names elided)."""
+    got = cp.kubectl(
+        "get", "events", "-A", "-o", "json", "--field-selector", "involvedObject.kind=BpfProgram,type=Warning"
+    )
+    counts: dict[str, int] = {}
+    for event in json.loads(got.stdout).get("items") or []:
+        note = re.sub(rf"{TAG}-[cs][\d-]+", "<pod>", str(event.get("message") or ""))
+        counts[note] = counts.get(note, 0) + int(event.get("count") or 1)
+    return counts
 
 
 def save_logs(cp: ControlPlane, agent: BenchAgent, out: Path) -> None:
@@ -782,9 +868,8 @@ def remove_resources(cp: ControlPlane) -> None:
         cp.kubectl("patch", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
 
 
-def render(scale: Scale, churn: Churn, problems: int, args: argparse.Namespace) -> str:
+def render(scale: Scale, churns: list[Churn], problems: int, notes: list[str], args: argparse.Namespace) -> str:
     ref = scale.ref
-    churn_p99 = pct(churn.latencies, 99) if churn.latencies else float("inf")
     ratio = scale.apply_to_attached / ref.kernel
     lines = [
         f"Command: {command(args)} ({machine()}; the node's kubelet, containerd, API server and etcd on the "
@@ -796,9 +881,8 @@ def render(scale: Scale, churn: Churn, problems: int, args: argparse.Namespace) 
         "| first create → all Running (s) | last Running → all attached (s) | per pod, Running → attached: "
         "p50 / p99 / max (s) | agent CPU (s) | passes | engine (s) | API requests |",
         "|---:|---:|---|---:|---:|---:|---:|",
-        f"| {scale.all_running:.1f} | {scale.running_to_attached:.2f} | {median(scale.latencies):.2f} / "
-        f"{pct(scale.latencies, 99):.2f} / {max(scale.latencies):.2f} | {scale.use.cpu:.1f} | {scale.use.passes} "
-        f"| {scale.use.engine_seconds:.2f} | {scale.use.requests} |",
+        f"| {scale.all_running:.1f} | {scale.running_to_attached:.2f} | {_spread(scale.latencies)} "
+        f"| {scale.use.cpu:.1f} | {scale.use.passes} | {scale.use.engine_seconds:.2f} | {scale.use.requests} |",
         "",
         f"The programs applied with the {scale.pods} pods Running ({ref.attachments} attachments: a tc filter in each "
         "pod's network namespace, a cgroup link on each pod's cgroup), against the kernel time of the same "
@@ -808,7 +892,7 @@ def render(scale: Scale, churn: Churn, problems: int, args: argparse.Namespace) 
         "| ratio to kernel | per attachment (ms) | `kubectl apply` (s) | agent CPU (s) | passes | engine (s) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {ref.kernel:.2f} ({ref.bpf:.2f} + {ref.netlink:.2f}) | {ref.engine_wall:.2f} | {ref.runtime_seconds:.2f} "
-        f"| {scale.apply_to_attached:.2f} | {scale.apply_to_attached / ref.kernel:.1f}x "
+        f"| {scale.apply_to_attached:.2f} | {ratio:.1f}x "
         f"| {scale.apply_to_attached / ref.attachments * 1000:.1f} | {scale.apply_kubectl:.2f} "
         f"| {scale.apply_use.cpu:.2f} | {scale.apply_use.passes} | {scale.apply_use.engine_seconds:.2f} |",
         "",
@@ -816,42 +900,70 @@ def render(scale: Scale, churn: Churn, problems: int, args: argparse.Namespace) 
         f"the pods at once: detached from both programs after {scale.delete_to_detached:.2f} s, the pods gone "
         f"after {scale.delete_to_gone:.2f} s.",
         "",
-        f"**Churn**: pods created at {churn.rate:g}/s for {churn.seconds:g} s, each deleted {LIFETIME:g} s after "
-        f"it was seen Running and attached, {SURVIVORS} other pods running throughout:",
+        f"**Churn**: pods created at the given rate for {args.seconds:g} s, each deleted {LIFETIME:g} s after it "
+        f"was seen Running and attached ({GIVE_UP:g} s after Running if never attached; {GIVE_UP:g} s after its "
+        f"creation if it never ran), {SURVIVORS} of the {scale.pods} pods running throughout. *Pending*: created, "
+        "not yet Running; *alive*: created, not yet gone. Error writes: the program's state written in Error "
+        "(how long it said Error in all; the most pods one message named as not found).",
         "",
-        "| created | achieved create rate (/s) | Running | achieved Running rate (/s) | attached "
-        "| most pending at once | most alive at once "
-        "| Running → attached: p50 / p99 / max (s) | deletion → detached: p50 / p99 (s) | agent CPU (s) "
-        "| passes | engine (s) | API requests |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
-        f"| {churn.created} | {_rate(churn.created, churn.create_span)} | {churn.running} "
-        f"| {_rate(churn.running, churn.running_span)} | {churn.attached} | {churn.max_pending} | {churn.max_live} "
-        f"| {_spread(churn.latencies)} | {_spread(churn.detach, with_max=False)} | {churn.use.cpu:.1f} "
-        f"| {churn.use.passes} | {churn.use.engine_seconds:.2f} | {churn.use.requests} |",
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        f"| churn: attached within {TARGET_ATTACH:g} s of Running (p99) | {churn_p99:.2f} s "
-        f"| {verdict(churn_p99 <= TARGET_ATTACH)} |",
-        f"| churn: every pod that ran was attached | {churn.attached} of {churn.running} "
-        f"| {verdict(churn.attached == churn.running)} |",
+        "| rate asked (/s) | created | achieved create rate (/s) | Running | achieved Running rate (/s) | attached "
+        "| most pending at once | most alive at once | Running → attached: p50 / p99 / max (s) "
+        "| deletion → detached: p50 / p99 (s) | tc Error writes | cgroup Error writes | agent CPU (s) | passes "
+        "| engine (s) | API requests |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for churn in churns:
+        lines.append(
+            f"| {churn.rate:g} | {churn.created} | {_rate(churn.created, churn.create_span)} | {churn.running} "
+            f"| {_rate(churn.running, churn.running_span)} | {churn.attached} | {churn.max_pending} "
+            f"| {churn.max_live} | {_spread(churn.latencies)} | {_spread(churn.detach, with_max=False)} "
+            f"| {_errors(churn.errors[TC_PROGRAM])} | {_errors(churn.errors[CGROUP_PROGRAM])} | {churn.use.cpu:.1f} "
+            f"| {churn.use.passes} | {churn.use.engine_seconds:.2f} | {churn.use.requests} |"
+        )
+    lines += ["", "| target | measured | |", "|---|---|---|"]
+    for churn in churns:
+        p99 = pct(churn.latencies, 99) if churn.latencies else float("inf")
+        lines += [
+            f"| churn at {churn.rate:g}/s: attached within {TARGET_ATTACH:g} s of Running (p99) | {p99:.2f} s "
+            f"| {verdict(p99 <= TARGET_ATTACH)} |",
+            f"| churn at {churn.rate:g}/s: every pod that ran was attached | {churn.attached} of {churn.running} "
+            f"| {verdict(churn.attached == churn.running)} |",
+        ]
+    lines += [
         f"| {scale.pods} pods: all attached within {TARGET_ATTACH:g} s of the last Running "
         f"| {scale.running_to_attached:.2f} s | {verdict(scale.running_to_attached <= TARGET_ATTACH)} |",
         f"| {scale.pods} pods: applied programs all attached within {TARGET_RATIO:g}x the kernel time "
         f"| {ratio:.1f}x | {verdict(ratio <= TARGET_RATIO)} |",
     ]
-    for what, measured, good in churn.checks:
-        lines.append(f"| after the churn: {what} | {measured} | {verdict(good)} |")
-    if churn.never_running:
-        lines.append(f"| churn: pods that never ran before their deletion | {churn.never_running} | **check** |")
+    for i, (what, _, _) in enumerate(churns[0].checks):
+        measured = "; ".join(f"{c.rate:g}/s: {c.checks[i][1]}" for c in churns)
+        good = all(c.checks[i][2] for c in churns)
+        lines.append(f"| after each churn: {what} | {measured} | {verdict(good)} |")
+    for churn in churns:
+        if churn.never_running:
+            lines.append(
+                f"| churn at {churn.rate:g}/s: pods that never ran before their deletion | {churn.never_running} "
+                "| **check** |"
+            )
     if problems:
         lines.append(f"| agent log lines at WARNING or above | {problems} | **check** |")
+    if notes:
+        distinct = sorted(set(notes))
+        lines += ["", "What the states said besides their attachments, over the run (pod names elided):", ""]
+        lines += [f"- {note[:300]}" for note in distinct[:8]]
+        if len(distinct) > 8:
+            lines.append(f"- and {len(distinct) - 8} more")
     return "\n".join([*lines, ""])
+
+
+def _errors(errors: tuple[int, float, int]) -> str:
+    count, spell, most = errors
+    return f"{count} ({spell:.1f} s; {most} pods)" if count else "0"
 
 
 def command(args: argparse.Namespace) -> str:
     """The command line that reproduces the section (under the node lock: one node per machine)."""
-    flags = f"--pods {args.pods} --rate {args.rate:g} --seconds {args.seconds:g}"
+    flags = f"--pods {args.pods} --rates {args.rates} --seconds {args.seconds:g}"
     return f"`sudo flock /tmp/bpfshare-node.lock .venv/bin/python -m bench.pods {flags} --write {SECTION.doc}`"
 
 
@@ -868,9 +980,20 @@ def _spread(samples: list[float], with_max: bool = True) -> str:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pods", type=int, default=100, help="pods of the scale run (the kubelet's maxPods is 110)")
-    parser.add_argument("--rate", type=float, default=10.0, help="churn: pods created (and deleted) per second")
+    parser.add_argument(
+        "--rates",
+        default="10,2",
+        help="churn: pods created (and deleted) per second, one churn per rate: the issue's 10, and one this "
+        "2-CPU node's kubelet keeps up with",
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="churn: how long pods are created")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the agent's and the node's logs in DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the agent during the 100 pods and during the churn into DIR (slows it down; for diagnosis)",
+    )
 
 
 if __name__ == "__main__":
