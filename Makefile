@@ -32,6 +32,7 @@ bench: install
 	$(VENV)/bin/python -m bench.scale_node --write docs/benchmarks.md
 	$(VENV)/bin/python -m bench.scale_nodes --write docs/benchmarks.md
 	$(VENV)/bin/python -m bench.idle --write docs/benchmarks.md
+	$(VENV)/bin/python -m bench.pods --write docs/benchmarks.md
 
 clean:
 	$(MAKE) -C bpf clean
