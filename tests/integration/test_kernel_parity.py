@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bpfshare.api.targets import TcTarget
+from bpfshare.api.targets import CgroupTarget, TcTarget
 from bpfshare.engine import Engine, Plan, Report
 from bpfshare.engine.host_kernel import HostKernel
 from bpfshare.engine.memory_kernel import MemoryKernel
@@ -68,3 +68,22 @@ def test_the_same_passes_make_the_same_plans_and_events(
     for step, (host, mem) in enumerate(zip(results["host"], results["memory"], strict=True)):
         assert host == mem, f"pass {step}: host {host} != memory {mem}"
     assert any("re-attach" in s for s in results["host"][2][0]), "the scenario did not exercise a repair"
+
+
+def test_a_targets_place_is_gone_alike_on_both_kernels(netns_pair: NetnsPair, cgroup_dir: Path) -> None:
+    """place_gone: a namespace or cgroup that is not there is gone (a pod's, after its sandbox went);
+    one that is there is not, whether or not the interface is; the host's namespace never is."""
+    memory = MemoryKernel()
+    memory.add_interface(netns_pair.if_b, netns_pair.ns_b)
+    memory.add_cgroup(cgroup_dir.name)
+    cases = {
+        TcTarget(netns_pair.if_b, "ingress", netns_pair.ns_b): False,
+        TcTarget("bpfshare-nope0", "ingress", netns_pair.ns_b): False,  # the namespace is there
+        TcTarget(netns_pair.if_b, "ingress", "bpfshare-gone-ns"): True,
+        TcTarget("lo", "ingress"): False,  # the host's namespace
+        CgroupTarget(cgroup_dir.name, "egress"): False,
+        CgroupTarget(f"{cgroup_dir.name}-gone", "egress"): True,
+    }
+    for kernel in (HostKernel(), memory):
+        said = {target.key: kernel.place_gone(target) for target in cases}
+        assert said == {target.key: gone for target, gone in cases.items()}, type(kernel).__name__

@@ -165,7 +165,9 @@ def test_a_pod_without_the_interface_is_an_error_naming_the_pod() -> None:
     report = reconcile(node, pods, counting(tc_pods(interfaces=["eth1"])))
     entry = report.programs["count-web"]
     assert entry.phase is Phase.Error
-    assert "pod shop/web-a" in entry.message and "/var/run/netns" not in entry.message, entry.message
+    assert "/var/run/netns" not in entry.message, entry.message
+    # Said once, as the pod's namespace ("of pod" would repeat where the path was said twice).
+    assert entry.message.count("pod shop/web-a") == 1 and "the network namespace of pod shop/web-a" in entry.message
     failed = [e for e in report.events if e.reason == "Failed"]
     assert failed and "pod shop/web-a" in failed[0].message
 
@@ -221,3 +223,27 @@ def test_the_ready_message_names_at_most_ten_pods_and_the_attachments_list_all()
     entry = reconcile(node, pods, counting(cgroup_pods())).programs["count-web"]
     assert len(entry.program.attachments) == 12
     assert entry.message.startswith("attached in 12 pod(s)") and entry.message.endswith("shop/web-09 and 2 more")
+
+
+def test_a_pod_whose_namespace_went_before_the_watch_said_so_holds_up_no_other_pod() -> None:
+    """The kubelet tears a deleted pod's sandbox down while the agent's pod watch still lists it:
+    its netns and cgroup are gone. The next pod to start is attached in that same pass, and the
+    program stays Ready; the gone pod's targets are neither attached nor reported."""
+    node = Node()
+    pods = Pods(node)
+    pods.run("web-a")
+    tc, cg = counting(tc_pods(), "count-web"), counting(cgroup_pods(), "count-web-cg")
+    reconcile(node, pods, tc, cg)
+    gone = pods.places["uid-web-a"]
+    node.kernel.remove_interface("eth0", netns=gone.netns)  # the sandbox torn down; the pod still listed
+    node.kernel.remove_cgroup(gone.cgroup)
+    pods.run("web-b")
+    report = reconcile(node, pods, tc, cg)
+    for name in ("count-web", "count-web-cg"):
+        assert [pod for pod, _ in attachments(report, name)] == ["shop/web-b"]
+    # Once the watch says so too, nothing changes on the node.
+    pods.inventory.on_pod("DELETED", pod_body("web-a"))
+    before = list(node.kernel.calls)
+    report = reconcile(node, pods, tc, cg)
+    assert node.kernel.calls == before
+    assert [pod for pod, _ in attachments(report)] == ["shop/web-b"]

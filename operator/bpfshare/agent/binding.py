@@ -40,8 +40,15 @@ class PodNotes:
     places: dict[str, dict[str, str]] = field(default_factory=dict)  # program -> {netns or cgroup path: pod}
 
     def name_pods(self, program: str, text: str) -> str:
+        """``text`` with each pod's network namespace or cgroup path said as the pod's: the phrases
+        the kernel layer writes first, then a target key's ``@path``, then any other mention."""
         for path, pod in self.places.get(program, {}).items():
-            text = text.replace(repr(path), f"of pod {pod}").replace(path, f"of pod {pod}")
+            for said in (repr(path), path):
+                text = text.replace(f" (no {said})", "")
+                text = text.replace(f"network namespace {said}", f"the network namespace of pod {pod}")
+                text = text.replace(f"cgroup {said}", f"the cgroup of pod {pod}")
+                text = text.replace(f"@{said}", f" in pod {pod}")
+                text = text.replace(said, f"pod {pod}")
         return text
 
     def apply(self, report: Report) -> None:

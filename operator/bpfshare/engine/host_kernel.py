@@ -18,7 +18,7 @@ from typing import cast
 from bpfshare.api.targets import AttachTarget, CgroupTarget, TcTarget, TcxTarget
 from bpfshare.engine.kernel import AttachResult, LinkView, Loaded, MapView, ProgramView, TcFilterView
 from bpfshare.engine.meta import record_spec
-from bpfshare.errors import BpfshareError, KernelError
+from bpfshare.errors import BpfshareError, InvalidTargetError, KernelError, TargetNotFoundError
 from bpfshare.kernel.links import Link
 from bpfshare.kernel.maps import Map, MapInfo
 from bpfshare.kernel.pins import ensure_pin_dir, get_or_create_pinned, is_bpffs, replace_pin
@@ -163,6 +163,24 @@ class HostKernel:
         except BpfshareError as exc:
             return str(exc)
         return None
+
+    def place_gone(self, target: AttachTarget) -> bool:
+        try:
+            if isinstance(target, CgroupTarget):
+                from bpfshare.kernel.cgroup import resolve_cgroup
+
+                resolve_cgroup(target.path)
+            elif target.netns is not None:
+                from bpfshare.kernel.netns import netns_path
+
+                netns_path(target.netns)
+        except InvalidTargetError:
+            return False  # a name no namespace can have: not gone, wrong
+        except TargetNotFoundError:
+            return True
+        except BpfshareError:
+            return False
+        return False
 
     def tc_filter(self, target: TcTarget) -> TcFilterView | None:
         from bpfshare.kernel.tc import list_tc_filters

@@ -155,6 +155,11 @@ class NodeKernel(Protocol):
         there, or its name is impossible), or None."""
         ...
 
+    def place_gone(self, target: AttachTarget) -> bool:
+        """Whether the place a target lies in is gone: its network namespace (tc, tcx; never the
+        host's), or its cgroup. A pod's place goes with its sandbox, before the pod watch may say so."""
+        ...
+
     def tc_filter(self, target: TcTarget) -> TcFilterView | None:
         """The filter at the target's slot, or None. TargetNotFoundError if the interface or the
         namespace does not exist."""

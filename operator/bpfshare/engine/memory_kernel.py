@@ -350,6 +350,13 @@ class MemoryKernel:
             return f"interface {target.interface}{where} not found"
         return None
 
+    def place_gone(self, target: AttachTarget) -> bool:
+        # A namespace is modelled by its interfaces: one with none left is gone.
+        self._fault("place_gone")
+        if isinstance(target, CgroupTarget):
+            return _cgroup_key(target.path) not in self._cgroups
+        return target.netns is not None and not any(ns == target.netns for ns, _ in self._interfaces)
+
     def tc_filter(self, target: TcTarget) -> TcFilterView | None:
         self._fault("tc_filter")
         self._require_interface(target.interface, target.netns)
