@@ -158,15 +158,21 @@ def build_objects(stack: contextlib.ExitStack) -> Path:
 # -- control plane -----------------------------------------------------------------------------------
 
 
-def control_plane(stack: contextlib.ExitStack, crds: Path = REPO / "crds") -> ControlPlane:
+def control_plane(stack: contextlib.ExitStack, crds: Path = REPO / "crds", *, node: bool = False) -> ControlPlane:
     """A private etcd + kube-apiserver on free loopback ports with the CRDs (of ``crds``) installed; stopped
-    (and its state directory removed) when the stack unwinds. Its processes die with this one."""
+    (and its state directory removed) when the stack unwinds. Its processes die with this one. ``node``:
+    with a real node (``cluster up --node``: containerd, kubelet, scheduler, controller-manager), whose
+    pods, mounts, cgroups, links and NAT chain go with it."""
     from bpfshare.controlplane.build import ensure_built
     from bpfshare.controlplane.run import start, stop
 
     bin_dir = ensure_built()
-    parent = Path(tempfile.mkdtemp(prefix="bpfshare-bench-cp-"))
-    state = parent / "cluster"
+    if node:
+        from bpfshare.controlplane.node import require_tools
+
+        require_tools()
+    parent = Path(tempfile.mkdtemp(prefix=f"bpfshare-bench-{'node' if node else 'cp'}-"))
+    state = parent / ("node" if node else "cluster")
 
     def teardown() -> None:
         with contextlib.suppress(Exception):
@@ -174,8 +180,14 @@ def control_plane(stack: contextlib.ExitStack, crds: Path = REPO / "crds") -> Co
         sh("rm", "-rf", str(parent), check=False)
 
     stack.callback(teardown)
-    log("starting the control plane")
-    cp = start(state, bin_dir, die_with_parent=True)
+    if node:
+        from bpfshare.controlplane.node import default_node_name
+
+        log("starting the node (etcd, kube-apiserver, containerd, kubelet, scheduler, controller-manager)")
+        cp = start(state, bin_dir, die_with_parent=True, node=default_node_name(), timeout=180.0)
+    else:
+        log("starting the control plane")
+        cp = start(state, bin_dir, die_with_parent=True)
     if crds == REPO / "crds":
         install_crds(cp.kubectl, crds)
     else:  # another design's CRDs (bench.scale_nodes's previous design): wait for whichever they are
@@ -523,6 +535,39 @@ def start_agent(
 
 
 # -- kernel time, in process -------------------------------------------------------------------------
+
+
+@dataclass
+class KernelReference:
+    """One node-engine pass in this process over the resources, on a fresh bpffs, under KernelClock:
+    the floor the agent is measured against."""
+
+    engine_wall: float = 0.0  # the whole pass
+    bpf: float = 0.0  # inside bpf()
+    netlink: float = 0.0  # inside netlink calls (pyroute2's encoding counted: an upper bound)
+
+
+def engine_reference(maps: list[Any], programs: list[Any], label: str = "engine-") -> KernelReference:
+    """Reconcile ``maps`` and ``programs`` (parsed resources) once, all Ready or RuntimeError naming the
+    first few that are not; then everything detached and unpinned again."""
+    from bpfshare.api.status import Phase
+    from bpfshare.engine import Engine
+
+    ref = KernelReference()
+    with contextlib.ExitStack() as local:
+        root = bpffs(local, label)
+        engine = Engine(root / "bpfshare", "in-process")
+        clock = KernelClock()
+        with clock.installed():
+            start = time.perf_counter()
+            report = engine.reconcile(maps, programs, complete=True)
+            ref.engine_wall = time.perf_counter() - start
+        bad = {n: e.message for n, e in {**report.maps, **report.programs}.items() if e.phase is not Phase.Ready}
+        if bad:
+            raise RuntimeError(f"in-process engine pass: not Ready: {dict(list(bad.items())[:5])}")
+        ref.bpf, ref.netlink = clock.bpf_seconds, clock.netlink_seconds
+        engine.reconcile([], [], complete=True)  # detach every tc filter and link it made
+    return ref
 
 
 class KernelClock:

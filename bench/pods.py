@@ -30,7 +30,6 @@ import contextlib
 import itertools
 import json
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,10 +40,11 @@ from typing import Any
 from bench.common import (
     TAG,
     BenchAgent,
-    KernelClock,
+    KernelReference,
     Section,
-    bpffs,
     build_objects,
+    control_plane,
+    engine_reference,
     kubectl_apply,
     log,
     machine,
@@ -278,32 +278,6 @@ class Tracker:
 # -- the node and its agent --------------------------------------------------------------------------
 
 
-def real_node(stack: contextlib.ExitStack) -> ControlPlane:
-    """The control plane with a real node (``cluster up --node``) in a temporary state directory, the
-    CRDs installed; stopped (the node's pods killed, its mounts, cgroups, links and NAT chain removed)
-    and its directory removed when the stack unwinds."""
-    from bpfshare.controlplane.build import ensure_built
-    from bpfshare.controlplane.node import default_node_name, require_tools
-    from bpfshare.controlplane.run import start, stop
-    from bpfshare.controlplane.wait import install_crds
-
-    bin_dir = ensure_built()
-    require_tools()
-    parent = Path(tempfile.mkdtemp(prefix="bpfshare-bench-node-"))
-    state = parent / "node"
-
-    def teardown() -> None:
-        with contextlib.suppress(Exception):
-            stop(state)
-        sh("rm", "-rf", str(parent), check=False)
-
-    stack.callback(teardown)
-    log("starting the node (etcd, kube-apiserver, containerd, kubelet, scheduler, controller-manager)")
-    cp = start(state, bin_dir, die_with_parent=True, node=default_node_name(), timeout=180.0)
-    install_crds(cp.kubectl)
-    return cp
-
-
 def node_agent(stack: contextlib.ExitStack, cp: ControlPlane, workdir: Path) -> BenchAgent:
     """The agent of the real node, on a private bpffs, asking the node's containerd where pods are."""
     from bpfshare.controlplane.agents import start_agent
@@ -419,10 +393,7 @@ class Pods:
 
 
 @dataclass
-class KernelRef:
-    bpf: float = 0.0
-    netlink: float = 0.0
-    engine_wall: float = 0.0
+class KernelRef(KernelReference):
     runtime_seconds: float = 0.0  # the container runtime's answers for the pods (not kernel time)
     attachments: int = 0
 
@@ -438,9 +409,7 @@ def kernel_reference(cp: ControlPlane, docs: list[dict[str, Any]], bodies: list[
     from bpfshare.agent.binding import bind_pods
     from bpfshare.agent.pods import PodInventory
     from bpfshare.api.resources import parse_map, parse_program
-    from bpfshare.api.status import Phase
     from bpfshare.cri.client import CriClient
-    from bpfshare.engine import Engine
 
     ref = KernelRef()
     docs = json.loads(json.dumps(docs))
@@ -448,7 +417,7 @@ def kernel_reference(cp: ControlPlane, docs: list[dict[str, Any]], bodies: list[
         doc["metadata"]["generation"] = 1  # the API server sets its own
     maps = [parse_map(d) for d in docs if d["kind"] == MAP_KIND]
     assert cp.containerd_address is not None
-    with CriClient(cp.containerd_address) as cri, contextlib.ExitStack() as local:
+    with CriClient(cp.containerd_address) as cri:
         inventory = PodInventory(cri.place_of_pod)
         for body in bodies:
             inventory.on_pod("ADDED", body)
@@ -458,18 +427,8 @@ def kernel_reference(cp: ControlPlane, docs: list[dict[str, Any]], bodies: list[
         ref.attachments = sum(len(p.targets) for p in programs)
         if ref.attachments != len(PROGRAMS) * len(bodies):
             raise RuntimeError(f"in-process binding: {ref.attachments} targets for {len(bodies)} pods: {notes}")
-        root = bpffs(local, "pods-engine-")
-        engine = Engine(root / "bpfshare", "in-process")
-        clock = KernelClock()
-        with clock.installed():
-            start = time.perf_counter()
-            report = engine.reconcile(maps, programs, complete=True)
-            ref.engine_wall = time.perf_counter() - start
-        bad = {n: e.message for n, e in {**report.maps, **report.programs}.items() if e.phase is not Phase.Ready}
-        if bad:
-            raise RuntimeError(f"in-process engine pass: not Ready: {bad}")
-        ref.bpf, ref.netlink = clock.bpf_seconds, clock.netlink_seconds
-        engine.reconcile([], [], complete=True)  # detach every filter and link it made
+        measured = engine_reference(maps, programs, "pods-engine-")
+    ref.engine_wall, ref.bpf, ref.netlink = measured.engine_wall, measured.bpf, measured.netlink
     return ref
 
 
@@ -840,7 +799,7 @@ def report(args: argparse.Namespace) -> str:
     rates = [float(r) for r in args.rates.split(",")]
     with contextlib.ExitStack() as stack:
         objs = build_objects(stack)
-        cp = real_node(stack)
+        cp = control_plane(stack, node=True)
         agent = node_agent(stack, cp, objs)
         if args.logs:
             stack.callback(save_logs, cp, agent, args.logs)

@@ -30,15 +30,14 @@ from typing import Any
 
 from bench.common import (
     TAG,
-    KernelClock,
     Section,
     StatusWatch,
-    bpffs,
     bpfmap,
     build_objects,
     cgroup_program,
     cgroup_tree,
     control_plane,
+    engine_reference,
     kubectl_apply,
     log,
     machine,
@@ -100,27 +99,13 @@ def documents(shape: str, obj: Path, netns: str, interfaces: list[str], cgroups:
 
 
 def engine_pass(docs: list[dict[str, Any]], result: Result) -> None:
-    """The kernel reference: one engine pass in this process over the same resources, on a fresh bpffs;
-    then everything is detached and unpinned again."""
+    """The kernel reference: one engine pass in this process over the same resources, on a fresh bpffs."""
     from bpfshare.api.resources import parse_map, parse_program
-    from bpfshare.api.status import Phase
-    from bpfshare.engine import Engine
 
     maps = [parse_map(d) for d in docs if d["kind"] == "BpfMap"]
     programs = [parse_program(d) for d in docs if d["kind"] == "BpfProgram"]
-    with contextlib.ExitStack() as local:
-        root = bpffs(local, "engine-")
-        engine = Engine(root / "bpfshare", "in-process")
-        clock = KernelClock()
-        with clock.installed():
-            start = time.perf_counter()
-            report = engine.reconcile(maps, programs, complete=True)
-            result.engine_wall = time.perf_counter() - start
-        bad = {n: e.message for n, e in {**report.maps, **report.programs}.items() if e.phase is not Phase.Ready}
-        if bad:
-            raise RuntimeError(f"in-process engine pass: not Ready: {dict(list(bad.items())[:5])}")
-        result.kernel_bpf, result.kernel_netlink = clock.bpf_seconds, clock.netlink_seconds
-        engine.reconcile([], [], complete=True)  # detach every tc filter and link it made
+    ref = engine_reference(maps, programs)
+    result.engine_wall, result.kernel_bpf, result.kernel_netlink = ref.engine_wall, ref.bpf, ref.netlink
 
 
 def agent_run(
