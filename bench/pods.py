@@ -440,7 +440,7 @@ class Holdings:
     """What of this run's pods and programs the node holds at one moment."""
 
     listed: dict[str, list[str]]  # program -> the pods its state lists
-    netns: list[str]  # the network namespaces in containerd's netns directory
+    netns: list[str]  # the node's pods' network namespaces in /run/netns
     filters: dict[str, list[int]]  # survivor's netns -> the program IDs of eth0's ingress filters
     links: list[tuple[int, int]]  # our programs' BPF links: (link ID, program ID)
     all_links: int  # every BPF link on the machine
@@ -450,7 +450,7 @@ class Holdings:
 
 
 def holdings(tracker: Tracker, cp: ControlPlane, agent: BenchAgent, survivors: list[str]) -> Holdings:
-    from bpfshare.controlplane.node_host import CGROUP_ROOT
+    from bpfshare.controlplane import node_host
     from bpfshare.cri.client import CriClient
     from bpfshare.kernel.cgroup import cgroup2_root
 
@@ -461,8 +461,7 @@ def holdings(tracker: Tracker, cp: ControlPlane, agent: BenchAgent, survivors: l
     assert cp.containerd_address is not None
     with CriClient(cp.containerd_address) as cri:
         places = {n: cri.place_of_pod(uid) for n, uid in uids.items()}
-    netns_dirs = {Path(p.netns).parent for p in places.values() if p is not None and p.netns}
-    netns = sorted(str(f) for d in netns_dirs for f in d.iterdir())
+    netns = sorted(str(path) for path in node_host.pod_netns())  # the node's, by their pod-subnet address
     filters: dict[str, list[int]] = {}
     for place in places.values():
         if place is None:
@@ -472,7 +471,7 @@ def holdings(tracker: Tracker, cp: ControlPlane, agent: BenchAgent, survivors: l
     links_json = json.loads(sh("bpftool", "-j", "link", "list").stdout or "[]")
     ours = [link for link in links_json if int(link.get("prog_id", 0)) in ids]
     root = cgroup2_root()
-    pod_cgroups = sorted(str(p.relative_to(root)) for p in (root / CGROUP_ROOT).rglob("pod*") if p.is_dir())
+    pod_cgroups = sorted(str(p.relative_to(root)) for p in (root / node_host.CGROUP_ROOT).rglob("pod*") if p.is_dir())
     pins = sorted(str(p.relative_to(agent.pin_root)) for p in agent.pin_root.rglob("*"))
     return Holdings(
         listed=listed,
