@@ -156,10 +156,12 @@ def api_floor(cp: ControlPlane, keys: list[Key]) -> float:
     writer = Writer(cp.api_client(), node)
     status = {"phase": "Ready", "message": "", "observedGeneration": 1}
     kinds = [(state_kind_of(MAP_KIND if plural == MAP_PLURAL else PROGRAM_KIND), name) for plural, name in keys]
+    bodies = [(kind, state_body(kind, name, None, node, status)) for kind, name in kinds]
     start = time.perf_counter()
-    written = [writer.apply_state(kind, state_body(kind, name, None, node, status)) for kind, name in kinds]
+    for kind, body in bodies:
+        writer.apply_state(kind, body)
     elapsed = time.perf_counter() - start
-    for (kind, _), body in zip(kinds, written, strict=True):
+    for kind, body in bodies:  # by the names sent: the apply's answer may be a model, not a dict
         writer.delete_state(kind, body["metadata"]["name"])
     return elapsed
 

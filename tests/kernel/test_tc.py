@@ -158,3 +158,24 @@ def test_the_kernels_tcx_program_limit_is_named(netns_pair: NetnsPair, bpffs: Pa
             link.close()
         for prog in programs:
             prog.close()
+
+
+def test_tc_detach_of_an_interface_that_goes_meanwhile_is_nothing_to_remove(
+    netns_pair: NetnsPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod's veth removed by CNI between the filter lookup and the delete (the kernel answers
+    ENODEV): the filter went with the interface, which is no error (bench/pods.py saw it in churn)."""
+    from bpfshare.kernel import tc
+
+    code = returns(0)
+    with Program.load(simple_spec(ProgType.SchedCls, code), code) as prog:
+        attach_tc(netns_pair.if_b, "ingress", prog, netns=netns_pair.ns_b)
+    listed = tc._filters
+
+    def listed_then_gone(*args: object, **kwargs: object) -> object:
+        found = list(listed(*args, **kwargs))  # type: ignore[arg-type]
+        run("nsenter", f"--net=/run/netns/{netns_pair.ns_b}", "ip", "link", "del", netns_pair.if_b)
+        return iter(found)
+
+    monkeypatch.setattr(tc, "_filters", listed_then_gone)
+    assert detach_tc(netns_pair.if_b, "ingress", 1, 1, netns=netns_pair.ns_b) is False

@@ -258,7 +258,9 @@ def detach_tc(ifname: str, direction: Direction, priority: int, handle: int, net
                 "del-filter", index=index, handle=handle, parent=parent, info=(priority << 16) | socket.htons(ETH_P_ALL)
             )
         except NetlinkError as exc:
-            if exc.code in (errno.ENOENT, errno.EINVAL):
+            # ENODEV: the interface went between the lookup and the delete (a pod's veth, removed by
+            # CNI before its namespace): its filters went with it.
+            if exc.code in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 return False
             where = f"{priority}:{handle} on {ifname} {direction}"
             raise _netlink_error(f"removing filter {where}", exc) from None
