@@ -51,7 +51,7 @@ from bench.common import (
 )
 from bpfshare.api.resources import MAP_KIND, MAP_PLURAL, PROGRAM_KIND
 from bpfshare.controlplane.run import ControlPlane
-from bpfshare.controlplane.wait import Key, key_of
+from bpfshare.controlplane.wait import Key, key_of, poll
 
 SECTION = Section("scale_node", "Many attachments on one node")
 MAX_INTERFACES = 256  # the CRD's maxItems for attach.tc.interfaces
@@ -142,7 +142,16 @@ def agent_run(
         result.api_floor = api_floor(cp, keys)
         cp.kubectl("delete", "bpfprograms,bpfmaps", "--all", "--wait=false", timeout=300)
         watch.wait(watch.gone(keys), timeout=900, what="deletion")
+        # No controller holds the resources here, so they go at once: the agent has released them
+        # on its node (filters and links removed) when its states are gone too. Stopping it sooner
+        # would leave its attachments for the next shape's in-process pass to find.
+        poll(lambda: not node_states(cp, node), f"agent {node} to release every resource", timeout=300)
     cp.kubectl("delete", "node", node)
+
+
+def node_states(cp: ControlPlane, node: str) -> list[str]:
+    out = cp.kubectl("get", "bpfmapstates,bpfprogramstates", "-l", f"bpfshare.io/node={node}", "-o", "name")
+    return out.stdout.split()
 
 
 def api_floor(cp: ControlPlane, keys: list[Key]) -> float:
