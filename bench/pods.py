@@ -18,9 +18,10 @@ it in ``status.attachments``):
   node achieved; then, once every churn pod is gone, no leaked tc filter, cgroup link, pin, network
   namespace or state entry (each compared with what the node held before the churn).
 
-Run as root, from the repository's root, alone on the machine (the node's names are fixed):
-`flock /tmp/bpfshare-node.lock .venv/bin/python -m bench.pods [--pods 100] [--rates 10,2] [--seconds 60]
-[--write FILE]` (``--logs DIR`` keeps the agent's and the node's logs, ``--profile DIR`` py-spies the agent).
+Run as root, from the repository's root, with no other real node on the machine (its names are fixed;
+``cluster up --node`` refuses a second one): `.venv/bin/python -m bench.pods [--pods 100] [--rates 10,2]
+[--seconds 60] [--write FILE]` (``--logs DIR`` keeps the agent's and the node's logs, ``--profile DIR``
+py-spies the agent).
 """
 
 from __future__ import annotations
@@ -974,7 +975,7 @@ def _errors(errors: tuple[int, float, int]) -> str:
 def command(args: argparse.Namespace) -> str:
     """The command line that reproduces the section (under the node lock: one node per machine)."""
     flags = f"--pods {args.pods} --rates {args.rates} --seconds {args.seconds:g}"
-    return f"`sudo flock /tmp/bpfshare-node.lock .venv/bin/python -m bench.pods {flags} --write {SECTION.doc}`"
+    return f"`sudo .venv/bin/python -m bench.pods {flags} --write {SECTION.doc}`"
 
 
 def _rate(count: int, span: float) -> str:
