@@ -174,11 +174,9 @@ class HostKernel:
                 from bpfshare.kernel.netns import netns_path
 
                 netns_path(target.netns)
-        except InvalidTargetError:
-            return False  # a name no namespace can have: not gone, wrong
-        except TargetNotFoundError:
-            return True
-        except BpfshareError:
+        except TargetNotFoundError as exc:
+            return not isinstance(exc, InvalidTargetError)  # a name no namespace can have: wrong, not gone
+        except BpfshareError:  # a cgroup path outside the root: wrong, not gone
             return False
         return False
 

@@ -228,12 +228,12 @@ def plan_program(
             plan.attach.append(Attach(target, repair=plan.load is None))
     if conflicts:
         raise BpfshareError("; ".join(conflicts) + " (bpfshare never replaces what it does not own)")
-    gone: set[str] = set()  # keys of pods' targets whose namespace or cgroup went with the pod
     if plan.load is not None or plan.attach:
         # Something will change: every target must be there first, every missing one named. A pod's
         # target whose place is gone is the pod going (its sandbox torn down before the pod watch
         # said so): nothing to attach there, nothing of ours left, and no reason to hold up the others.
         missing: list[str] = []
+        gone: set[str] = set()  # keys of pods' targets whose namespace or cgroup went with the pod
         for t in unseen:
             why = kernel.missing_target(t)
             if why is None:
@@ -244,14 +244,14 @@ def plan_program(
                 missing.append(why)
         if missing:
             raise BpfshareError("; ".join(missing))
-        if gone:  # the pass goes on as if the pod's targets were not asked for
+        if gone:  # the rest of the plan, and applying it, go on as if they were not asked for
             plan.attach = [a for a in plan.attach if a.target.key not in gone]
-            plan.res = dataclasses.replace(res, targets=tuple(t for t in res.targets if t.key not in gone))
+            res = plan.res = dataclasses.replace(res, targets=tuple(t for t in res.targets if t.key not in gone))
     for target in res.targets:
-        if isinstance(target, TcTarget) and target.key not in gone:
+        if isinstance(target, TcTarget):
             slots.claim(target, res.name)
 
-    wanted = {t.key for t in res.targets} - gone
+    wanted = {t.key for t in res.targets}
     for record in plan.record.tc:
         target = tc_target(record)
         if target.key not in wanted:
